@@ -1,0 +1,121 @@
+"""arta: a dependable client for the ARTA image-generation service.
+
+::
+
+    import arta
+    result = arta.generate("a red dragon over a castle", style="Fantasy Art", n=2)
+    result.save("images/")
+
+``arta.generate`` uses a default :class:`Client`, made on first use in each
+process (so it works as it is in a ``multiprocessing.Pool``, and every
+process shares the one file-locked token). Build your own :class:`Client`
+for another endpoint, transport, token store or poll policy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Optional
+
+from arta.auth import FileTokenStore, MemoryTokenStore, Token, TokenStore
+from arta.client import Client
+from arta.errors import (
+    ArtaError,
+    AuthError,
+    ConfigurationError,
+    ConnectError,
+    DownloadError,
+    GenerationFailed,
+    GenerationTimeout,
+    InvalidAspectRatioError,
+    InvalidInputError,
+    InvalidParameterError,
+    InvalidPromptError,
+    InvalidStyleError,
+    NoResponseError,
+    ProtocolError,
+    QuotaExceededError,
+    RateLimitedError,
+    RejectedError,
+    ServiceError,
+    SubmitOutcomeUnknown,
+    TokenStoreError,
+    TransportError,
+)
+from arta.generation import Generation, OnChange, PollPolicy, Status
+from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
+from arta.result import Image, Result
+from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
+from arta.transport import Request, RequestsTransport, Response, Transport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ASPECT_RATIOS", "STYLES", "STYLE_ALIASES",
+    "ArtaError", "AuthError", "Client", "ConfigurationError", "ConnectError",
+    "DownloadError", "FileTokenStore", "Generation", "GenerationFailed",
+    "GenerationParams", "GenerationTimeout", "Image", "InvalidAspectRatioError",
+    "InvalidInputError", "InvalidParameterError", "InvalidPromptError",
+    "InvalidStyleError", "MemoryTokenStore", "NoResponseError", "PollPolicy",
+    "ProtocolError", "QuotaExceededError", "RateLimitedError", "RejectedError",
+    "Request", "RequestsTransport", "Response", "Result", "ServiceError", "Status",
+    "SubmitOutcomeUnknown", "Token", "TokenStore", "TokenStoreError", "Transport",
+    "TransportError", "default_client", "generate",
+]
+
+_default: Optional[Client] = None
+_default_pid = 0
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    """The client behind :func:`generate`: made on first use, once per process.
+
+    A forked child makes its own (a parent's pooled connections must not be
+    shared), and finds the parent's token in the shared token file.
+    """
+    global _default, _default_pid
+    with _default_lock:
+        if _default is None or _default_pid != os.getpid():
+            _default, _default_pid = Client(), os.getpid()
+        return _default
+
+
+def generate(
+    prompt: str,
+    *,
+    style: str = DEFAULT_STYLE,
+    n: int = 1,
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+    guidance_scale: float = 7,
+    steps: int = 30,
+    aspect_ratio: str = "1:1",
+    seed: Optional[int] = None,
+    timeout: Optional[float] = None,
+    on_change: Optional[OnChange] = None,
+    **client_options: Any,
+) -> Result:
+    """Generate images for ``prompt`` and return the :class:`Result` once the job is DONE.
+
+    ``style`` is a display name or an alias (see ``arta styles``); ``n`` is
+    1 to 4 images; ``seed`` makes a job repeatable (random when None).
+    ``timeout`` bounds the wait in seconds. Any other keyword is a
+    :class:`Client` option (``endpoint=``, ``home=``, ``transport=``, ...):
+    with them, a client is made for this call alone.
+
+    Raises an :class:`InvalidInputError` (also a ``ValueError``) before any
+    request for bad input, :class:`GenerationFailed` if the service failed
+    the job, :class:`GenerationTimeout` past ``timeout``; every error raised
+    after the submit carries the job's ``record_id``.
+    """
+    client = Client(**client_options) if client_options else default_client()
+    try:
+        return client.generate(
+            prompt, style=style, n=n, negative_prompt=negative_prompt,
+            guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio,
+            seed=seed, timeout=timeout, on_change=on_change,
+        )
+    finally:
+        if client_options:
+            client.close()

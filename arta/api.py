@@ -1,0 +1,275 @@
+"""The wire protocol (PROTOCOL.md): requests built as data, answers parsed into types.
+
+No I/O policy lives here: no retries, no sleeping, no token caching. The
+callers above send what this module builds through a transport and hand the
+response back to be parsed; every HTTP error body is mapped to a typed
+exception from :mod:`arta.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Optional, Tuple
+
+from arta.config import Settings
+from arta.errors import (
+    AuthError,
+    ProtocolError,
+    QuotaExceededError,
+    RateLimitedError,
+    RejectedError,
+    ServiceError,
+)
+from arta.params import GenerationParams
+from arta.transport import Request, Response
+
+__all__ = [
+    "FATAL_REFRESH_ERRORS",
+    "Image",
+    "JobState",
+    "RefreshRejected",
+    "TokenGrant",
+    "TokenRejected",
+    "image_request",
+    "parse_job",
+    "parse_refresh",
+    "parse_signup",
+    "refresh_request",
+    "retry_after",
+    "signup_request",
+    "status_request",
+    "submit_request",
+]
+
+#: Refresh answers after which only a new sign-up helps (PROTOCOL.md section 2).
+FATAL_REFRESH_ERRORS = frozenset(
+    {"INVALID_REFRESH_TOKEN", "TOKEN_EXPIRED", "USER_DISABLED", "USER_NOT_FOUND",
+     "INVALID_GRANT_TYPE", "MISSING_REFRESH_TOKEN"}
+)
+
+
+class TokenRejected(AuthError):
+    """The image service answered 401/403 to our ID token."""
+
+
+class RefreshRejected(AuthError):
+    """Firebase refused the refresh token; only a new sign-up helps."""
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """An ID token and its refresh token, as Firebase granted them."""
+
+    id_token: str
+    refresh_token: str
+    expires_in: float
+    user_id: str
+
+    def __repr__(self) -> str:
+        return f"TokenGrant(user_id={self.user_id!r}, expires_in={self.expires_in:g})"
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image of a finished job, as the service listed it."""
+
+    url: str
+    name: str
+    mime: str
+    blurred: bool
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One answer of submit or status (PROTOCOL.md sections 4 and 5)."""
+
+    record_id: str
+    status: str
+    images: Tuple[Image, ...] = ()
+    error_code: Optional[str] = None
+    error_details: Optional[str] = None
+    seed: Optional[int] = None
+
+
+# -- building requests ------------------------------------------------------
+
+_JSON = {"Accept": "application/json"}
+
+
+def signup_request(settings: Settings) -> Request:
+    """PROTOCOL.md section 1: make a new anonymous Firebase account."""
+    return Request("POST", settings.signup_url, headers=_JSON,
+                   json={"clientType": "CLIENT_TYPE_ANDROID"})
+
+
+def refresh_request(settings: Settings, refresh_token: str) -> Request:
+    """PROTOCOL.md section 2: trade a refresh token for a new ID token."""
+    return Request("POST", settings.refresh_url, headers=_JSON,
+                   form={"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+
+def submit_request(settings: Settings, id_token: str, params: GenerationParams) -> Request:
+    """PROTOCOL.md section 4: start a job (multipart, as the Android app sends it)."""
+    return Request("POST", settings.submit_url,
+                   headers={**_JSON, "Authorization": id_token},
+                   multipart=params.form())
+
+
+def status_request(settings: Settings, id_token: str, record_id: str) -> Request:
+    """PROTOCOL.md section 5: ask how a job is doing."""
+    return Request("GET", settings.status_url(record_id),
+                   headers={**_JSON, "Authorization": id_token})
+
+
+def image_request(url: str) -> Request:
+    """PROTOCOL.md section 6: fetch one image, streamed."""
+    return Request("GET", url, headers={"Accept": "image/*"}, stream=True)
+
+
+# -- parsing answers --------------------------------------------------------
+
+
+def _json_body(response: Response, what: str) -> Any:
+    try:
+        return json.loads(response.read())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ProtocolError(
+            f"{what}: expected JSON, got {len(response.read())} bytes that are not"
+            f" (HTTP {response.status})"
+        ) from error
+
+
+def retry_after(response: Response) -> Optional[float]:
+    """Seconds the server asked us to wait (``Retry-After``, seconds or HTTP date)."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _firebase_error(response: Response, what: str) -> AuthError:
+    body = _json_body(response, what)
+    try:
+        message = str(body["error"]["message"])
+    except (KeyError, TypeError) as error:
+        raise ProtocolError(f"{what}: HTTP {response.status} without a Firebase error") from error
+    code = message.split(":", 1)[0].strip()
+    if code == "TOO_MANY_ATTEMPTS_TRY_LATER":
+        wait = retry_after(response) or 3600.0
+        return QuotaExceededError(
+            "Firebase refused a new anonymous account (TOO_MANY_ATTEMPTS_TRY_LATER): "
+            "its quota of 100 sign-ups per hour per IP address is spent. "
+            f"Wait about {wait / 60:.0f} minutes, and share one token store between "
+            "processes (the default FileTokenStore does) so that one sign-up serves all",
+            retry_after=wait,
+        )
+    if code in FATAL_REFRESH_ERRORS:
+        return RefreshRejected(f"{what}: Firebase refused the refresh token ({code})")
+    return AuthError(f"{what}: Firebase answered HTTP {response.status} {code}")
+
+
+def _grant(body: Any, what: str, keys: Tuple[str, str, str, str]) -> TokenGrant:
+    id_key, refresh_key, expires_key, user_key = keys
+    try:
+        id_token, refresh_token = body[id_key], body[refresh_key]
+        expires_in = float(body[expires_key])
+        user_id = str(body.get(user_key, ""))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ProtocolError(f"{what}: the answer lacks {id_key}/{refresh_key}/{expires_key}") from error
+    if not isinstance(id_token, str) or not isinstance(refresh_token, str) or not id_token:
+        raise ProtocolError(f"{what}: the tokens in the answer are not strings")
+    return TokenGrant(id_token, refresh_token, expires_in, user_id)
+
+
+def parse_signup(response: Response) -> TokenGrant:
+    """Parse a sign-up answer (camelCase, ``expiresIn`` a string of seconds)."""
+    if response.status != 200:
+        raise _firebase_error(response, "sign-up")
+    return _grant(_json_body(response, "sign-up"), "sign-up",
+                  ("idToken", "refreshToken", "expiresIn", "localId"))
+
+
+def parse_refresh(response: Response) -> TokenGrant:
+    """Parse a refresh answer (snake_case, unlike sign-up)."""
+    if response.status != 200:
+        raise _firebase_error(response, "token refresh")
+    return _grant(_json_body(response, "token refresh"), "token refresh",
+                  ("id_token", "refresh_token", "expires_in", "user_id"))
+
+
+def _detail(body: Any) -> str:
+    """Say what a FastAPI-style ``detail`` says, in one line."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
+        return "; ".join(parts) or "invalid request"
+    return str(detail) if detail else ""
+
+
+def _service_error(response: Response, what: str, record_id: Optional[str]) -> Exception:
+    try:
+        detail = _detail(json.loads(response.read()))
+    except (ValueError, UnicodeDecodeError):
+        detail = ""
+    said = f"HTTP {response.status}" + (f": {detail}" if detail else "")
+    status = response.status
+    if status in (401, 403):
+        return TokenRejected(f"{what}: the image service rejected the token ({said})")
+    if status == 429:
+        return RateLimitedError(f"{what}: rate limited ({said})", status=status, record_id=record_id)
+    if 400 <= status < 500:
+        return RejectedError(f"{what}: the service refused the request ({said})",
+                             status=status, record_id=record_id)
+    return ServiceError(f"{what}: the service failed ({said})", status=status, record_id=record_id)
+
+
+def _images(value: Any) -> Tuple[Image, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ProtocolError("status: 'response' is not a list of images")
+    images = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            raise ProtocolError("status: an image entry has no url")
+        images.append(Image(
+            url=item["url"],
+            name=str(item.get("name") or ""),
+            mime=str(item.get("MIME") or item.get("mime") or "image/png"),
+            blurred=bool(item.get("isBlur", False)),
+        ))
+    return tuple(images)
+
+
+def parse_job(response: Response, what: str = "status",
+              record_id: Optional[str] = None) -> JobState:
+    """Parse a submit or status answer into a :class:`JobState`."""
+    if response.status != 200:
+        raise _service_error(response, what, record_id)
+    body = _json_body(response, what)
+    if not isinstance(body, dict) or not isinstance(body.get("record_id"), (str, int)):
+        raise ProtocolError(f"{what}: the answer has no record_id", record_id=record_id)
+    seed = body.get("seed")
+    return JobState(
+        record_id=str(body["record_id"]),
+        status=str(body.get("status") or ""),
+        images=_images(body.get("response")),
+        error_code=None if body.get("error_code") is None else str(body["error_code"]),
+        error_details=None if body.get("error_details") is None else str(body["error_details"]),
+        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+    )
+

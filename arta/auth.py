@@ -1,0 +1,356 @@
+"""Tokens: obtained once, shared by every thread and process, refreshed at half-life.
+
+Firebase allows 100 new anonymous accounts per hour per IP address
+(PROTOCOL.md section 1), so a token is a shared resource, not a per-process
+one. A :class:`TokenStore` keeps it; :class:`Authenticator` decides when to
+sign up or refresh, double-checked under the store's lock:
+
+1. read the token without a lock (the file is only ever replaced whole);
+2. if it is missing or past half its life, take the lock and read again:
+   another process may have renewed it while we waited;
+3. only then call Firebase, and save the answer atomically.
+
+So N processes that start together make one sign-up, and a reader never
+sees a torn file.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Protocol, Union
+
+import filelock
+
+from arta import api
+from arta.config import Settings
+from arta.errors import ArtaError, TokenStoreError
+from arta.transport import Request, Response, Transport
+
+__all__ = [
+    "Authenticator",
+    "FileTokenStore",
+    "MemoryTokenStore",
+    "Token",
+    "TokenStore",
+]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+def _jwt_claims(jwt: str) -> Dict[str, Any]:
+    """The payload of a JWT, read without verifying its signature.
+
+    We only want ``exp`` and ``iat``: the service verifies the signature, and
+    an unreadable token simply has no claims.
+    """
+    try:
+        payload = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class Token:
+    """An ID token with its refresh token and lifetime. Its repr shows no secret."""
+
+    id_token: str
+    refresh_token: str
+    obtained_at: float
+    expires_at: float
+    user_id: str = ""
+
+    @classmethod
+    def from_grant(cls, grant: api.TokenGrant, now: float) -> "Token":
+        """Date a fresh grant: the JWT's own ``exp``/``iat`` first, ``expiresIn`` as fallback."""
+        claims = _jwt_claims(grant.id_token)
+        expires_at = _number(claims.get("exp")) or now + grant.expires_in
+        obtained_at = _number(claims.get("iat")) or now
+        return cls(grant.id_token, grant.refresh_token, obtained_at, expires_at, grant.user_id)
+
+    def renew_at(self) -> float:
+        """When to refresh: at half of the token's life, the old provider's rule."""
+        return self.obtained_at + (self.expires_at - self.obtained_at) / 2
+
+    def fresh(self, now: float) -> bool:
+        """True while the token is in the first half of its life."""
+        return now < self.renew_at()
+
+    def expired(self, now: float) -> bool:
+        """True once the service will no longer take the token."""
+        return now >= self.expires_at
+
+    def to_json(self) -> Dict[str, Any]:
+        """The file format: a superset of the old provider's ``auth_ARTA.json``."""
+        return {
+            "idToken": self.id_token,
+            "refreshToken": self.refresh_token,
+            "expiresIn": str(round(self.expires_at - self.obtained_at)),
+            "localId": self.user_id,
+            "obtainedAt": self.obtained_at,
+            "expiresAt": self.expires_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Token":
+        """Read the file format, or a file written by the old provider (dated by its JWT)."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        id_token, refresh_token = data.get("idToken"), data.get("refreshToken")
+        if not isinstance(id_token, str) or not id_token or not isinstance(refresh_token, str):
+            raise ValueError("no idToken/refreshToken")
+        claims = _jwt_claims(id_token)
+        expires_at = _number(data.get("expiresAt")) or _number(claims.get("exp"))
+        obtained_at = _number(data.get("obtainedAt")) or _number(claims.get("iat"))
+        if expires_at is None or obtained_at is None:
+            raise ValueError("no expiry: neither expiresAt nor a JWT exp")
+        return cls(id_token, refresh_token, obtained_at, expires_at, str(data.get("localId", "")))
+
+    def __repr__(self) -> str:
+        return (
+            f"Token(user_id={self.user_id!r}, obtained_at={self.obtained_at:.0f}, "
+            f"expires_at={self.expires_at:.0f})"
+        )
+
+
+class TokenStore(Protocol):
+    """Where the shared token lives.
+
+    ``load`` must never take the lock and never see a half-written token.
+    ``lock`` guards the read-decide-write of a renewal across every thread
+    and process that shares the store.
+    """
+
+    def load(self) -> Optional[Token]:
+        """The stored token, or None if there is none (or it is unreadable)."""
+        ...
+
+    def save(self, token: Token) -> None:
+        """Store ``token``, replacing the old one at once."""
+        ...
+
+    def clear(self) -> None:
+        """Forget the stored token."""
+        ...
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold exclusive rights to renew the token."""
+        ...
+
+
+class MemoryTokenStore:
+    """A token store for one process: no disk, shared by its threads."""
+
+    def __init__(self) -> None:
+        self._token: Optional[Token] = None
+        self._lock = threading.RLock()
+
+    def load(self) -> Optional[Token]:
+        """The token held in memory."""
+        return self._token
+
+    def save(self, token: Token) -> None:
+        """Hold ``token``."""
+        self._token = token
+
+    def clear(self) -> None:
+        """Forget the token."""
+        self._token = None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold a re-entrant thread lock."""
+        with self._lock:
+            yield
+
+    def __repr__(self) -> str:
+        return f"MemoryTokenStore(has_token={self._token is not None})"
+
+
+class FileTokenStore:
+    """The default store: ``auth_ARTA.json`` in ``ARTA_HOME``, shared across processes.
+
+    The file is written to a temporary file in the same folder, flushed,
+    fsynced and moved over the old one with :func:`os.replace`, so readers
+    need no lock. Renewals take ``auth_ARTA.json.lock`` (a
+    :class:`filelock.FileLock`, released by the OS if its holder dies),
+    waiting at most ``lock_timeout`` seconds. The folder is made 0700 and
+    the file 0600.
+    """
+
+    def __init__(self, path: Union[str, "os.PathLike[str]", None] = None, *,
+                 lock_timeout: float = 60.0) -> None:
+        self.path = Path(path) if path is not None else Settings.resolve().token_file
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout = lock_timeout
+        self._thread_lock = threading.Lock()
+
+    def _ensure_folder(self) -> None:
+        folder = self.path.parent
+        if not folder.is_dir():
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask
+
+    def load(self) -> Optional[Token]:
+        """Read the token without a lock; a corrupt or foreign file counts as none."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            log.warning("cannot read the token file %s (%s); getting a new token",
+                        self.path, error.strerror)
+            return None
+        try:
+            return Token.from_json(json.loads(text))
+        except ValueError as error:
+            # Say why, never what: the content may hold a secret.
+            log.warning("the token file %s is unusable (%s); it will be replaced",
+                        self.path, error if text.strip() else "empty")
+            return None
+
+    def save(self, token: Token) -> None:
+        """Replace the file atomically with ``token``, readable by its owner only."""
+        self._ensure_folder()
+        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".auth_ARTA.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:  # mkstemp makes it 0600
+                json.dump(token.to_json(), file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    def clear(self) -> None:
+        """Delete the token file."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store across threads (a thread lock) and processes (the file lock)."""
+        self._ensure_folder()
+        deadline = time.monotonic() + self.lock_timeout
+        # The thread lock first: threads of one process queue cheaply here
+        # instead of all polling the file lock.
+        if not self._thread_lock.acquire(timeout=self.lock_timeout):
+            raise self._held_too_long()
+        try:
+            file_lock = filelock.FileLock(self.lock_path, mode=0o600)
+            try:
+                file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+            except filelock.Timeout:
+                raise self._held_too_long() from None
+            try:
+                yield
+            finally:
+                file_lock.release()
+        finally:
+            self._thread_lock.release()
+
+    def _held_too_long(self) -> TokenStoreError:
+        return TokenStoreError(
+            f"the token store lock {self.lock_path} stayed taken for more than "
+            f"{self.lock_timeout:g}s: another process is stuck renewing the token. "
+            "Stop it, or use a separate ARTA_HOME"
+        )
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # A store can travel to worker processes; the thread lock cannot.
+        state = self.__dict__.copy()
+        del state["_thread_lock"]
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FileTokenStore({str(self.path)!r})"
+
+
+class Authenticator:
+    """Hands out a usable ID token, renewing it through the store's lock."""
+
+    def __init__(self, settings: Settings, transport: Transport, store: TokenStore,
+                 clock: Clock = time.time) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.store = store
+        self.clock = clock
+
+    def token(self) -> Token:
+        """A token in the first half of its life (or a still-valid one if renewal fails)."""
+        token = self.store.load()
+        if token is not None and token.fresh(self.clock()):
+            return token
+        with self.store.lock():
+            token = self.store.load()  # another process may have renewed it meanwhile
+            if token is not None and token.fresh(self.clock()):
+                return token
+            return self._renew(token)
+
+    def replace(self, rejected: Token) -> Token:
+        """A new token after the service rejected ``rejected``.
+
+        Compare before replace: if another thread or process has already put
+        a different token in the store, that one is used, not thrown away.
+        """
+        with self.store.lock():
+            token = self.store.load()
+            if token is not None and token.id_token != rejected.id_token \
+                    and not token.expired(self.clock()):
+                return token
+            return self._renew(token, force=True)
+
+    def _renew(self, token: Optional[Token], force: bool = False) -> Token:
+        """Refresh ``token`` (or sign up if there is none or it is refused); save the result."""
+        if token is not None:
+            try:
+                renewed = self._call(api.refresh_request(self.settings, token.refresh_token),
+                                     api.parse_refresh)
+                log.debug("refreshed the shared token")
+            except api.RefreshRejected as error:
+                log.info("%s; signing up again", error)
+                renewed = self._sign_up()
+            except ArtaError as error:
+                # A token still in its second half works: use it, renew next time.
+                if not force and not token.expired(self.clock()):
+                    log.warning("token refresh failed (%s); using the current token", error)
+                    return token
+                raise
+        else:
+            renewed = self._sign_up()
+        self.store.save(renewed)
+        return renewed
+
+    def _sign_up(self) -> Token:
+        token = self._call(api.signup_request(self.settings), api.parse_signup)
+        log.info("signed up a new anonymous account")
+        return token
+
+    def _call(self, request: Request, parse: Callable[[Response], api.TokenGrant]) -> Token:
+        with self.transport.handle_request(request) as response:
+            grant = parse(response)
+        return Token.from_grant(grant, self.clock())

@@ -1,0 +1,182 @@
+"""``Client``: wires settings, a transport and a token store into submit/resume/generate."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, TypeVar, Union
+
+from arta import api
+from arta.auth import Authenticator, FileTokenStore, Token, TokenStore
+from arta.config import Settings
+from arta.errors import AuthError, NoResponseError, SubmitOutcomeUnknown
+from arta.generation import Generation, OnChange, PollPolicy
+from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
+from arta.result import Result
+from arta.styles import DEFAULT_STYLE
+from arta.transport import Request, RequestsTransport, Response, Transport
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Client:
+    """A client of the ARTA service: one transport, one shared token, one poll policy.
+
+    Every argument is optional: ``endpoint`` (else ``ARTA_ENDPOINT``, else
+    the real service), ``home`` (else ``ARTA_HOME``, else ``~/.cache/arta``),
+    ``transport`` (else a pooled :class:`~arta.transport.RequestsTransport`),
+    ``token_store`` (else the file-locked ``auth_ARTA.json`` in ``home``,
+    shared with every other process), ``poll_policy`` and ``timeout`` (the
+    default bound, in seconds, of every wait).
+
+    A client is thread-safe; close it (or use ``with``) to release its
+    connections.
+    """
+
+    def __init__(
+        self,
+        endpoint: Optional[str] = None,
+        *,
+        home: Optional[PathLike] = None,
+        transport: Optional[Transport] = None,
+        token_store: Optional[TokenStore] = None,
+        poll_policy: Optional[PollPolicy] = None,
+        timeout: Optional[float] = None,
+        api_key: Optional[str] = None,
+        auth_endpoint: Optional[str] = None,
+    ) -> None:
+        self.settings = Settings.resolve(endpoint, home, api_key, auth_endpoint)
+        self._owns_transport = transport is None
+        self.transport: Transport = transport or RequestsTransport()
+        self.token_store: TokenStore = token_store or FileTokenStore(self.settings.token_file)
+        self.poll_policy = poll_policy or PollPolicy()
+        self.timeout = timeout
+        self.auth = Authenticator(self.settings, self.transport, self.token_store)
+
+    # -- the public calls ----------------------------------------------------
+
+    def submit(
+        self,
+        prompt: str,
+        *,
+        style: str = DEFAULT_STYLE,
+        n: int = 1,
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        guidance_scale: float = 7,
+        steps: int = 30,
+        aspect_ratio: str = "1:1",
+        seed: Optional[int] = None,
+    ) -> Generation:
+        """Validate the parameters, start a job and return its :class:`Generation`.
+
+        Bad input raises an :class:`~arta.errors.InvalidInputError` before
+        anything is sent. If the request was sent but no answer came, the job
+        may exist: :class:`~arta.errors.SubmitOutcomeUnknown` is raised rather
+        than risk paying for it twice.
+        """
+        params = GenerationParams.create(
+            prompt, style=style, n=n, negative_prompt=negative_prompt,
+            guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio, seed=seed,
+        )
+        try:
+            state = self._authorized(
+                lambda token: api.submit_request(self.settings, token, params),
+                lambda response: api.parse_job(response, "submit"),
+            )
+        except NoResponseError as error:
+            raise SubmitOutcomeUnknown(
+                f"the submit was sent but no answer came ({error}); the job may or may "
+                "not exist, so it was not sent again"
+            ) from error
+        generation = Generation(state.record_id, params=params, session=self)
+        generation.apply(state)
+        return generation
+
+    def resume(self, record_id: str) -> Generation:
+        """Pick up a job submitted earlier, perhaps by another process.
+
+        Polls once, so an unknown record id fails here, not later.
+        """
+        if not isinstance(record_id, str) or not record_id.strip():
+            raise ValueError("record_id must be a non-empty str")
+        generation = Generation(record_id.strip(), session=self)
+        generation.refresh()
+        return generation
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        style: str = DEFAULT_STYLE,
+        n: int = 1,
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        guidance_scale: float = 7,
+        steps: int = 30,
+        aspect_ratio: str = "1:1",
+        seed: Optional[int] = None,
+        timeout: Optional[float] = None,
+        on_change: Optional[OnChange] = None,
+    ) -> Result:
+        """Submit, wait until the job ends, and return its :class:`~arta.result.Result`.
+
+        ``timeout`` (else the client's) bounds the wait; past it,
+        :class:`~arta.errors.GenerationTimeout` carries the record id.
+        """
+        generation = self.submit(
+            prompt, style=style, n=n, negative_prompt=negative_prompt,
+            guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio, seed=seed,
+        )
+        if on_change is not None:
+            on_change(generation)
+        generation.wait(timeout if timeout is not None else self.timeout, on_change)
+        return generation.result()
+
+    # -- what a Generation needs (JobSession) -------------------------------
+
+    def fetch_state(self, record_id: str) -> api.JobState:
+        """Ask the service once how job ``record_id`` stands."""
+        return self._authorized(
+            lambda token: api.status_request(self.settings, token, record_id),
+            lambda response: api.parse_job(response, "status", record_id),
+        )
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _authorized(self, build: Callable[[str], Request], parse: Callable[[Response], T]) -> T:
+        """Send with the shared token; on 401/403 replace exactly that token and retry once."""
+        token = self.auth.token()
+        try:
+            return self._send(build(token.id_token), parse)
+        except api.TokenRejected:
+            pass
+        renewed: Token = self.auth.replace(token)
+        try:
+            return self._send(build(renewed.id_token), parse)
+        except api.TokenRejected as error:
+            raise AuthError(
+                f"{error}, even with a fresh token. The service may have changed how it "
+                "signs in; check the endpoint and API key, or clear the token with "
+                f"`rm {self.settings.token_file}`"
+            ) from None
+
+    def _send(self, request: Request, parse: Callable[[Response], T]) -> T:
+        with self.transport.handle_request(request) as response:
+            return parse(response)
+
+    def close(self) -> None:
+        """Release the transport's connections (if the client made the transport)."""
+        if self._owns_transport:
+            self.transport.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self.settings.endpoint or "the ARTA service"
+        return f"<arta.Client {where} store={self.token_store!r}>"
+

@@ -1,0 +1,118 @@
+"""Settings: where the five calls of the protocol go, and where state is kept.
+
+Every setting comes from an argument first, then from the environment, then
+from a default:
+
+==============================  =========================================
+``endpoint`` / ``ARTA_ENDPOINT``  a base URL put in front of the original
+                                  host and path of every call (the
+                                  emulator's ``.url``, a recording proxy)
+``home`` / ``ARTA_HOME``          the folder for the token file and other
+                                  state; default ``$XDG_CACHE_HOME/arta``,
+                                  else ``~/.cache/arta``
+``auth_endpoint`` /               where sign-up and refresh go instead;
+``FIREBASE_AUTH_EMULATOR_HOST``   ``host:port`` of Google's Firebase Auth
+                                  Emulator, as Firebase's own SDKs read it
+``api_key``                       Firebase Web API key of the Android app
+==============================  =========================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+from urllib.parse import quote, urlsplit
+
+from arta.errors import ConfigurationError
+
+__all__ = ["API_KEY", "Settings"]
+
+#: The Firebase Web API key the Android app ships with (public, not a secret).
+API_KEY = "AIzaSyB3-71wG0fIt0shj0ee4fvx1shcjJHGrrQ"
+
+_SIGNUP = "www.googleapis.com/identitytoolkit/v3/relyingparty/signupNewUser"
+_REFRESH = "securetoken.googleapis.com/v1/token"
+_IMAGE_SERVICE = "https://img-gen-prod.ai-arta.com"
+_SUBMIT_PATH = "/api/v1/text2image"
+
+
+def _default_home(env: Mapping[str, str]) -> Path:
+    cache = env.get("XDG_CACHE_HOME")
+    base = Path(cache) if cache else Path.home() / ".cache"
+    return base / "arta"
+
+
+def _check_base_url(url: str, what: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(
+            f"{what} must be an http(s) base URL like http://127.0.0.1:8765, got {url!r}"
+        )
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one client; build with :meth:`Settings.resolve`."""
+
+    endpoint: Optional[str] = None
+    auth_endpoint: Optional[str] = None
+    home: Path = field(default_factory=lambda: _default_home(os.environ))
+    api_key: str = API_KEY
+
+    @classmethod
+    def resolve(
+        cls,
+        endpoint: Optional[str] = None,
+        home: "Optional[os.PathLike[str] | str]" = None,
+        api_key: Optional[str] = None,
+        auth_endpoint: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> "Settings":
+        """Take each setting from its argument, else the environment, else the default."""
+        env = os.environ if env is None else env
+        endpoint = endpoint or env.get("ARTA_ENDPOINT") or None
+        if not auth_endpoint and env.get("FIREBASE_AUTH_EMULATOR_HOST"):
+            # The Firebase SDKs' convention: a bare host:port, spoken over plain http.
+            auth_endpoint = "http://" + env["FIREBASE_AUTH_EMULATOR_HOST"].strip()
+        home_value = home if home is not None else (env.get("ARTA_HOME") or None)
+        return cls(
+            endpoint=_check_base_url(endpoint, "endpoint (ARTA_ENDPOINT)") if endpoint else None,
+            auth_endpoint=(
+                _check_base_url(auth_endpoint, "auth endpoint (FIREBASE_AUTH_EMULATOR_HOST)")
+                if auth_endpoint
+                else None
+            ),
+            home=Path(home_value).expanduser() if home_value else _default_home(env),
+            api_key=api_key or API_KEY,
+        )
+
+    def _google(self, host_and_path: str) -> str:
+        base = self.auth_endpoint or self.endpoint or "https:/"
+        return f"{base}/{host_and_path}?key={quote(self.api_key, safe='')}"
+
+    @property
+    def signup_url(self) -> str:
+        """PROTOCOL.md section 1: anonymous sign-up."""
+        return self._google(_SIGNUP)
+
+    @property
+    def refresh_url(self) -> str:
+        """PROTOCOL.md section 2: token refresh."""
+        return self._google(_REFRESH)
+
+    @property
+    def submit_url(self) -> str:
+        """PROTOCOL.md section 4: submit a generation."""
+        return (self.endpoint or _IMAGE_SERVICE) + _SUBMIT_PATH
+
+    def status_url(self, record_id: str) -> str:
+        """PROTOCOL.md section 5: the status of one job."""
+        return f"{self.submit_url}/{quote(record_id, safe='')}/status"
+
+    @property
+    def token_file(self) -> Path:
+        """The shared token file, named as the old provider named it."""
+        return self.home / "auth_ARTA.json"

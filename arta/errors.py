@@ -1,0 +1,209 @@
+"""The exception tree of ``arta``: every error the library raises is an :class:`ArtaError`.
+
+::
+
+    ArtaError
+    ├── InvalidInputError (also ValueError)   bad argument, caught before any request
+    │   ├── InvalidPromptError
+    │   ├── InvalidStyleError
+    │   ├── InvalidAspectRatioError
+    │   └── InvalidParameterError             n, steps, guidance_scale, seed
+    ├── ConfigurationError                    bad endpoint, home folder, ...
+    ├── TokenStoreError                       the token store's lock stayed taken
+    ├── AuthError                             the service refused our credentials
+    │   └── QuotaExceededError                Firebase's sign-up quota is spent
+    ├── ServiceError                          the service answered an HTTP error
+    │   ├── RateLimitedError                  429
+    │   └── RejectedError                     4xx that retrying will not fix (e.g. 422)
+    ├── TransportError                        no usable answer from the network
+    │   ├── ConnectError                      never connected: nothing was sent
+    │   └── NoResponseError                   sent, but no answer came
+    ├── ProtocolError                         an answer of an unexpected shape
+    ├── SubmitOutcomeUnknown                  a submit was sent, its fate unknown
+    ├── GenerationFailed                      the service says the job FAILED
+    ├── GenerationTimeout                     the wait outlived its timeout
+    └── DownloadError                         an image could not be saved
+
+Errors raised after a job was submitted carry its ``record_id`` and say how
+to resume it, so nothing already paid for is ever lost.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Optional, Tuple, Type
+
+__all__ = [
+    "ArtaError",
+    "AuthError",
+    "ConfigurationError",
+    "ConnectError",
+    "DownloadError",
+    "GenerationFailed",
+    "GenerationTimeout",
+    "InvalidAspectRatioError",
+    "InvalidInputError",
+    "InvalidParameterError",
+    "InvalidPromptError",
+    "InvalidStyleError",
+    "NoResponseError",
+    "ProtocolError",
+    "QuotaExceededError",
+    "RateLimitedError",
+    "RejectedError",
+    "ServiceError",
+    "SubmitOutcomeUnknown",
+    "TokenStoreError",
+    "TransportError",
+]
+
+
+def resume_hint(record_id: str) -> str:
+    """How to pick a submitted job up again, in words."""
+    return f"resume with `arta status {record_id} --wait` or Client().resume({record_id!r})"
+
+
+class ArtaError(Exception):
+    """Base of every error raised by ``arta``.
+
+    ``record_id`` is set on every error raised after a submit: the job exists
+    on the service and can be picked up again with ``Client.resume(record_id)``.
+    """
+
+    def __init__(self, message: str, *, record_id: Optional[str] = None) -> None:
+        if record_id is not None:
+            message = f"{message} (record_id {record_id}; {resume_hint(record_id)})"
+        super().__init__(message)
+        self.record_id = record_id
+
+    def with_record_id(self, record_id: str) -> "ArtaError":
+        """This error, re-issued to carry ``record_id`` (itself if it already does)."""
+        if self.record_id is not None:
+            return self
+        error = copy.copy(self)
+        error.args = (f"{self} (record_id {record_id}; {resume_hint(record_id)})",)
+        error.record_id = record_id
+        error.__cause__ = self
+        return error
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # multiprocessing pickles exceptions: rebuild without calling __init__,
+        # so keyword-only fields survive and the message is not re-suffixed.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: Type[ArtaError], args: Tuple[Any, ...], state: Dict[str, Any]) -> ArtaError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+class InvalidInputError(ArtaError, ValueError):
+    """An argument the service would reject; raised before any request is sent."""
+
+
+class InvalidPromptError(InvalidInputError):
+    """The prompt is not a non-empty str within the length limit."""
+
+
+class InvalidStyleError(InvalidInputError):
+    """The style is not one of the catalog's (the message names the closest)."""
+
+
+class InvalidAspectRatioError(InvalidInputError):
+    """The aspect ratio is not one the service accepts (the message lists them)."""
+
+
+class InvalidParameterError(InvalidInputError):
+    """A numeric parameter (``n``, ``steps``, ``guidance_scale``, ``seed``) is out of range."""
+
+
+class ConfigurationError(ArtaError, ValueError):
+    """A setting (endpoint, home folder, option) is unusable."""
+
+
+class TokenStoreError(ArtaError):
+    """The token store could not be used (its lock stayed taken past the timeout)."""
+
+
+class AuthError(ArtaError):
+    """The service refused the credentials, even after a fresh token."""
+
+
+class QuotaExceededError(AuthError):
+    """Firebase refused a new anonymous account: 100 sign-ups per hour per IP are spent.
+
+    Retrying soon cannot help; ``retry_after`` says how many seconds to wait.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float = 3600.0, record_id: Optional[str] = None
+    ) -> None:
+        super().__init__(message, record_id=record_id)
+        self.retry_after = retry_after
+
+
+class ServiceError(ArtaError):
+    """The service answered with an HTTP error status."""
+
+    def __init__(
+        self, message: str, *, status: int, record_id: Optional[str] = None
+    ) -> None:
+        super().__init__(message, record_id=record_id)
+        self.status = status
+
+
+class RateLimitedError(ServiceError):
+    """The service answered 429 until the retries ran out."""
+
+
+class RejectedError(ServiceError):
+    """The service refused the request itself (a 4xx that retrying will not fix)."""
+
+
+class TransportError(ArtaError):
+    """The network gave no usable answer."""
+
+
+class ConnectError(TransportError):
+    """The connection was never made, so the request surely did not arrive."""
+
+
+class NoResponseError(TransportError):
+    """The request was (or may have been) sent, but no answer came back."""
+
+
+class ProtocolError(ArtaError):
+    """The service answered, but not in the shape PROTOCOL.md describes."""
+
+
+class SubmitOutcomeUnknown(ArtaError):
+    """A submit was sent and no answer came: the job may or may not exist.
+
+    ``arta`` does not re-send it blindly (that could pay for the job twice).
+    """
+
+
+class GenerationFailed(ArtaError):
+    """The service ended the job FAILED; ``error_code``/``error_details`` say why."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        record_id: Optional[str] = None,
+        error_code: Optional[str] = None,
+        error_details: Optional[str] = None,
+    ) -> None:
+        super().__init__(message, record_id=record_id)
+        self.error_code = error_code
+        self.error_details = error_details
+
+
+class GenerationTimeout(ArtaError):
+    """The job did not finish within the timeout; it may still finish on the service."""
+
+
+class DownloadError(ArtaError):
+    """An image of a finished job could not be fetched or saved."""

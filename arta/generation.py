@@ -1,0 +1,256 @@
+"""A submitted job: the ``Generation`` state machine and its polling policy.
+
+::
+
+    SUBMITTED -> IN_QUEUE -> IN_PROGRESS -> DONE
+                        \\-------------\\--> FAILED   (the service said so)
+
+Transitions only move forward; a repeated status is a no-op; a status the
+protocol does not know becomes FAILED with the raw value kept. Client-side
+outcomes (timed out, gave up) are exceptions carrying the ``record_id``, not
+states: the job is never lost, it can always be resumed.
+
+A ``Generation`` is plain data plus a handle to the client that polls it, so
+it pickles (without the handle) and can be re-attached anywhere.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
+
+import tenacity
+
+from arta import api
+from arta.errors import ArtaError, GenerationFailed, GenerationTimeout
+from arta.params import GenerationParams
+from arta.result import Image, Result
+from arta.transport import Transport
+
+__all__ = ["Generation", "JobSession", "PollPolicy", "Status"]
+
+
+class Status(str, enum.Enum):
+    """Where a job stands."""
+
+    SUBMITTED = "SUBMITTED"
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job can change no more."""
+        return self in (Status.DONE, Status.FAILED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_RANK = {Status.SUBMITTED: 0, Status.IN_QUEUE: 1, Status.IN_PROGRESS: 2,
+         Status.DONE: 3, Status.FAILED: 3}
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How often to ask about a job: a value, composed from tenacity's waits.
+
+    The first poll comes ``first_delay`` seconds after the last one, each
+    next delay is ``growth`` times longer, capped at ``max_delay``, with up
+    to ``jitter`` seconds of random spread so that many clients do not poll
+    in step. ``timeout`` bounds the whole wait (None: no bound).
+    """
+
+    first_delay: float = 1.0
+    growth: float = 1.5
+    max_delay: float = 5.0
+    jitter: float = 0.25
+    timeout: Optional[float] = None
+
+    def wait_strategy(self) -> tenacity.wait.wait_base:
+        """The tenacity wait between two polls."""
+        return tenacity.wait_exponential(
+            multiplier=self.first_delay, exp_base=self.growth,
+            min=self.first_delay, max=self.max_delay,
+        ) + tenacity.wait_random(0, self.jitter)
+
+
+def _until(deadline: Optional[float], wait: tenacity.wait.wait_base) -> Callable[[Any], float]:
+    """Cap ``wait`` so that the last poll falls on the deadline, not after it."""
+    if deadline is None:
+        return wait
+
+    def capped(retry_state: Any) -> float:
+        return max(0.0, min(wait(retry_state), deadline - time.monotonic()))
+
+    return capped
+
+
+class JobSession(Protocol):
+    """What a generation needs of its client: one status poll, and a transport for images."""
+
+    transport: Transport
+
+    def fetch_state(self, record_id: str) -> api.JobState:
+        """Ask the service once how job ``record_id`` stands."""
+        ...
+
+
+OnChange = Callable[["Generation"], object]
+
+
+class Generation:
+    """One job on the service, from its submit to DONE or FAILED.
+
+    ``refresh()`` polls once; ``wait()`` polls until the job ends;
+    ``result()`` gives the images. Obtain one from ``Client.submit`` or
+    ``Client.resume``.
+    """
+
+    def __init__(self, record_id: str, *, params: Optional[GenerationParams] = None,
+                 session: Optional[JobSession] = None,
+                 status: Status = Status.SUBMITTED) -> None:
+        self.record_id = record_id
+        self.params = params
+        self.seed: Optional[int] = params.seed if params else None
+        self.status = status
+        self.raw_status: str = status.value
+        self.images: Tuple[Image, ...] = ()
+        self.error_code: Optional[str] = None
+        self.error_details: Optional[str] = None
+        self.history: List[Tuple[Status, float]] = [(status, time.time())]
+        self._session = session
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True once the job is DONE or FAILED."""
+        return self.status.terminal
+
+    def apply(self, state: api.JobState) -> bool:
+        """Take in one answer of the service; return True if the status moved."""
+        if state.seed is not None:
+            self.seed = state.seed
+        try:
+            status = Status(state.status)
+        except ValueError:
+            status = Status.FAILED  # the protocol says any other value is a failure
+        if status is Status.SUBMITTED or _RANK[status] < _RANK[self.status] or status is self.status:
+            return False  # only forward; a repeat (or a stale answer) changes nothing
+        if self.status.terminal:
+            return False
+        self.status = status
+        self.raw_status = state.status
+        self.images = state.images
+        self.error_code = state.error_code
+        self.error_details = state.error_details
+        self.history.append((status, time.time()))
+        return True
+
+    # -- talking to the service --------------------------------------------
+
+    def attach(self, session: JobSession) -> "Generation":
+        """Re-attach a generation (after unpickling) to a client; return it."""
+        self._session = session
+        return self
+
+    def _require_session(self) -> JobSession:
+        if self._session is None:
+            raise ArtaError(
+                "this generation is not attached to a client: call "
+                "generation.attach(client) or client.resume(record_id)",
+                record_id=self.record_id,
+            )
+        return self._session
+
+    def refresh(self) -> Status:
+        """Poll the service once; return the (possibly new) status."""
+        session = self._require_session()
+        try:
+            self.apply(session.fetch_state(self.record_id))
+        except ArtaError as error:
+            raise error.with_record_id(self.record_id) from error
+        return self.status
+
+    def events(self, timeout: Optional[float] = None,
+               policy: Optional[PollPolicy] = None) -> Iterator["Generation"]:
+        """Poll until the job ends, yielding the generation at each change of status.
+
+        ``timeout`` (default: the policy's) bounds the whole wait; past it,
+        :class:`~arta.errors.GenerationTimeout` carries the record id.
+        """
+        session = self._require_session()
+        policy = policy or getattr(session, "poll_policy", None) or PollPolicy()
+        bound = timeout if timeout is not None else policy.timeout
+        deadline = None if bound is None else time.monotonic() + bound
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_result(lambda status: not status.terminal),
+            wait=_until(deadline, policy.wait_strategy()),
+            stop=tenacity.stop_never if bound is None else tenacity.stop_after_delay(bound),
+            retry_error_callback=lambda state: None,  # out of time: judged below
+            reraise=True,  # an error while polling is raised as it is
+        )
+        for attempt in retrying:
+            if self.done:
+                break
+            with attempt:
+                before = self.status
+                status = self.refresh()
+            if not attempt.retry_state.outcome or attempt.retry_state.outcome.failed:
+                continue  # tenacity re-raises it on the next turn
+            attempt.retry_state.set_result(status)
+            if status is not before:
+                yield self
+        if not self.done:
+            raise self._timeout(bound)
+
+    def wait(self, timeout: Optional[float] = None, on_change: Optional[OnChange] = None,
+             policy: Optional[PollPolicy] = None) -> "Generation":
+        """Poll until DONE or FAILED; call ``on_change(self)`` at each transition.
+
+        Raises :class:`~arta.errors.GenerationTimeout` (with the record id)
+        if the job has not ended after ``timeout`` seconds (default: the
+        policy's, else unbounded); the job goes on on the service and can be
+        resumed. Returns the generation itself.
+        """
+        for generation in self.events(timeout, policy):
+            if on_change is not None:
+                on_change(generation)
+        return self
+
+    def result(self) -> Result:
+        """The images of a DONE job; raise ``GenerationFailed`` for a FAILED one."""
+        if self.status is Status.FAILED:
+            reason = ": ".join(x for x in (self.error_code, self.error_details) if x)
+            raw = "" if self.raw_status == "FAILED" else f" (status {self.raw_status!r})"
+            raise GenerationFailed(
+                f"the service failed the job{raw}" + (f": {reason}" if reason else ""),
+                record_id=self.record_id, error_code=self.error_code,
+                error_details=self.error_details,
+            )
+        if self.status is not Status.DONE:
+            raise ArtaError(f"the job is {self.status}, not finished yet: call wait() first",
+                            record_id=self.record_id)
+        session = self._session
+        return Result(self.record_id, self.images, self.seed, self.params,
+                      session.transport if session is not None else None)
+
+    def _timeout(self, bound: Optional[float]) -> GenerationTimeout:
+        return GenerationTimeout(
+            f"the job is still {self.status} after {bound or 0:g}s; it may still finish",
+            record_id=self.record_id,
+        )
+
+    # -- plain data --------------------------------------------------------
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_session"] = None  # a live client does not cross processes
+        return state
+
+    def __repr__(self) -> str:
+        return f"<Generation {self.record_id} {self.status}>"

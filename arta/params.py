@@ -1,0 +1,134 @@
+"""The parameters of one generation, validated before anything is sent.
+
+The service's own bounds are unknown (PROTOCOL.md section 8), so the limits
+here are documented choices: wide enough for everything the Android app
+offers, narrow enough to catch mistakes before they cost a request.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Union
+
+from arta.errors import InvalidParameterError, InvalidPromptError
+from arta.styles import DEFAULT_STYLE, resolve_aspect_ratio, resolve_style
+
+__all__ = [
+    "DEFAULT_NEGATIVE_PROMPT",
+    "GUIDANCE_RANGE",
+    "MAX_PROMPT_LENGTH",
+    "N_RANGE",
+    "SEED_RANGE",
+    "STEPS_RANGE",
+    "GenerationParams",
+]
+
+#: Longest prompt accepted, in characters.
+MAX_PROMPT_LENGTH = 2000
+#: Images per job: the Android app offers 1 to 4.
+N_RANGE = (1, 4)
+#: Inference steps.
+STEPS_RANGE = (1, 150)
+#: Guidance (``cfg_scale``).
+GUIDANCE_RANGE = (1.0, 20.0)
+#: Seeds: the service answers seeds up to 2**32 - 1.
+SEED_RANGE = (0, 2**32 - 1)
+#: Where a random seed is drawn from when none is given (the old provider's range).
+RANDOM_SEED_RANGE = (9999, 99999999)
+
+DEFAULT_NEGATIVE_PROMPT = "blurry, deformed hands, ugly"
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    # bool is an int subclass, but n=True is a mistake, never a count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameterError(
+            f"{name} must be an int from {low} to {high}, not {type(value).__name__} {value!r}"
+        )
+    if not low <= value <= high:
+        raise InvalidParameterError(f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _check_prompt(name: str, value: object, *, required: bool) -> str:
+    if not isinstance(value, str):
+        raise InvalidPromptError(f"{name} must be a str, not {type(value).__name__}")
+    if required and not value.strip():
+        raise InvalidPromptError(f"{name} must not be empty or only whitespace")
+    if len(value) > MAX_PROMPT_LENGTH:
+        raise InvalidPromptError(
+            f"{name} is {len(value)} characters long; the maximum is {MAX_PROMPT_LENGTH}"
+        )
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What to draw: the form fields of one submit (PROTOCOL.md section 4).
+
+    Build with :meth:`create`, which validates every field and fills in a
+    random seed, so that a job is fully described (and repeatable) before it
+    is sent.
+    """
+
+    prompt: str
+    style: str = DEFAULT_STYLE
+    n: int = 1
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    guidance_scale: float = 7
+    steps: int = 30
+    aspect_ratio: str = "1:1"
+    seed: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        prompt: str,
+        *,
+        style: str = DEFAULT_STYLE,
+        n: int = 1,
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        guidance_scale: Union[int, float] = 7,
+        steps: int = 30,
+        aspect_ratio: str = "1:1",
+        seed: Optional[int] = None,
+    ) -> "GenerationParams":
+        """Validate every field, or raise an :class:`~arta.errors.InvalidInputError` saying what is allowed."""
+        prompt = _check_prompt("prompt", prompt, required=True)
+        negative_prompt = _check_prompt("negative_prompt", negative_prompt, required=False)
+        style = resolve_style(style)
+        n = _check_int("n", n, *N_RANGE)
+        steps = _check_int("steps", steps, *STEPS_RANGE)
+        low, high = GUIDANCE_RANGE
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise InvalidParameterError(
+                f"guidance_scale must be a number from {low:g} to {high:g}, "
+                f"not {type(guidance_scale).__name__} {guidance_scale!r}"
+            )
+        if not low <= guidance_scale <= high:  # also rejects nan
+            raise InvalidParameterError(
+                f"guidance_scale must be from {low:g} to {high:g}, got {guidance_scale!r}"
+            )
+        aspect_ratio = resolve_aspect_ratio(aspect_ratio)
+        if seed is None:
+            seed = random.randint(*RANDOM_SEED_RANGE)
+        seed = _check_int("seed", seed, *SEED_RANGE)
+        return cls(prompt, style, n, negative_prompt, guidance_scale, steps, aspect_ratio, seed)
+
+    def form(self) -> Dict[str, str]:
+        """The submit's form fields, every value a string as the service expects."""
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "style": self.style,
+            "images_num": str(self.n),
+            "cfg_scale": f"{self.guidance_scale:g}",
+            "steps": str(self.steps),
+            "aspect_ratio": self.aspect_ratio,
+            "seed": str(self.seed),
+        }
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The parameters as a plain dict (for manifests and JSON output)."""
+        return asdict(self)

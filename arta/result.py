@@ -1,0 +1,160 @@
+"""The images of a finished job, and saving them to disk safely.
+
+File names are made here, from the record id, the image's index and the
+seed: never from the server's name or URL path, which could hold ``../``.
+Each image is streamed to a temporary file in the target folder and renamed
+into place, so an interrupted download never leaves a half image under the
+final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from arta import api
+from arta.errors import ArtaError, DownloadError
+from arta.params import GenerationParams
+from arta.transport import RequestsTransport, Transport
+
+__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "Image", "Result"]
+
+Image = api.Image
+
+#: Largest image accepted from the service.
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+
+_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+_MAGIC = {
+    ".png": (b"\x89PNG\r\n\x1a\n",),
+    ".jpg": (b"\xff\xd8\xff",),
+    ".webp": (b"RIFF",),  # then 4 bytes of size, then b"WEBP" (checked below)
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _safe(text: str) -> str:
+    """Keep a server-given id usable as part of a file name, and nothing more."""
+    return _UNSAFE.sub("_", text).strip("._")[:80] or "image"
+
+
+def _magic_ok(extension: str, head: bytes) -> bool:
+    if not any(head.startswith(magic) for magic in _MAGIC[extension]):
+        return False
+    return extension != ".webp" or head[8:12] == b"WEBP"
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished job: its images, the seed used and the record id.
+
+    ``save(folder)`` downloads the images; the result can be pickled and
+    saved in another process.
+    """
+
+    record_id: str
+    images: Tuple[Image, ...]
+    seed: Optional[int] = None
+    params: Optional[GenerationParams] = None
+    transport: Optional[Transport] = field(default=None, repr=False, compare=False)
+
+    @property
+    def urls(self) -> List[str]:
+        """The image URLs, in the service's order."""
+        return [image.url for image in self.images]
+
+    @property
+    def blurred(self) -> List[int]:
+        """Indexes of the images the service blurred (its content filter)."""
+        return [index for index, image in enumerate(self.images) if image.blurred]
+
+    def filename(self, index: int) -> str:
+        """The file name of image ``index``: ``{record_id}-{index}[-s{seed}].{ext}``."""
+        image = self.images[index]
+        extension = _EXTENSIONS.get(image.mime.split(";")[0].strip().lower(), ".png")
+        seed = "" if self.seed is None else f"-s{self.seed}"
+        return f"{_safe(self.record_id)}-{index}{seed}{extension}"
+
+    def save(self, folder: Union[str, "os.PathLike[str]"] = ".", *, overwrite: bool = False,
+             max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> List[Path]:
+        """Download every image into ``folder`` (created if needed); return the paths.
+
+        An existing file of the same name is kept (not downloaded again)
+        unless ``overwrite``. Raises :class:`~arta.errors.DownloadError`,
+        carrying the record id, if an image cannot be fetched, is not an
+        image, or is larger than ``max_bytes``.
+        """
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        transport = self.transport or RequestsTransport()
+        paths = []
+        try:
+            for index, image in enumerate(self.images):
+                path = target / self.filename(index)
+                if overwrite or not path.exists():
+                    self._download(transport, image, path, max_bytes)
+                paths.append(path)
+        except ArtaError as error:
+            raise error.with_record_id(self.record_id) from error
+        finally:
+            if self.transport is None:
+                transport.close()
+        return paths
+
+    def _download(self, transport: Transport, image: Image, path: Path, max_bytes: int) -> None:
+        extension = path.suffix
+        with transport.handle_request(api.image_request(image.url)) as response:
+            if response.status != 200:
+                raise DownloadError(f"image {path.name}: HTTP {response.status}")
+            mime = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if not mime.startswith("image/"):
+                raise DownloadError(f"image {path.name}: the server sent {mime or 'no type'}, not an image")
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".arta-", suffix=".part")
+            try:
+                size = 0
+                head = b""
+                with os.fdopen(fd, "wb") as file:
+                    for chunk in response.iter_bytes():
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise DownloadError(
+                                f"image {path.name} is larger than the {max_bytes}-byte limit"
+                            )
+                        if len(head) < 16:
+                            head += chunk[:16]
+                        file.write(chunk)
+                if not _magic_ok(extension, head):
+                    raise DownloadError(
+                        f"image {path.name}: the bytes are not a {extension[1:].upper()} image"
+                    )
+                os.chmod(temp, 0o666 & ~_UMASK)  # what open() would have made
+                os.replace(temp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # A live transport does not cross processes; save() opens its own.
+        state = dict(self.__dict__)
+        state["transport"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: do it once, at import.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
