@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from arta.auth import FileTokenStore, MemoryTokenStore, Token, TokenStore
 from arta.client import Client
@@ -64,7 +64,7 @@ __all__ = [
     "TransportError", "default_client", "generate",
 ]
 
-_default: Optional[Client] = None
+_default: Client | None = None
 _default_pid = 0
 _default_lock = threading.Lock()
 
@@ -91,9 +91,9 @@ def generate(
     guidance_scale: float = 7,
     steps: int = 30,
     aspect_ratio: str = "1:1",
-    seed: Optional[int] = None,
-    timeout: Optional[float] = None,
-    on_change: Optional[OnChange] = None,
+    seed: int | None = None,
+    timeout: float | None = None,
+    on_change: OnChange | None = None,
     **client_options: Any,
 ) -> Result:
     """Generate images for ``prompt`` and return the :class:`Result` once the job is DONE.

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from arta.config import Settings
 from arta.errors import (
@@ -88,10 +88,10 @@ class JobState:
 
     record_id: str
     status: str
-    images: Tuple[Image, ...] = ()
-    error_code: Optional[str] = None
-    error_details: Optional[str] = None
-    seed: Optional[int] = None
+    images: tuple[Image, ...] = ()
+    error_code: str | None = None
+    error_details: str | None = None
+    seed: int | None = None
 
 
 # -- building requests ------------------------------------------------------
@@ -142,7 +142,7 @@ def _json_body(response: Response, what: str) -> Any:
         ) from error
 
 
-def retry_after(response: Response) -> Optional[float]:
+def retry_after(response: Response) -> float | None:
     """Seconds the server asked us to wait (``Retry-After``, seconds or HTTP date)."""
     value = response.headers.get("Retry-After")
     if not value:
@@ -178,7 +178,7 @@ def _firebase_error(response: Response, what: str) -> AuthError:
     return AuthError(f"{what}: Firebase answered HTTP {response.status} {code}")
 
 
-def _grant(body: Any, what: str, keys: Tuple[str, str, str, str]) -> TokenGrant:
+def _grant(body: Any, what: str, keys: tuple[str, str, str, str]) -> TokenGrant:
     id_key, refresh_key, expires_key, user_key = keys
     try:
         id_token, refresh_token = body[id_key], body[refresh_key]
@@ -220,7 +220,7 @@ def _detail(body: Any) -> str:
     return str(detail) if detail else ""
 
 
-def _service_error(response: Response, what: str, record_id: Optional[str]) -> Exception:
+def _service_error(response: Response, what: str, record_id: str | None) -> Exception:
     try:
         detail = _detail(json.loads(response.read()))
     except (ValueError, UnicodeDecodeError):
@@ -237,7 +237,7 @@ def _service_error(response: Response, what: str, record_id: Optional[str]) -> E
     return ServiceError(f"{what}: the service failed ({said})", status=status, record_id=record_id)
 
 
-def _images(value: Any) -> Tuple[Image, ...]:
+def _images(value: Any) -> tuple[Image, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -256,7 +256,7 @@ def _images(value: Any) -> Tuple[Image, ...]:
 
 
 def parse_job(response: Response, what: str = "status",
-              record_id: Optional[str] = None) -> JobState:
+              record_id: str | None = None) -> JobState:
     """Parse a submit or status answer into a :class:`JobState`."""
     if response.status != 200:
         raise _service_error(response, what, record_id)

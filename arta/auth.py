@@ -24,9 +24,10 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Protocol, Union
+from typing import Any, Callable, Protocol
 
 import filelock
 
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-def _jwt_claims(jwt: str) -> Dict[str, Any]:
+def _jwt_claims(jwt: str) -> dict[str, Any]:
     """The payload of a JWT, read without verifying its signature.
 
     We only want ``exp`` and ``iat``: the service verifies the signature, and
@@ -62,7 +63,7 @@ def _jwt_claims(jwt: str) -> Dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
@@ -79,7 +80,7 @@ class Token:
     user_id: str = ""
 
     @classmethod
-    def from_grant(cls, grant: api.TokenGrant, now: float) -> "Token":
+    def from_grant(cls, grant: api.TokenGrant, now: float) -> Token:
         """Date a fresh grant: the JWT's own ``exp``/``iat`` first, ``expiresIn`` as fallback."""
         claims = _jwt_claims(grant.id_token)
         expires_at = _number(claims.get("exp")) or now + grant.expires_in
@@ -98,7 +99,7 @@ class Token:
         """True once the service will no longer take the token."""
         return now >= self.expires_at
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """The file format: a superset of the old provider's ``auth_ARTA.json``."""
         return {
             "idToken": self.id_token,
@@ -110,10 +111,10 @@ class Token:
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> "Token":
+    def from_json(cls, data: Any) -> Token:
         """Read the file format, or a file written by the old provider (dated by its JWT)."""
         if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+            raise ValueError("not a JSON object")  # noqa: TRY004 - a bad file, not a bad call
         id_token, refresh_token = data.get("idToken"), data.get("refreshToken")
         if not isinstance(id_token, str) or not id_token or not isinstance(refresh_token, str):
             raise ValueError("no idToken/refreshToken")
@@ -139,7 +140,7 @@ class TokenStore(Protocol):
     and process that shares the store.
     """
 
-    def load(self) -> Optional[Token]:
+    def load(self) -> Token | None:
         """The stored token, or None if there is none (or it is unreadable)."""
         ...
 
@@ -160,10 +161,10 @@ class MemoryTokenStore:
     """A token store for one process: no disk, shared by its threads."""
 
     def __init__(self) -> None:
-        self._token: Optional[Token] = None
+        self._token: Token | None = None
         self._lock = threading.RLock()
 
-    def load(self) -> Optional[Token]:
+    def load(self) -> Token | None:
         """The token held in memory."""
         return self._token
 
@@ -196,7 +197,7 @@ class FileTokenStore:
     the file 0600.
     """
 
-    def __init__(self, path: Union[str, "os.PathLike[str]", None] = None, *,
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  lock_timeout: float = 60.0) -> None:
         self.path = Path(path) if path is not None else Settings.resolve().token_file
         self.lock_path = self.path.with_name(self.path.name + ".lock")
@@ -209,7 +210,7 @@ class FileTokenStore:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask
 
-    def load(self) -> Optional[Token]:
+    def load(self) -> Token | None:
         """Read the token without a lock; a corrupt or foreign file counts as none."""
         try:
             text = self.path.read_text(encoding="utf-8")
@@ -276,13 +277,13 @@ class FileTokenStore:
             "Stop it, or use a separate ARTA_HOME"
         )
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         # A store can travel to worker processes; the thread lock cannot.
         state = self.__dict__.copy()
         del state["_thread_lock"]
         return state
 
-    def __setstate__(self, state: Dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._thread_lock = threading.Lock()
 
@@ -324,7 +325,7 @@ class Authenticator:
                 return token
             return self._renew(token, force=True)
 
-    def _renew(self, token: Optional[Token], force: bool = False) -> Token:
+    def _renew(self, token: Token | None, force: bool = False) -> Token:
         """Refresh ``token`` (or sign up if there is none or it is refused); save the result."""
         if token is not None:
             try:

@@ -13,7 +13,8 @@ import logging
 import sys
 import tempfile
 import time
-from typing import Iterator, List, Optional, Sequence, TextIO, Tuple
+from collections.abc import Iterator, Sequence
+from typing import TextIO
 
 from arta import __version__
 from arta.client import Client
@@ -89,7 +90,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
                         help="base URL of the service (default: ARTA_ENDPOINT, else the real one)")
 
 
-def _seconds(text: str) -> Tuple[float, float]:
+def _seconds(text: str) -> tuple[float, float]:
     """Parse ``2`` or ``0-3`` into a (min, max) range of seconds."""
     try:
         low, _, high = text.partition("-")
@@ -130,7 +131,7 @@ def _client(args: argparse.Namespace) -> Iterator[Client]:
         yield client
 
 
-def _save(generation: Generation, folder: str) -> List[str]:
+def _save(generation: Generation, folder: str) -> list[str]:
     result = generation.result()
     paths = [str(path) for path in result.save(folder)]
     for index in result.blurred:
@@ -177,7 +178,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _styles(args: argparse.Namespace) -> int:
-    aliases: dict[str, List[str]] = {style: [] for style in STYLES}
+    aliases: dict[str, list[str]] = {style: [] for style in STYLES}
     for alias, style in sorted(STYLE_ALIASES.items()):
         if alias != style:
             aliases[style].append(alias)
@@ -217,7 +218,7 @@ def _exit_code(error: ArtaError) -> int:
     return EXIT_SERVICE
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``arta`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = _parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, TypeVar, Union
+from typing import Callable, TypeVar, Union
+
+from typing_extensions import Self
 
 from arta import api
 from arta.auth import Authenticator, FileTokenStore, Token, TokenStore
@@ -37,15 +39,15 @@ class Client:
 
     def __init__(
         self,
-        endpoint: Optional[str] = None,
+        endpoint: str | None = None,
         *,
-        home: Optional[PathLike] = None,
-        transport: Optional[Transport] = None,
-        token_store: Optional[TokenStore] = None,
-        poll_policy: Optional[PollPolicy] = None,
-        timeout: Optional[float] = None,
-        api_key: Optional[str] = None,
-        auth_endpoint: Optional[str] = None,
+        home: PathLike | None = None,
+        transport: Transport | None = None,
+        token_store: TokenStore | None = None,
+        poll_policy: PollPolicy | None = None,
+        timeout: float | None = None,
+        api_key: str | None = None,
+        auth_endpoint: str | None = None,
     ) -> None:
         self.settings = Settings.resolve(endpoint, home, api_key, auth_endpoint)
         self._owns_transport = transport is None
@@ -67,7 +69,7 @@ class Client:
         guidance_scale: float = 7,
         steps: int = 30,
         aspect_ratio: str = "1:1",
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> Generation:
         """Validate the parameters, start a job and return its :class:`Generation`.
 
@@ -115,9 +117,9 @@ class Client:
         guidance_scale: float = 7,
         steps: int = 30,
         aspect_ratio: str = "1:1",
-        seed: Optional[int] = None,
-        timeout: Optional[float] = None,
-        on_change: Optional[OnChange] = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+        on_change: OnChange | None = None,
     ) -> Result:
         """Submit, wait until the job ends, and return its :class:`~arta.result.Result`.
 
@@ -170,7 +172,7 @@ class Client:
         if self._owns_transport:
             self.transport.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -20,9 +20,9 @@ from a default:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
 from urllib.parse import quote, urlsplit
 
 from arta.errors import ConfigurationError
@@ -57,20 +57,20 @@ def _check_base_url(url: str, what: str) -> str:
 class Settings:
     """Resolved settings of one client; build with :meth:`Settings.resolve`."""
 
-    endpoint: Optional[str] = None
-    auth_endpoint: Optional[str] = None
+    endpoint: str | None = None
+    auth_endpoint: str | None = None
     home: Path = field(default_factory=lambda: _default_home(os.environ))
     api_key: str = API_KEY
 
     @classmethod
     def resolve(
         cls,
-        endpoint: Optional[str] = None,
-        home: "Optional[os.PathLike[str] | str]" = None,
-        api_key: Optional[str] = None,
-        auth_endpoint: Optional[str] = None,
-        env: Optional[Mapping[str, str]] = None,
-    ) -> "Settings":
+        endpoint: str | None = None,
+        home: os.PathLike[str] | str | None = None,
+        api_key: str | None = None,
+        auth_endpoint: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Settings:
         """Take each setting from its argument, else the environment, else the default."""
         env = os.environ if env is None else env
         endpoint = endpoint or env.get("ARTA_ENDPOINT") or None

@@ -31,7 +31,7 @@ to resume it, so nothing already paid for is ever lost.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any
 
 __all__ = [
     "ArtaError",
@@ -70,13 +70,13 @@ class ArtaError(Exception):
     on the service and can be picked up again with ``Client.resume(record_id)``.
     """
 
-    def __init__(self, message: str, *, record_id: Optional[str] = None) -> None:
+    def __init__(self, message: str, *, record_id: str | None = None) -> None:
         if record_id is not None:
             message = f"{message} (record_id {record_id}; {resume_hint(record_id)})"
         super().__init__(message)
         self.record_id = record_id
 
-    def with_record_id(self, record_id: str) -> "ArtaError":
+    def with_record_id(self, record_id: str) -> ArtaError:
         """This error, re-issued to carry ``record_id`` (itself if it already does)."""
         if self.record_id is not None:
             return self
@@ -86,13 +86,13 @@ class ArtaError(Exception):
         error.__cause__ = self
         return error
 
-    def __reduce__(self) -> Tuple[Any, ...]:
+    def __reduce__(self) -> tuple[Any, ...]:
         # multiprocessing pickles exceptions: rebuild without calling __init__,
         # so keyword-only fields survive and the message is not re-suffixed.
         return _rebuild, (type(self), self.args, self.__dict__)
 
 
-def _rebuild(cls: Type[ArtaError], args: Tuple[Any, ...], state: Dict[str, Any]) -> ArtaError:
+def _rebuild(cls: type[ArtaError], args: tuple[Any, ...], state: dict[str, Any]) -> ArtaError:
     error = cls.__new__(cls)
     Exception.__init__(error, *args)
     error.__dict__.update(state)
@@ -138,7 +138,7 @@ class QuotaExceededError(AuthError):
     """
 
     def __init__(
-        self, message: str, *, retry_after: float = 3600.0, record_id: Optional[str] = None
+        self, message: str, *, retry_after: float = 3600.0, record_id: str | None = None
     ) -> None:
         super().__init__(message, record_id=record_id)
         self.retry_after = retry_after
@@ -148,7 +148,7 @@ class ServiceError(ArtaError):
     """The service answered with an HTTP error status."""
 
     def __init__(
-        self, message: str, *, status: int, record_id: Optional[str] = None
+        self, message: str, *, status: int, record_id: str | None = None
     ) -> None:
         super().__init__(message, record_id=record_id)
         self.status = status
@@ -192,9 +192,9 @@ class GenerationFailed(ArtaError):
         self,
         message: str,
         *,
-        record_id: Optional[str] = None,
-        error_code: Optional[str] = None,
-        error_details: Optional[str] = None,
+        record_id: str | None = None,
+        error_code: str | None = None,
+        error_details: str | None = None,
     ) -> None:
         super().__init__(message, record_id=record_id)
         self.error_code = error_code

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Protocol
 
 import tenacity
 
@@ -68,7 +69,7 @@ class PollPolicy:
     growth: float = 1.5
     max_delay: float = 5.0
     jitter: float = 0.25
-    timeout: Optional[float] = None
+    timeout: float | None = None
 
     def wait_strategy(self) -> tenacity.wait.wait_base:
         """The tenacity wait between two polls."""
@@ -78,7 +79,7 @@ class PollPolicy:
         ) + tenacity.wait_random(0, self.jitter)
 
 
-def _until(deadline: Optional[float], wait: tenacity.wait.wait_base) -> Callable[[Any], float]:
+def _until(deadline: float | None, wait: tenacity.wait.wait_base) -> Callable[[Any], float]:
     """Cap ``wait`` so that the last poll falls on the deadline, not after it."""
     if deadline is None:
         return wait
@@ -110,18 +111,18 @@ class Generation:
     ``Client.resume``.
     """
 
-    def __init__(self, record_id: str, *, params: Optional[GenerationParams] = None,
-                 session: Optional[JobSession] = None,
+    def __init__(self, record_id: str, *, params: GenerationParams | None = None,
+                 session: JobSession | None = None,
                  status: Status = Status.SUBMITTED) -> None:
         self.record_id = record_id
         self.params = params
-        self.seed: Optional[int] = params.seed if params else None
+        self.seed: int | None = params.seed if params else None
         self.status = status
         self.raw_status: str = status.value
-        self.images: Tuple[Image, ...] = ()
-        self.error_code: Optional[str] = None
-        self.error_details: Optional[str] = None
-        self.history: List[Tuple[Status, float]] = [(status, time.time())]
+        self.images: tuple[Image, ...] = ()
+        self.error_code: str | None = None
+        self.error_details: str | None = None
+        self.history: list[tuple[Status, float]] = [(status, time.time())]
         self._session = session
 
     # -- state -------------------------------------------------------------
@@ -153,7 +154,7 @@ class Generation:
 
     # -- talking to the service --------------------------------------------
 
-    def attach(self, session: JobSession) -> "Generation":
+    def attach(self, session: JobSession) -> Generation:
         """Re-attach a generation (after unpickling) to a client; return it."""
         self._session = session
         return self
@@ -176,8 +177,8 @@ class Generation:
             raise error.with_record_id(self.record_id) from error
         return self.status
 
-    def events(self, timeout: Optional[float] = None,
-               policy: Optional[PollPolicy] = None) -> Iterator["Generation"]:
+    def events(self, timeout: float | None = None,
+               policy: PollPolicy | None = None) -> Iterator[Generation]:
         """Poll until the job ends, yielding the generation at each change of status.
 
         ``timeout`` (default: the policy's) bounds the whole wait; past it,
@@ -208,8 +209,8 @@ class Generation:
         if not self.done:
             raise self._timeout(bound)
 
-    def wait(self, timeout: Optional[float] = None, on_change: Optional[OnChange] = None,
-             policy: Optional[PollPolicy] = None) -> "Generation":
+    def wait(self, timeout: float | None = None, on_change: OnChange | None = None,
+             policy: PollPolicy | None = None) -> Generation:
         """Poll until DONE or FAILED; call ``on_change(self)`` at each transition.
 
         Raises :class:`~arta.errors.GenerationTimeout` (with the record id)
@@ -239,7 +240,7 @@ class Generation:
         return Result(self.record_id, self.images, self.seed, self.params,
                       session.transport if session is not None else None)
 
-    def _timeout(self, bound: Optional[float]) -> GenerationTimeout:
+    def _timeout(self, bound: float | None) -> GenerationTimeout:
         return GenerationTimeout(
             f"the job is still {self.status} after {bound or 0:g}s; it may still finish",
             record_id=self.record_id,
@@ -247,7 +248,7 @@ class Generation:
 
     # -- plain data --------------------------------------------------------
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_session"] = None  # a live client does not cross processes
         return state

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 from arta.errors import InvalidParameterError, InvalidPromptError
 from arta.styles import DEFAULT_STYLE, resolve_aspect_ratio, resolve_style
@@ -89,11 +89,11 @@ class GenerationParams:
         style: str = DEFAULT_STYLE,
         n: int = 1,
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        guidance_scale: Union[int, float] = 7,
+        guidance_scale: float = 7,
         steps: int = 30,
         aspect_ratio: str = "1:1",
-        seed: Optional[int] = None,
-    ) -> "GenerationParams":
+        seed: int | None = None,
+    ) -> GenerationParams:
         """Validate every field, or raise an :class:`~arta.errors.InvalidInputError` saying what is allowed."""
         prompt = _check_prompt("prompt", prompt, required=True)
         negative_prompt = _check_prompt("negative_prompt", negative_prompt, required=False)
@@ -116,7 +116,7 @@ class GenerationParams:
         seed = _check_int("seed", seed, *SEED_RANGE)
         return cls(prompt, style, n, negative_prompt, guidance_scale, steps, aspect_ratio, seed)
 
-    def form(self) -> Dict[str, str]:
+    def form(self) -> dict[str, str]:
         """The submit's form fields, every value a string as the service expects."""
         return {
             "prompt": self.prompt,
@@ -129,6 +129,6 @@ class GenerationParams:
             "seed": str(self.seed),
         }
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """The parameters as a plain dict (for manifests and JSON output)."""
         return asdict(self)

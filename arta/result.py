@@ -15,7 +15,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 from arta import api
 from arta.errors import ArtaError, DownloadError
@@ -58,18 +58,18 @@ class Result:
     """
 
     record_id: str
-    images: Tuple[Image, ...]
-    seed: Optional[int] = None
-    params: Optional[GenerationParams] = None
-    transport: Optional[Transport] = field(default=None, repr=False, compare=False)
+    images: tuple[Image, ...]
+    seed: int | None = None
+    params: GenerationParams | None = None
+    transport: Transport | None = field(default=None, repr=False, compare=False)
 
     @property
-    def urls(self) -> List[str]:
+    def urls(self) -> list[str]:
         """The image URLs, in the service's order."""
         return [image.url for image in self.images]
 
     @property
-    def blurred(self) -> List[int]:
+    def blurred(self) -> list[int]:
         """Indexes of the images the service blurred (its content filter)."""
         return [index for index, image in enumerate(self.images) if image.blurred]
 
@@ -80,8 +80,8 @@ class Result:
         seed = "" if self.seed is None else f"-s{self.seed}"
         return f"{_safe(self.record_id)}-{index}{seed}{extension}"
 
-    def save(self, folder: Union[str, "os.PathLike[str]"] = ".", *, overwrite: bool = False,
-             max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> List[Path]:
+    def save(self, folder: str | os.PathLike[str] = ".", *, overwrite: bool = False,
+             max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> list[Path]:
         """Download every image into ``folder`` (created if needed); return the paths.
 
         An existing file of the same name is kept (not downloaded again)
@@ -139,13 +139,13 @@ class Result:
                     os.unlink(temp)
                 raise
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         # A live transport does not cross processes; save() opens its own.
         state = dict(self.__dict__)
         state["transport"] = None
         return state
 
-    def __setstate__(self, state: Dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             object.__setattr__(self, key, value)
 

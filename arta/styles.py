@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Dict, Tuple
 
 from arta.errors import InvalidAspectRatioError, InvalidStyleError
 
@@ -29,7 +28,7 @@ __all__ = [
 ]
 
 #: Every style display name seen accepted by the service (PROTOCOL.md section 7).
-STYLES: Tuple[str, ...] = (
+STYLES: tuple[str, ...] = (
     "Flux", "Medieval", "Vincent Van Gogh", "F Dev", "Low Poly",
     "Dreamshaper-xl", "Anima-pencil-xl", "Biomech", "Trash Polka", "No Style",
     "Cheyenne-xl", "Chicano", "Embroidery tattoo", "Red and Black",
@@ -47,14 +46,14 @@ STYLES: Tuple[str, ...] = (
 DEFAULT_STYLE = "Flux"
 
 #: Aspect ratios the service accepts, as sent in ``aspect_ratio``.
-ASPECT_RATIOS: Tuple[str, ...] = (
+ASPECT_RATIOS: tuple[str, ...] = (
     "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "9:21", "21:9",
 )
 
 # Names that the provider versions used which are not a spelling of the
 # display name: the later kebab-case provider called the Flux variants
 # "flux-pro"/"flux-dev", the snake_case one called Black Ink "flux_black_ink".
-_EXTRA_ALIASES: Dict[str, str] = {
+_EXTRA_ALIASES: dict[str, str] = {
     "flux-pro": "F Pro",
     "flux_pro": "F Pro",
     "flux-dev": "F Dev",
@@ -80,13 +79,13 @@ def _kebab(name: str) -> str:
 
 
 #: Every alias (snake_case and kebab-case) to its display name.
-STYLE_ALIASES: Dict[str, str] = {
+STYLE_ALIASES: dict[str, str] = {
     **{_snake(style): style for style in STYLES},
     **{_kebab(style): style for style in STYLES},
     **_EXTRA_ALIASES,
 }
 
-_BY_KEY: Dict[str, str] = {
+_BY_KEY: dict[str, str] = {
     **{_key(alias): style for alias, style in STYLE_ALIASES.items()},
     **{_key(style): style for style in STYLES},
 }
@@ -129,7 +128,7 @@ def resolve_aspect_ratio(ratio: str) -> str:
     )
 
 
-def aspect_ratio_size(ratio: str, long_side: int = 512) -> Tuple[int, int]:
+def aspect_ratio_size(ratio: str, long_side: int = 512) -> tuple[int, int]:
     """Return ``(width, height)`` for ``ratio`` with the longer side ``long_side``."""
     w, h = (int(part) for part in resolve_aspect_ratio(ratio).split(":"))
     if w >= h:

@@ -14,11 +14,17 @@ arrived (a submit must not be blindly re-sent).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, MutableMapping, Optional, Protocol, Tuple, Union
+from typing import (
+    Callable,
+    Protocol,
+    Union,
+)
 
 import requests
 import requests.adapters
+from typing_extensions import Self
 
 from arta.errors import ConnectError, NoResponseError, TransportError
 
@@ -32,11 +38,11 @@ __all__ = [
 ]
 
 #: ``(connect, read)`` seconds; a float sets both.
-Timeout = Union[float, Tuple[float, float]]
+Timeout = Union[float, tuple[float, float]]
 
 #: Connect fast (a refused or black-holed host should fail quickly), read
 #: patiently (the service may be slow to answer a submit).
-DEFAULT_TIMEOUT: Tuple[float, float] = (5.0, 30.0)
+DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,8 @@ class Request:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
     json: object = None
-    form: Optional[Mapping[str, str]] = None
-    multipart: Optional[Mapping[str, str]] = None
+    form: Mapping[str, str] | None = None
+    multipart: Mapping[str, str] | None = None
     timeout: Timeout = DEFAULT_TIMEOUT
     stream: bool = False
 
@@ -77,9 +83,9 @@ class Response:
         status: int,
         headers: Mapping[str, str],
         *,
-        content: Optional[bytes] = None,
-        chunks: Optional[Iterable[bytes]] = None,
-        close: Optional[Callable[[], None]] = None,
+        content: bytes | None = None,
+        chunks: Iterable[bytes] | None = None,
+        close: Callable[[], None] | None = None,
     ) -> None:
         self.status = status
         self.headers: MutableMapping[str, str] = requests.structures.CaseInsensitiveDict(headers)
@@ -109,7 +115,7 @@ class Response:
         if close is not None:
             close()
 
-    def __enter__(self) -> "Response":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -151,9 +157,9 @@ class RequestsTransport:
         self,
         *,
         pool_size: int = 16,
-        proxies: Optional[Mapping[str, str]] = None,
-        ca_bundle: Optional[str] = None,
-        session: Optional[requests.Session] = None,
+        proxies: Mapping[str, str] | None = None,
+        ca_bundle: str | None = None,
+        session: requests.Session | None = None,
     ) -> None:
         self.session = session or requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
@@ -161,7 +167,7 @@ class RequestsTransport:
         self.session.mount("https://", adapter)
         if proxies:
             self.session.proxies.update(proxies)
-        self._verify: Union[bool, str] = ca_bundle or True
+        self._verify: bool | str = ca_bundle or True
 
     def handle_request(self, request: Request) -> Response:
         """Send ``request`` through the session, mapping failures to ``TransportError``."""
@@ -223,7 +229,7 @@ def _classify(error: requests.exceptions.ConnectionError, request: Request) -> T
     """
     import urllib3.exceptions
 
-    cause: Optional[BaseException] = error
+    cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, (urllib3.exceptions.NewConnectionError,
                               urllib3.exceptions.NameResolutionError,

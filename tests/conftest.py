@@ -1,0 +1,72 @@
+"""Shared fixtures: an emulator on loopback, a client wired to it, and a network guard.
+
+Every test runs with ``ARTA_HOME`` in a temporary folder and without
+``ARTA_ENDPOINT``/``FIREBASE_AUTH_EMULATOR_HOST`` from the caller's shell, and
+a socket guard fails any connection to a non-loopback address: tests never
+reach the internet, even by mistake.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import arta
+from arta.emulator import Emulator
+
+#: Poll fast: the emulator's jobs take a fraction of a second in tests.
+FAST_POLL = arta.PollPolicy(first_delay=0.02, growth=1.5, max_delay=0.1, jitter=0.01)
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> None:
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise AssertionError(f"a test tried to connect to {host}: only loopback is allowed")
+    _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    for name in ("ARTA_ENDPOINT", "FIREBASE_AUTH_EMULATOR_HOST", "HTTP_PROXY",
+                 "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ARTA_HOME", str(tmp_path / "arta-home"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    """A fast emulator of the service on a free loopback port."""
+    with Emulator(queue_seconds=0.05, progress_seconds=0.1) as emu:
+        yield emu
+
+
+@pytest.fixture
+def client(emulator: Emulator, tmp_path: Path) -> Iterator[arta.Client]:
+    """A client of ``emulator`` with its own token folder and a fast poll."""
+    with arta.Client(emulator.url, home=tmp_path / "client-home", poll_policy=FAST_POLL,
+                     timeout=30) as c:
+        yield c
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR, checking the signature on the way."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
