@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar, Union
-
-from typing_extensions import Self
+from typing import TYPE_CHECKING, Callable, TypeVar, Union
 
 from arta import api
 from arta.auth import Authenticator, FileTokenStore, Token, TokenStore
@@ -16,6 +14,9 @@ from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
 from arta.result import Result
 from arta.styles import DEFAULT_STYLE
 from arta.transport import Request, RequestsTransport, Response, Transport
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
+    from typing_extensions import Self
 
 __all__ = ["Client"]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import (
+    TYPE_CHECKING,
     Callable,
     Protocol,
     Union,
@@ -24,9 +25,11 @@ from typing import (
 
 import requests
 import requests.adapters
-from typing_extensions import Self
 
 from arta.errors import ConnectError, NoResponseError, TransportError
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
+    from typing_extensions import Self
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -101,3 +101,16 @@ def test_emulator_command_serves_the_readme_one_liner(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="needs sys.stdlib_module_names")
+def test_the_package_imports_nothing_but_its_three_dependencies() -> None:
+    code = ("import sys, arta, arta.cli, arta.emulator; "
+            "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    allowed = {"arta", "requests", "urllib3", "idna", "certifi", "charset_normalizer",
+               "tenacity", "filelock"}
+    foreign = {m for m in done.stdout.split() if m not in sys.stdlib_module_names  # type: ignore[attr-defined]
+               and not m.startswith("_") and m not in allowed}
+    assert not foreign
