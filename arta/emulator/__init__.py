@@ -51,13 +51,77 @@ What a test can check or provoke:
   flagged ``isBlur: true``.
 - Tokens from Google's Firebase Auth Emulator (unsigned, ``alg: none``)
   are accepted unless ``accept_unsigned_tokens=False``.
+- Slow or random timelines: ``queue_seconds`` and ``progress_seconds`` take
+  seconds or a ``(min, max)`` range; :func:`parse_seconds` reads ``"2"`` or
+  ``"0-3"`` into one, as the ``--queue-seconds``/``--progress-seconds``
+  flags do.
+
+Faults, to prove that a client survives a flaky service. A plan is a spec
+of ``ENDPOINT:FAULT=PROBABILITY`` parts::
+
+    with Emulator(faults="submit:drop=0.05,status:503=0.1,submit:fail=0.02",
+                  fault_seed=7) as emu:
+        ...
+
+ENDPOINT is ``signup``, ``refresh``, ``submit``, ``status`` or ``image``;
+each request to one draws at most one fault (an endpoint's probabilities
+add up to at most 1), and the same ``fault_seed`` with the same requests in
+the same order gives the same faults. FAULT is one of:
+
+- ``429``: Too Many Requests, ``Retry-After: 1`` (Google's error envelope,
+  ``RESOURCE_EXHAUSTED``, for signup/refresh); nothing is done.
+- ``500``, ``502``, ``503``: that error, 500 as JSON, 502/503 as a proxy's
+  HTML page (503 with ``Retry-After: 1``); nothing is done.
+- ``drop``: the connection closes without an answer. A submit creates its
+  job first (counted in ``submits``): the case where a blind retry makes a
+  duplicate. Other requests are not performed.
+- ``slow``: the right answer, held back ``slow_seconds`` (default 35, past
+  a client's read timeout; set e.g. ``slow_seconds=1.0`` in tests). A
+  submit's job exists from the start.
+- ``badjson``: the right status and headers, but the body cut in half:
+  undecodable JSON, or a truncated PNG for ``image``. A submit's job exists.
+- ``fail`` (submit only): the job ends ``FAILED`` with ``error_code``
+  ``GENERATION_FAILED`` and a sentence in ``error_details``.
+- ``stuck`` (submit only): the job stays ``IN_PROGRESS`` forever.
+
+Faults never touch ``/emulator/*``. Hooks on ``emu.app``:
+``set_faults(plan_or_spec, fault_seed=None)`` changes the plan at run time
+(also ``POST {url}/emulator/faults`` with the spec as body; ``GET`` shows
+it); ``inject("submit", "drop", times=1)`` forces a fault on the next
+request(s), before any random one; ``fault_counts()`` counts them by
+``"endpoint:fault"`` (their total is ``stats()["faults"]``);
+``last_record_id()``/``jobs()`` find the job of a submit whose answer was
+lost; ``set_job_status(record_id, "CANCELLED_BY_ADMIN", error_code=None,
+error_details=None)`` makes a job answer any status from then on.
 
 The service logic, :class:`EmulatorApp`, opens no socket: its
-``handle(Request) -> Response`` can be called in-process.
+``handle(Request) -> Response`` can be called in-process. It marks the
+answers of ``drop`` and ``slow`` (``Response.drop``, ``Response.delay``)
+for the server to carry out.
 """
 
 from arta.emulator.app import STAT_NAMES, EmulatorApp
+from arta.emulator.faults import (
+    ENDPOINTS,
+    FAULT_KINDS,
+    FaultPlan,
+    FaultRule,
+    parse_faults,
+    parse_seconds,
+)
 from arta.emulator.messages import Request, Response
 from arta.emulator.service import Emulator
 
-__all__ = ["STAT_NAMES", "Emulator", "EmulatorApp", "Request", "Response"]
+__all__ = [
+    "ENDPOINTS",
+    "FAULT_KINDS",
+    "STAT_NAMES",
+    "Emulator",
+    "EmulatorApp",
+    "FaultPlan",
+    "FaultRule",
+    "Request",
+    "Response",
+    "parse_faults",
+    "parse_seconds",
+]

@@ -11,6 +11,10 @@ sections 1-6): ``/www.googleapis.com/identitytoolkit/...``,
 ``/securetoken.googleapis.com/...``, ``/api/v1/text2image...``. A job's
 status is computed from the clock, not by a background thread, so an idle
 emulator costs nothing and time can be faked with ``clock``.
+
+Injected faults (:mod:`arta.emulator.faults`) are decided here, once per
+request; the two that need a socket, closing without an answer and
+answering late, are marks on the :class:`Response` that the server honours.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from re import Pattern
 from urllib.parse import parse_qsl, unquote
 
+from arta.emulator.faults import FaultPlan, FaultRule, parse_faults
 from arta.emulator.forms import FormError, parse_form
 from arta.emulator.messages import Request, Response, json_response
 from arta.emulator.scene import render_png
@@ -55,6 +60,7 @@ STAT_NAMES: tuple[str, ...] = (
 )
 
 _SIGNUP_WINDOW = 3600.0  # Firebase's quota is per rolling hour
+_FIREBASE_ENDPOINTS = ("signup", "refresh")  # they answer Google's error envelope
 _IMAGE_HOST_PREFIX = "/img-gen-prod.ai-arta.com"
 _UID_ALPHABET = string.ascii_letters + string.digits
 
@@ -70,6 +76,21 @@ class _Job:
     queue_seconds: float
     progress_seconds: float
     blur: bool
+    #: Where the timeline ends: DONE, FAILED (fault "fail") or IN_PROGRESS ("stuck").
+    final_status: str = "DONE"
+    #: Set by set_job_status(): answered from then on, whatever the clock says.
+    forced_status: str | None = None
+    error_code: str | None = None
+    error_details: str | None = None
+
+
+def _as_plan(faults: FaultPlan | str | None) -> FaultPlan:
+    """A plan from a plan, a spec string, or None (no faults)."""
+    if faults is None:
+        return FaultPlan()
+    if isinstance(faults, FaultPlan):
+        return faults
+    return parse_faults(faults)
 
 
 def _check_duration(name: str, value: float | tuple[float, float]) -> float | tuple[float, float]:
@@ -80,7 +101,12 @@ def _check_duration(name: str, value: float | tuple[float, float]) -> float | tu
     return value
 
 
-def _firebase_error(message: str, code: int = 400, status: str = "INVALID_ARGUMENT") -> Response:
+def _firebase_error(
+    message: str,
+    code: int = 400,
+    status: str = "INVALID_ARGUMENT",
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     """The error envelope every Google API answers with (PROTOCOL.md section 1)."""
     return json_response(
         code,
@@ -92,12 +118,58 @@ def _firebase_error(message: str, code: int = 400, status: str = "INVALID_ARGUME
                 "status": status,
             }
         },
+        headers,
     )
 
 
 def _detail(status: int, detail: str, headers: Mapping[str, str] | None = None) -> Response:
     """A FastAPI-style ``{"detail": "..."}`` error."""
     return json_response(status, {"detail": detail}, headers)
+
+
+_RETRY_AFTER = {"Retry-After": "1"}
+_REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+def _server_error(endpoint: str, status: int) -> Response:
+    """An injected 5xx: 500 from the application (JSON), 502/503 from a proxy in front (HTML).
+
+    The HTML ones are there on purpose: a client must survive an error body
+    that is not JSON.
+    """
+    headers = _RETRY_AFTER if status == 503 else {}
+    reason = _REASONS[status]
+    if status == 500:
+        if endpoint in _FIREBASE_ENDPOINTS:
+            return _firebase_error("Internal error encountered.", 500, "INTERNAL")
+        return _detail(500, reason)
+    body = (
+        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {reason}</h1></center>\r\n</body>\r\n</html>\r\n"
+    ).encode("ascii")
+    return Response(
+        status,
+        {"Content-Type": "text/html", "Content-Length": str(len(body)), **headers},
+        body,
+    )
+
+
+def _too_many_requests(endpoint: str) -> Response:
+    """An injected 429: Google's envelope for Firebase, FastAPI's detail for the rest.
+
+    Firebase's message is RESOURCE_EXHAUSTED, not TOO_MANY_ATTEMPTS_TRY_LATER:
+    the latter means the hourly sign-up quota is spent, which is no
+    transient fault.
+    """
+    if endpoint in _FIREBASE_ENDPOINTS:
+        return _firebase_error("RESOURCE_EXHAUSTED", 429, "RESOURCE_EXHAUSTED", _RETRY_AFTER)
+    return _detail(429, "Too Many Requests", _RETRY_AFTER)
+
+
+def _truncated(answer: Response) -> Response:
+    """``answer`` with the first half of its body only: well-formed HTTP, undecodable body."""
+    body = answer.body[: len(answer.body) // 2]
+    return replace(answer, headers={**answer.headers, "Content-Length": str(len(body))}, body=body)
 
 
 class EmulatorApp:
@@ -120,6 +192,12 @@ class EmulatorApp:
     - ``base_url``: what image URLs start with; None uses the request's Host.
     - ``clock``: the time source (Unix seconds), replaceable in tests.
     - ``project_id``: the Firebase project named in tokens.
+    - ``faults``: a :class:`~arta.emulator.faults.FaultPlan` or its spec
+      string (``"submit:drop=0.05,status:503=0.1"``), None for none.
+    - ``fault_seed``: seeds the fault draws, so a run's faults repeat; None
+      draws from the OS.
+    - ``slow_seconds``: how late a ``slow`` fault answers (35 s: past any
+      usual read timeout).
 
     Thread-safe: state is guarded by one lock; images render outside it.
     """
@@ -138,9 +216,15 @@ class EmulatorApp:
         base_url: str | None = None,
         clock: Callable[[], float] = time.time,
         project_id: str = "arta-emulator",
+        faults: FaultPlan | str | None = None,
+        fault_seed: int | None = None,
+        slow_seconds: float = 35.0,
     ) -> None:
         if signup_quota is not None and signup_quota < 0:
             raise ValueError(f"signup_quota must be >= 0 or None, not {signup_quota!r}")
+        # "not 0 <= x" also refuses NaN.
+        if not 0 <= slow_seconds < float("inf"):
+            raise ValueError(f"slow_seconds must be a finite number >= 0, not {slow_seconds!r}")
         if long_side < 16:
             raise ValueError(f"long_side must be at least 16 pixels, not {long_side!r}")
         self.queue_seconds = _check_duration("queue_seconds", queue_seconds)
@@ -151,22 +235,34 @@ class EmulatorApp:
         self.blur_words = tuple(word.lower() for word in blur_words if word)
         self.base_url = base_url.rstrip("/") if base_url else None
         self.project_id = project_id
+        self.fault_seed = fault_seed
+        #: Seconds a ``slow`` fault holds its answer back; may be changed at run time.
+        self.slow_seconds = float(slow_seconds)
+        self._faults = _as_plan(faults)
         self._clock = clock
         self._tokens = TokenAuthority(project_id, token_lifetime, accept_unsigned_tokens)
         # Firebase answers a numeric project id on refresh; derive a stable one.
         digest = hashlib.sha256(project_id.encode("utf-8")).digest()
         self._project_number = str(int.from_bytes(digest[:5], "big"))
         self._lock = threading.RLock()
-        self._routes: list[tuple[str, Pattern[str], Handler]] = [
+        # (method, path, handler, the endpoint that faults target or None).
+        self._routes: list[tuple[str, Pattern[str], Handler, str | None]] = [
             ("POST", re.compile(r"/www\.googleapis\.com/identitytoolkit/v3/relyingparty/signupNewUser"),
-             self._signup),
-            ("POST", re.compile(r"/identitytoolkit\.googleapis\.com/v1/accounts:signUp"), self._signup),
-            ("POST", re.compile(r"/securetoken\.googleapis\.com/v1/token"), self._refresh),
-            ("POST", re.compile(r"/api/v1/text2image/?"), self._submit),
-            ("GET", re.compile(r"/api/v1/text2image/(?P<record_id>[^/]+)/status"), self._status),
-            ("GET", re.compile(r"/images/(?P<record_id>[^/]+)/(?P<index>[0-9]{1,6})\.png"), self._image),
-            ("GET", re.compile(r"/emulator/stats"), self._stats_route),
-            ("POST", re.compile(r"/emulator/reset"), self._reset_route),
+             self._signup, "signup"),
+            ("POST", re.compile(r"/identitytoolkit\.googleapis\.com/v1/accounts:signUp"),
+             self._signup, "signup"),
+            ("POST", re.compile(r"/securetoken\.googleapis\.com/v1/token"),
+             self._refresh, "refresh"),
+            ("POST", re.compile(r"/api/v1/text2image/?"), self._submit, "submit"),
+            ("GET", re.compile(r"/api/v1/text2image/(?P<record_id>[^/]+)/status"),
+             self._status, "status"),
+            ("GET", re.compile(r"/images/(?P<record_id>[^/]+)/(?P<index>[0-9]{1,6})\.png"),
+             self._image, "image"),
+            # The emulator's own controls are never faulted: a test must trust them.
+            ("GET", re.compile(r"/emulator/stats"), self._stats_route, None),
+            ("POST", re.compile(r"/emulator/reset"), self._reset_route, None),
+            ("GET", re.compile(r"/emulator/faults"), self._faults_route, None),
+            ("POST", re.compile(r"/emulator/faults"), self._set_faults_route, None),
         ]
         self._init_state()
 
@@ -180,6 +276,11 @@ class EmulatorApp:
             self._signup_times: collections.deque[float] = collections.deque()
             self._jobs: dict[str, _Job] = {}
             self._submitted: set[tuple[object, ...]] = set()
+            # Faults have their own Random, so that turning them on does not
+            # change job durations or seeds, and the reverse.
+            self._fault_random = random.Random(self.fault_seed)
+            self._queued_faults: dict[str, collections.deque[str]] = {}
+            self._fault_counts: dict[str, int] = {}
 
     # -- test hooks -------------------------------------------------------
 
@@ -189,10 +290,12 @@ class EmulatorApp:
             return dict(self._counters)
 
     def reset(self) -> None:
-        """Zero the counters and forget accounts, refresh tokens and jobs.
+        """Zero the counters and forget accounts, refresh tokens, jobs and queued faults.
 
         ID tokens issued before stay valid (they are not tied to an account),
-        so a client's cached token keeps working across tests.
+        so a client's cached token keeps working across tests. The fault
+        plan stays in force (it is configuration); its draws restart from
+        ``fault_seed``.
         """
         self._init_state()
 
@@ -204,6 +307,76 @@ class EmulatorApp:
         """Set how long ID tokens issued from now on live; 0 or less issues expired ones."""
         self._tokens.lifetime = int(seconds)
 
+    @property
+    def faults(self) -> FaultPlan:
+        """The fault plan in force (empty when there is none)."""
+        return self._faults
+
+    def set_faults(
+        self, faults: FaultPlan | str | None, *, fault_seed: int | None = None
+    ) -> None:
+        """Put a new fault plan (a :class:`FaultPlan`, its spec, or None for none) in force.
+
+        The draws go on from where they were, unless ``fault_seed`` is given:
+        then they restart from it (and :meth:`reset` restarts from it too).
+        Raises :class:`ValueError` for a bad spec, leaving the plan as it was.
+        """
+        plan = _as_plan(faults)
+        with self._lock:
+            self._faults = plan
+            if fault_seed is not None:
+                self.fault_seed = fault_seed
+                self._fault_random = random.Random(fault_seed)
+
+    def inject(self, endpoint: str, fault: str, times: int = 1) -> None:
+        """Make the next ``times`` requests to ``endpoint`` suffer ``fault``, whatever they ask.
+
+        Queued faults come before the plan's random ones, and take no draw
+        from the seeded sequence. ``endpoint`` and ``fault`` are spelled as
+        in a spec (``inject("submit", "drop")``); :meth:`reset` forgets them.
+        """
+        if not isinstance(times, int) or times < 1:
+            raise ValueError(f"times must be a whole number >= 1, not {times!r}")
+        FaultPlan((FaultRule(endpoint, fault, 1.0),))  # validates, with the spec's messages
+        with self._lock:
+            self._queued_faults.setdefault(endpoint, collections.deque()).extend([fault] * times)
+
+    def fault_counts(self) -> dict[str, int]:
+        """Faults injected so far, by ``"endpoint:fault"`` (only those that happened)."""
+        with self._lock:
+            return dict(self._fault_counts)
+
+    def jobs(self) -> list[str]:
+        """The record id of every job, oldest first, including those whose answer was lost."""
+        with self._lock:
+            return list(self._jobs)
+
+    def last_record_id(self) -> str | None:
+        """The record id of the newest job, or None: how a test finds a dropped submit's job."""
+        with self._lock:
+            return next(reversed(self._jobs), None)
+
+    def set_job_status(
+        self,
+        record_id: str,
+        raw_status: str,
+        error_code: str | None = None,
+        error_details: str | None = None,
+    ) -> None:
+        """Make a job answer ``raw_status`` (any string) from now on, whatever the clock says.
+
+        For a status the protocol does not know (``"CANCELLED_BY_ADMIN"``),
+        or a failure with chosen ``error_code``/``error_details``. Raises
+        :class:`KeyError` for an unknown record id.
+        """
+        with self._lock:
+            job = self._jobs.get(record_id)
+            if job is None:
+                raise KeyError(f"no job with record id {record_id!r}")
+            self._jobs[record_id] = replace(
+                job, forced_status=raw_status, error_code=error_code, error_details=error_details
+            )
+
     # -- dispatch ---------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
@@ -213,7 +386,7 @@ class EmulatorApp:
         if path.startswith(_IMAGE_HOST_PREFIX + "/"):
             path = path[len(_IMAGE_HOST_PREFIX):]
         allowed: list[str] = []
-        for route_method, pattern, handler in self._routes:
+        for route_method, pattern, handler, endpoint in self._routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
@@ -221,8 +394,11 @@ class EmulatorApp:
                 allowed.append(route_method)
                 continue
             params = {key: unquote(value) for key, value in match.groupdict().items()}
+            fault = None if endpoint is None else self._pick_fault(endpoint)
             try:
-                return handler(request, params)
+                if endpoint is None or fault is None:
+                    return handler(request, params)
+                return self._faulty(endpoint, fault, handler, request, params)
             except Exception:  # noqa: BLE001 - a server answers 500, it does not die
                 return _detail(500, "Internal Server Error")
         if allowed:
@@ -232,6 +408,57 @@ class EmulatorApp:
     def _count(self, name: str) -> None:
         with self._lock:
             self._counters[name] += 1
+
+    # -- faults -----------------------------------------------------------
+
+    def _pick_fault(self, endpoint: str) -> str | None:
+        """The fault this request to ``endpoint`` suffers, if any; counts it.
+
+        A queued fault first; else one draw, only when the plan targets this
+        endpoint, so that a plan's sequence on one endpoint is not shifted by
+        traffic to endpoints it leaves alone. Under the lock, so draws follow
+        arrival order and a seed repeats them.
+        """
+        with self._lock:
+            queue = self._queued_faults.get(endpoint)
+            if queue:
+                fault: str | None = queue.popleft()
+            elif self._faults.targets(endpoint):
+                fault = self._faults.choose(endpoint, self._fault_random.random())
+            else:
+                return None
+            if fault is not None:
+                self._counters["faults"] += 1
+                key = f"{endpoint}:{fault}"
+                self._fault_counts[key] = self._fault_counts.get(key, 0) + 1
+            return fault
+
+    def _faulty(
+        self,
+        endpoint: str,
+        fault: str,
+        handler: Handler,
+        request: Request,
+        params: Mapping[str, str],
+    ) -> Response:
+        """Answer a request that suffers ``fault``, as ``faults.FAULT_KINDS`` describes."""
+        if fault == "429":
+            return _too_many_requests(endpoint)
+        if fault in ("500", "502", "503"):
+            return _server_error(endpoint, int(fault))
+        if fault == "drop":
+            # The worst case for a client: the job exists, but the answer
+            # naming it is lost, so a blind retry makes a second one.
+            if endpoint == "submit":
+                return replace(handler(request, params), drop=True)
+            return Response(0, {}, b"", drop=True)
+        if fault in ("fail", "stuck"):
+            return self._submit(request, params, outcome=fault)
+        # "slow" and "badjson": the work is done, only the answer suffers.
+        answer = handler(request, params)
+        if fault == "slow":
+            return replace(answer, delay=self.slow_seconds)
+        return _truncated(answer)
 
     # -- Firebase ---------------------------------------------------------
 
@@ -339,7 +566,10 @@ class EmulatorApp:
             return self._random.uniform(*duration)
         return float(duration)
 
-    def _submit(self, request: Request, params: Mapping[str, str]) -> Response:
+    def _submit(
+        self, request: Request, params: Mapping[str, str], outcome: str | None = None
+    ) -> Response:
+        """Create a job; ``outcome`` "fail" or "stuck" (injected faults) sets how it ends."""
         denied = self._authenticate(request)
         if denied is not None:
             return denied
@@ -359,6 +589,12 @@ class EmulatorApp:
         )
         prompt = generation.prompt.lower()
         blur = any(word in prompt for word in self.blur_words)
+        final_status, error_code, error_details = "DONE", None, None
+        if outcome == "fail":
+            final_status, error_code = "FAILED", "GENERATION_FAILED"
+            error_details = "The image generation failed on the server. Please try again."
+        elif outcome == "stuck":
+            final_status = "IN_PROGRESS"
         now = self._clock()
         with self._lock:
             seed = generation.seed if generation.seed is not None else self._random.randrange(2**32)
@@ -370,6 +606,9 @@ class EmulatorApp:
                 queue_seconds=self._draw(self.queue_seconds),
                 progress_seconds=self._draw(self.progress_seconds),
                 blur=blur,
+                final_status=final_status,
+                error_code=error_code,
+                error_details=error_details,
             )
             self._jobs[job.record_id] = job
             self._counters["submits"] += 1
@@ -392,12 +631,14 @@ class EmulatorApp:
 
     @staticmethod
     def _state(job: _Job, now: float) -> str:
+        if job.forced_status is not None:
+            return job.forced_status
         elapsed = now - job.submitted_at
         if elapsed < job.queue_seconds:
             return "IN_QUEUE"
         if elapsed < job.queue_seconds + job.progress_seconds:
             return "IN_PROGRESS"
-        return "DONE"
+        return job.final_status
 
     def _image_base(self, request: Request) -> str:
         if self.base_url:
@@ -422,12 +663,15 @@ class EmulatorApp:
                 }
                 for i in range(job.request.images_num)
             ]
+        # A job's errors show once it has settled where they belong, not
+        # while a job bound to fail is still queued.
+        settled = job.forced_status is not None or status == job.final_status
         return {
             "record_id": job.record_id,
             "status": status,
             "response": response,
-            "error_code": None,
-            "error_details": None,
+            "error_code": job.error_code if settled else None,
+            "error_details": job.error_details if settled else None,
             "seed": job.seed,
         }
 
@@ -466,3 +710,29 @@ class EmulatorApp:
     def _reset_route(self, request: Request, params: Mapping[str, str]) -> Response:
         self.reset()
         return json_response(200, self.stats())
+
+    def _faults_route(self, request: Request, params: Mapping[str, str]) -> Response:
+        with self._lock:
+            return json_response(200, {
+                "spec": str(self._faults),
+                "fault_seed": self.fault_seed,
+                "counts": dict(self._fault_counts),
+            })
+
+    def _set_faults_route(self, request: Request, params: Mapping[str, str]) -> Response:
+        """Set the plan from another process: a JSON ``{"spec", "fault_seed"}`` or a bare spec."""
+        try:
+            text = request.body.decode("utf-8")
+            if (request.header("Content-Type") or "").lower().startswith("application/json"):
+                value = json.loads(text or "{}")
+                if not isinstance(value, dict):
+                    raise ValueError('expected a JSON object {"spec": ..., "fault_seed": ...}')
+                spec, seed = value.get("spec") or "", value.get("fault_seed")
+                if not isinstance(spec, str) or not (seed is None or isinstance(seed, int)):
+                    raise ValueError("spec must be a string and fault_seed an integer or null")
+            else:
+                spec, seed = text, None
+            self.set_faults(spec, fault_seed=seed)
+        except ValueError as exc:  # UnicodeDecodeError and JSON errors are ValueErrors too
+            return _detail(400, str(exc))
+        return self._faults_route(request, params)

@@ -59,11 +59,21 @@ class Response:
 
     ``headers`` always holds a ``Content-Length`` matching ``body`` when
     built by :func:`json_response` or the app.
+
+    Two marks carry injected faults to whoever writes the answer (the HTTP
+    server honours them; an in-process caller may):
+
+    - ``drop``: write nothing and close the connection. ``status`` and
+      ``body`` are then what would have been answered (a submit's job does
+      exist), or ``0`` and empty when the request was not performed.
+    - ``delay``: seconds to wait before writing the answer.
     """
 
     status: int
     headers: dict[str, str]
     body: bytes
+    drop: bool = False
+    delay: float = 0.0
 
     def json(self) -> Any:
         """The body decoded as JSON."""

@@ -5,6 +5,11 @@ Only the translation between sockets and :class:`~arta.emulator.messages.Request
 keep-alive, because real clients pool connections and a test of a client
 should exercise that; every answer has a Content-Length, since without it a
 keep-alive client cannot tell where the body ends.
+
+Two injected faults need the socket, so they are carried out here: a
+:class:`~arta.emulator.messages.Response` marked ``drop`` closes the
+connection without writing a byte, and one with a ``delay`` is written only
+after it (cut short, with the connection closed, when the server stops).
 """
 
 from __future__ import annotations
@@ -65,12 +70,20 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
                         self.handle_request()
 
     def stop_serving(self) -> None:
-        """Make :meth:`serve_until_stopped` return promptly; safe from any thread."""
+        """Make :meth:`serve_until_stopped` and :meth:`pause` return promptly; from any thread."""
         self._stopping.set()
         try:
             self._wake_writer.send(b"\0")
         except OSError:
             pass  # already closed: nothing is serving
+
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if the server stops meanwhile; True if it is stopping.
+
+        An Event wait rather than a sleep, so that stopping the emulator
+        does not wait out a ``slow`` fault's 35 seconds.
+        """
+        return self._stopping.wait(seconds)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Drop a client that hung up mid-answer quietly; report anything else."""
@@ -172,6 +185,13 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             return
         request = Request(self.command, self.path, dict(self.headers.items()), body)
         response = self.server.app.handle(request)
+        # The app's lock is not held here: other requests go on meanwhile.
+        if response.delay > 0 and self.server.pause(response.delay):
+            self._hang_up()
+            return
+        if response.drop:
+            self._hang_up()
+            return
         self.send_response(response.status)
         for name, value in response.headers.items():
             if name.lower() != "content-length":
@@ -180,6 +200,15 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(response.body)
+
+    def _hang_up(self) -> None:
+        """Close the connection with no answer: the client sees EOF or a reset, not a hang."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client is already gone: nothing left to close
+        # socketserver closes the socket itself once this handler returns.
 
     do_GET = _dispatch
     do_HEAD = _dispatch

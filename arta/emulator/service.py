@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from arta.emulator.app import EmulatorApp
+from arta.emulator.faults import FaultPlan
 from arta.emulator.server import EmulatorHTTPServer
 
 __all__ = ["Emulator"]
@@ -43,9 +44,17 @@ class Emulator:
       that send none.
     - ``blur_words`` (``("nsfw",)``): a prompt containing one of these gets
       images flagged ``isBlur: true``.
+    - ``faults`` (None): a :class:`~arta.emulator.faults.FaultPlan` or its
+      spec, e.g. ``"submit:drop=0.05,status:503=0.1"``
+      (:func:`~arta.emulator.faults.parse_faults` says what is allowed).
+    - ``fault_seed`` (None): seeds the fault draws so that a run's faults
+      repeat; None draws from the OS.
+    - ``slow_seconds`` (35.0): how late a ``slow`` fault answers.
 
     Test hooks live on :attr:`app` (:meth:`EmulatorApp.revoke_tokens`,
-    :meth:`EmulatorApp.set_token_lifetime`, :meth:`EmulatorApp.reset`).
+    :meth:`EmulatorApp.set_token_lifetime`, :meth:`EmulatorApp.reset`,
+    :meth:`EmulatorApp.set_faults`, :meth:`EmulatorApp.inject`,
+    :meth:`EmulatorApp.set_job_status`, :meth:`EmulatorApp.last_record_id`).
     """
 
     def __init__(
@@ -61,6 +70,9 @@ class Emulator:
         long_side: int = 512,
         seed: int | None = 0,
         blur_words: Sequence[str] = ("nsfw",),
+        faults: FaultPlan | str | None = None,
+        fault_seed: int | None = None,
+        slow_seconds: float = 35.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -74,6 +86,9 @@ class Emulator:
             long_side=long_side,
             seed=seed,
             blur_words=blur_words,
+            faults=faults,
+            fault_seed=fault_seed,
+            slow_seconds=slow_seconds,
         )
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -92,6 +107,10 @@ class Emulator:
     def stats(self) -> dict[str, int]:
         """The counters, as ``GET {url}/emulator/stats`` answers them."""
         return self.app.stats()
+
+    def fault_counts(self) -> dict[str, int]:
+        """Faults injected so far, by ``"endpoint:fault"``: :meth:`EmulatorApp.fault_counts`."""
+        return self.app.fault_counts()
 
     def _bind(self) -> EmulatorHTTPServer:
         if self._server is not None:
@@ -150,6 +169,9 @@ class Emulator:
     def _close(self) -> None:
         server = self._server
         if server is not None:
+            # After Ctrl-C in serve_forever() nothing has stopped the server
+            # yet; a handler holding back a slow answer must wake up too.
+            server.stop_serving()
             server.close_connections()
             server.server_close()
         self._server = None
