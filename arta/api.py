@@ -157,13 +157,15 @@ def retry_after(response: Response) -> float | None:
         return None
 
 
-def _firebase_error(response: Response, what: str) -> AuthError:
-    body = _json_body(response, what)
+def _firebase_error(response: Response, what: str) -> Exception:
     try:
-        message = str(body["error"]["message"])
-    except (KeyError, TypeError) as error:
-        raise ProtocolError(f"{what}: HTTP {response.status} without a Firebase error") from error
-    code = message.split(":", 1)[0].strip()
+        code = str(json.loads(response.read())["error"]["message"]).split(":", 1)[0].strip()
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        code = ""
+    if not code or (response.status >= 429 and code != "TOO_MANY_ATTEMPTS_TRY_LATER"):
+        # A 429/5xx or an answer that is no Firebase error at all: the
+        # service is struggling, not refusing us.
+        return _service_error(response, what, None)
     if code == "TOO_MANY_ATTEMPTS_TRY_LATER":
         wait = retry_after(response) or 3600.0
         return QuotaExceededError(
@@ -229,12 +231,15 @@ def _service_error(response: Response, what: str, record_id: str | None) -> Exce
     status = response.status
     if status in (401, 403):
         return TokenRejected(f"{what}: the image service rejected the token ({said})")
+    wait = retry_after(response)
     if status == 429:
-        return RateLimitedError(f"{what}: rate limited ({said})", status=status, record_id=record_id)
+        return RateLimitedError(f"{what}: rate limited ({said})", status=status,
+                                record_id=record_id, retry_after=wait)
     if 400 <= status < 500:
         return RejectedError(f"{what}: the service refused the request ({said})",
                              status=status, record_id=record_id)
-    return ServiceError(f"{what}: the service failed ({said})", status=status, record_id=record_id)
+    return ServiceError(f"{what}: the service failed ({said})", status=status,
+                        record_id=record_id, retry_after=wait)
 
 
 def _images(value: Any) -> tuple[Image, ...]:

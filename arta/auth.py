@@ -33,7 +33,8 @@ import filelock
 
 from arta import api
 from arta.config import Settings
-from arta.errors import ArtaError, TokenStoreError
+from arta.errors import ArtaError, QuotaExceededError, TokenStoreError
+from arta.retry import RetryPolicy, transient
 from arta.transport import Request, Response, Transport
 
 __all__ = [
@@ -260,7 +261,9 @@ class FileTokenStore:
         try:
             file_lock = filelock.FileLock(self.lock_path, mode=0o600)
             try:
-                file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+                # Poll often: waiters only re-read a file, so turns are short.
+                file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()),
+                                  poll_interval=0.005)
             except filelock.Timeout:
                 raise self._held_too_long() from None
             try:
@@ -295,11 +298,15 @@ class Authenticator:
     """Hands out a usable ID token, renewing it through the store's lock."""
 
     def __init__(self, settings: Settings, transport: Transport, store: TokenStore,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, retry_policy: RetryPolicy | None = None) -> None:
         self.settings = settings
         self.transport = transport
         self.store = store
         self.clock = clock
+        self.retry_policy = retry_policy or RetryPolicy()
+        # After Firebase's TOO_MANY_ATTEMPTS_TRY_LATER, sign-ups are refused
+        # here until this time instead of hammering a quota that is spent.
+        self._no_sign_up_until = 0.0
 
     def token(self) -> Token:
         """A token in the first half of its life (or a still-valid one if renewal fails)."""
@@ -347,11 +354,26 @@ class Authenticator:
         return renewed
 
     def _sign_up(self) -> Token:
-        token = self._call(api.signup_request(self.settings), api.parse_signup)
+        wait = self._no_sign_up_until - self.clock()
+        if wait > 0:
+            raise QuotaExceededError(
+                "Firebase's quota of anonymous sign-ups is still spent "
+                f"(TOO_MANY_ATTEMPTS_TRY_LATER); try again in about {wait / 60:.0f} minutes",
+                retry_after=wait,
+            )
+        try:
+            token = self._call(api.signup_request(self.settings), api.parse_signup)
+        except QuotaExceededError as error:
+            self._no_sign_up_until = self.clock() + error.retry_after
+            raise
         log.info("signed up a new anonymous account")
         return token
 
     def _call(self, request: Request, parse: Callable[[Response], api.TokenGrant]) -> Token:
-        with self.transport.handle_request(request) as response:
-            grant = parse(response)
-        return Token.from_grant(grant, self.clock())
+        # Transient failures are retried, sign-up included: at worst a lost
+        # answer costs one extra anonymous account, never a paid job.
+        def once() -> api.TokenGrant:
+            with self.transport.handle_request(request) as response:
+                return parse(response)
+
+        return Token.from_grant(self.retry_policy.call(once, retry_on=transient), self.clock())

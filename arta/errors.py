@@ -148,10 +148,12 @@ class ServiceError(ArtaError):
     """The service answered with an HTTP error status."""
 
     def __init__(
-        self, message: str, *, status: int, record_id: str | None = None
+        self, message: str, *, status: int, record_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, record_id=record_id)
         self.status = status
+        self.retry_after = retry_after
 
 
 class RateLimitedError(ServiceError):
@@ -179,10 +181,15 @@ class ProtocolError(ArtaError):
 
 
 class SubmitOutcomeUnknown(ArtaError):
-    """A submit was sent and no answer came: the job may or may not exist.
+    """A submit was sent and no usable answer came: the job may or may not exist.
 
     ``arta`` does not re-send it blindly (that could pay for the job twice).
+    ``params`` holds what was sent, seed included, to recognise the job by.
     """
+
+    def __init__(self, message: str, *, params: Any = None) -> None:
+        super().__init__(message)
+        self.params = params
 
 
 class GenerationFailed(ArtaError):
