@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from arta import __version__
 from arta.client import Client
@@ -29,6 +29,9 @@ from arta.errors import (
 from arta.generation import Generation
 from arta.params import DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_LENGTH
 from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
+
+if TYPE_CHECKING:
+    from arta.emulator import FaultPlan
 
 __all__ = ["main"]
 
@@ -78,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
                           help="time a job waits in queue: seconds or MIN-MAX (default 1)")
     emulator.add_argument("--progress-seconds", type=_seconds, default=(2.0, 2.0), metavar="S",
                           help="time a job takes: seconds or MIN-MAX (default 2)")
+    emulator.add_argument("--faults", type=_faults, default=None, metavar="SPEC",
+                          help="inject faults: comma-separated ENDPOINT:FAULT=PROBABILITY, "
+                               "ENDPOINT one of signup, refresh, submit, status, image; FAULT "
+                               "one of 429, 500, 502, 503, drop, slow, badjson, fail, stuck "
+                               "(e.g. submit:drop=0.05,status:503=0.1)")
+    emulator.add_argument("--fault-seed", type=int, default=None, metavar="N",
+                          help="seed the faults, for a repeatable sequence")
     return parser
 
 
@@ -92,14 +102,22 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
 
 def _seconds(text: str) -> tuple[float, float]:
     """Parse ``2`` or ``0-3`` into a (min, max) range of seconds."""
+    from arta.emulator import parse_seconds
+
     try:
-        low, _, high = text.partition("-")
-        bounds = (float(low), float(high or low))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds or MIN-MAX, got {text!r}") from None
-    if bounds[0] < 0 or bounds[1] < bounds[0]:
-        raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, got {text!r}")
-    return bounds
+        return parse_seconds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _faults(text: str) -> FaultPlan:
+    """Parse a fault spec, reporting a bad one as a usage error."""
+    from arta.emulator import parse_faults
+
+    try:
+        return parse_faults(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class _Progress:
@@ -191,7 +209,8 @@ def _emulator(args: argparse.Namespace) -> int:
     from arta.emulator import Emulator
 
     emulator = Emulator(host=args.host, port=args.port, queue_seconds=args.queue_seconds,
-                        progress_seconds=args.progress_seconds)
+                        progress_seconds=args.progress_seconds, faults=args.faults,
+                        fault_seed=args.fault_seed)
     emulator.start()
     print(emulator.url, flush=True)
     print(f"arta: emulator listening; use ARTA_ENDPOINT={emulator.url}. Ctrl-C stops it.",

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, TypeVar, Union
 
 from arta import api
 from arta.auth import Authenticator, FileTokenStore, Token, TokenStore
 from arta.config import Settings
-from arta.errors import AuthError, NoResponseError, SubmitOutcomeUnknown
+from arta.errors import (
+    AuthError,
+    NoResponseError,
+    ProtocolError,
+    ServiceError,
+    SubmitOutcomeUnknown,
+)
 from arta.generation import Generation, OnChange, PollPolicy
 from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
 from arta.result import Result
+from arta.retry import RetryPolicy, surely_not_taken, transient
 from arta.styles import DEFAULT_STYLE
-from arta.transport import Request, RequestsTransport, Response, Transport
+from arta.transport import (
+    DEFAULT_TIMEOUT,
+    Request,
+    RequestsTransport,
+    Response,
+    Timeout,
+    Transport,
+)
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
     from typing_extensions import Self
@@ -47,6 +62,8 @@ class Client:
         token_store: TokenStore | None = None,
         poll_policy: PollPolicy | None = None,
         timeout: float | None = None,
+        retry_policy: RetryPolicy | None = None,
+        request_timeout: Timeout = DEFAULT_TIMEOUT,
         api_key: str | None = None,
         auth_endpoint: str | None = None,
     ) -> None:
@@ -55,8 +72,11 @@ class Client:
         self.transport: Transport = transport or RequestsTransport()
         self.token_store: TokenStore = token_store or FileTokenStore(self.settings.token_file)
         self.poll_policy = poll_policy or PollPolicy()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.request_timeout = request_timeout
         self.timeout = timeout
-        self.auth = Authenticator(self.settings, self.transport, self.token_store)
+        self.auth = Authenticator(self.settings, self, self.token_store,
+                                  retry_policy=self.retry_policy)
 
     # -- the public calls ----------------------------------------------------
 
@@ -84,14 +104,21 @@ class Client:
             guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio, seed=seed,
         )
         try:
-            state = self._authorized(
-                lambda token: api.submit_request(self.settings, token, params),
-                lambda response: api.parse_job(response, "submit"),
+            state = self.retry_policy.call(
+                lambda: self._authorized(
+                    lambda token: api.submit_request(self.settings, token, params),
+                    lambda response: api.parse_job(response, "submit"),
+                ),
+                retry_on=surely_not_taken,
             )
-        except NoResponseError as error:
+        except (NoResponseError, ProtocolError, ServiceError) as error:
+            if isinstance(error, ServiceError) and (
+                    error.status < 500 or surely_not_taken(error)):
+                raise  # refused outright, or surely not taken: no job exists
             raise SubmitOutcomeUnknown(
-                f"the submit was sent but no answer came ({error}); the job may or may "
-                "not exist, so it was not sent again"
+                f"the submit was sent but no usable answer came ({error}). The job may or "
+                f"may not exist, so it was not sent again; it had seed {params.seed}",
+                params=params,
             ) from error
         generation = Generation(state.record_id, params=params, session=self)
         generation.apply(state)
@@ -139,11 +166,18 @@ class Client:
     # -- what a Generation needs (JobSession) -------------------------------
 
     def fetch_state(self, record_id: str) -> api.JobState:
-        """Ask the service once how job ``record_id`` stands."""
-        return self._authorized(
-            lambda token: api.status_request(self.settings, token, record_id),
-            lambda response: api.parse_job(response, "status", record_id),
+        """Ask the service how job ``record_id`` stands (retrying transient failures)."""
+        return self.retry_policy.call(
+            lambda: self._authorized(
+                lambda token: api.status_request(self.settings, token, record_id),
+                lambda response: api.parse_job(response, "status", record_id),
+            ),
+            retry_on=transient,
         )
+
+    def handle_request(self, request: Request) -> Response:
+        """Send ``request`` once through the transport, with the client's timeouts."""
+        return self.transport.handle_request(replace(request, timeout=self.request_timeout))
 
     # -- plumbing ------------------------------------------------------------
 
@@ -165,7 +199,7 @@ class Client:
             ) from None
 
     def _send(self, request: Request, parse: Callable[[Response], T]) -> T:
-        with self.transport.handle_request(request) as response:
+        with self.handle_request(request) as response:
             return parse(response)
 
     def close(self) -> None:

@@ -90,13 +90,11 @@ def _until(deadline: float | None, wait: tenacity.wait.wait_base) -> Callable[[A
     return capped
 
 
-class JobSession(Protocol):
-    """What a generation needs of its client: one status poll, and a transport for images."""
-
-    transport: Transport
+class JobSession(Transport, Protocol):
+    """What a generation needs of its client: status polls, and a transport for its images."""
 
     def fetch_state(self, record_id: str) -> api.JobState:
-        """Ask the service once how job ``record_id`` stands."""
+        """Ask the service how job ``record_id`` stands."""
         ...
 
 
@@ -236,9 +234,7 @@ class Generation:
         if self.status is not Status.DONE:
             raise ArtaError(f"the job is {self.status}, not finished yet: call wait() first",
                             record_id=self.record_id)
-        session = self._session
-        return Result(self.record_id, self.images, self.seed, self.params,
-                      session.transport if session is not None else None)
+        return Result(self.record_id, self.images, self.seed, self.params, self._session)
 
     def _timeout(self, bound: float | None) -> GenerationTimeout:
         return GenerationTimeout(

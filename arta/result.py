@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from arta import api
-from arta.errors import ArtaError, DownloadError
+from arta.errors import ArtaError, DownloadError, ProtocolError, ServiceError
 from arta.params import GenerationParams
+from arta.retry import TRANSIENT_STATUSES, RetryPolicy, transient
 from arta.transport import RequestsTransport, Transport
 
 __all__ = ["DEFAULT_MAX_IMAGE_BYTES", "Image", "Result"]
@@ -41,6 +42,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 def _safe(text: str) -> str:
     """Keep a server-given id usable as part of a file name, and nothing more."""
     return _UNSAFE.sub("_", text).strip("._")[:80] or "image"
+
+
+def _whole(extension: str, head: bytes, tail: bytes, size: int) -> bool:
+    """True if the image ends as its format says it must (not cut short)."""
+    if extension == ".png":
+        return tail.endswith(b"IEND\xaeB`\x82")
+    if extension == ".jpg":
+        return tail.endswith(b"\xff\xd9")
+    return int.from_bytes(head[4:8], "little") + 8 == size  # WebP: RIFF size + header
 
 
 def _magic_ok(extension: str, head: bytes) -> bool:
@@ -97,7 +107,10 @@ class Result:
             for index, image in enumerate(self.images):
                 path = target / self.filename(index)
                 if overwrite or not path.exists():
-                    self._download(transport, image, path, max_bytes)
+                    RetryPolicy().call(
+                        lambda: self._download(transport, image, path, max_bytes),  # noqa: B023 - called at once
+                        retry_on=transient,
+                    )
                 paths.append(path)
         except ArtaError as error:
             raise error.with_record_id(self.record_id) from error
@@ -107,31 +120,36 @@ class Result:
         return paths
 
     def _download(self, transport: Transport, image: Image, path: Path, max_bytes: int) -> None:
+        """Fetch one image to a temp file beside ``path``, check it is whole, rename it."""
         extension = path.suffix
         with transport.handle_request(api.image_request(image.url)) as response:
             if response.status != 200:
+                if response.status in TRANSIENT_STATUSES:
+                    raise ServiceError(f"image {path.name}: HTTP {response.status}",
+                                       status=response.status, retry_after=api.retry_after(response))
                 raise DownloadError(f"image {path.name}: HTTP {response.status}")
             mime = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if not mime.startswith("image/"):
-                raise DownloadError(f"image {path.name}: the server sent {mime or 'no type'}, not an image")
+                raise DownloadError(
+                    f"image {path.name}: the server sent {mime or 'no type'}, not an image")
             fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".arta-", suffix=".part")
             try:
-                size = 0
-                head = b""
+                size, head, tail = 0, b"", b""
                 with os.fdopen(fd, "wb") as file:
                     for chunk in response.iter_bytes():
                         size += len(chunk)
                         if size > max_bytes:
                             raise DownloadError(
-                                f"image {path.name} is larger than the {max_bytes}-byte limit"
-                            )
-                        if len(head) < 16:
-                            head += chunk[:16]
+                                f"image {path.name} is larger than the {max_bytes}-byte limit")
+                        head = head if len(head) >= 16 else (head + chunk)[:16]
+                        tail = (tail + chunk)[-16:]
                         file.write(chunk)
                 if not _magic_ok(extension, head):
                     raise DownloadError(
-                        f"image {path.name}: the bytes are not a {extension[1:].upper()} image"
-                    )
+                        f"image {path.name}: the bytes are not a {extension[1:].upper()} image")
+                if not _whole(extension, head, tail, size):
+                    # The right start but no proper end: cut short on the way, worth a retry.
+                    raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
                 os.chmod(temp, 0o666 & ~_UMASK)  # what open() would have made
                 os.replace(temp, path)
             except BaseException:
