@@ -46,6 +46,7 @@ from arta.errors import (
 from arta.generation import Generation, OnChange, PollPolicy, Status
 from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
 from arta.result import Image, Result
+from arta.retry import RetryPolicy
 from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
 from arta.transport import Request, RequestsTransport, Response, Transport
 
@@ -59,7 +60,7 @@ __all__ = [
     "InvalidInputError", "InvalidParameterError", "InvalidPromptError",
     "InvalidStyleError", "MemoryTokenStore", "NoResponseError", "PollPolicy",
     "ProtocolError", "QuotaExceededError", "RateLimitedError", "RejectedError",
-    "Request", "RequestsTransport", "Response", "Result", "ServiceError", "Status",
+    "Request", "RequestsTransport", "Response", "Result", "RetryPolicy", "ServiceError", "Status",
     "SubmitOutcomeUnknown", "Token", "TokenStore", "TokenStoreError", "Transport",
     "TransportError", "default_client", "generate",
 ]
@@ -94,13 +95,15 @@ def generate(
     seed: int | None = None,
     timeout: float | None = None,
     on_change: OnChange | None = None,
+    poll_policy: PollPolicy | None = None,
     **client_options: Any,
 ) -> Result:
     """Generate images for ``prompt`` and return the :class:`Result` once the job is DONE.
 
     ``style`` is a display name or an alias (see ``arta styles``); ``n`` is
     1 to 4 images; ``seed`` makes a job repeatable (random when None).
-    ``timeout`` bounds the wait in seconds. Any other keyword is a
+    ``timeout`` bounds the wait in seconds; ``poll_policy`` says how often
+    to ask (see :class:`PollPolicy`). Any other keyword is a
     :class:`Client` option (``endpoint=``, ``home=``, ``transport=``, ...):
     with them, a client is made for this call alone.
 
@@ -114,7 +117,7 @@ def generate(
         return client.generate(
             prompt, style=style, n=n, negative_prompt=negative_prompt,
             guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio,
-            seed=seed, timeout=timeout, on_change=on_change,
+            seed=seed, timeout=timeout, on_change=on_change, poll_policy=poll_policy,
         )
     finally:
         if client_options:

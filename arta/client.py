@@ -148,6 +148,7 @@ class Client:
         seed: int | None = None,
         timeout: float | None = None,
         on_change: OnChange | None = None,
+        poll_policy: PollPolicy | None = None,
     ) -> Result:
         """Submit, wait until the job ends, and return its :class:`~arta.result.Result`.
 
@@ -160,7 +161,7 @@ class Client:
         )
         if on_change is not None:
             on_change(generation)
-        generation.wait(timeout if timeout is not None else self.timeout, on_change)
+        generation.wait(timeout if timeout is not None else self.timeout, on_change, poll_policy)
         return generation.result()
 
     # -- what a Generation needs (JobSession) -------------------------------

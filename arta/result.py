@@ -72,6 +72,7 @@ class Result:
     seed: int | None = None
     params: GenerationParams | None = None
     transport: Transport | None = field(default=None, repr=False, compare=False)
+    retry_policy: RetryPolicy | None = field(default=None, repr=False, compare=False)
 
     @property
     def urls(self) -> list[str]:
@@ -107,7 +108,7 @@ class Result:
             for index, image in enumerate(self.images):
                 path = target / self.filename(index)
                 if overwrite or not path.exists():
-                    RetryPolicy().call(
+                    (self.retry_policy or RetryPolicy()).call(
                         lambda: self._download(transport, image, path, max_bytes),  # noqa: B023 - called at once
                         retry_on=transient,
                     )

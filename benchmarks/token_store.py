@@ -17,8 +17,7 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable
 
 import requests
 
@@ -59,7 +58,7 @@ def old_provider_token(endpoint: str, home: str) -> str:
     return str(auth_data.get("localId"))
 
 
-STORES: Dict[str, Callable[[str, str], str]] = {"arta": arta_token, "old provider": old_provider_token}
+STORES: dict[str, Callable[[str, str], str]] = {"arta": arta_token, "old provider": old_provider_token}
 
 
 def _worker(store: str, endpoint: str, home: str, barrier: Any, results: Any) -> None:
@@ -71,7 +70,7 @@ def _worker(store: str, endpoint: str, home: str, barrier: Any, results: Any) ->
         results.put(type(error).__name__)
 
 
-def run(store: str, processes: int, emulator: Emulator) -> Tuple[int, List[str], float]:
+def run(store: str, processes: int, emulator: Emulator) -> tuple[int, list[str], float]:
     """Start ``processes`` workers together; return (sign-ups, errors, seconds)."""
     emulator.app.reset()
     context = multiprocessing.get_context("spawn")
@@ -100,14 +99,14 @@ def main() -> None:
           f"{'median s':>8} | sign-ups vs arta")
     with Emulator(queue_seconds=0, progress_seconds=0) as emulator:
         for processes in counts:
-            signups: Dict[str, List[int]] = {}
+            signups: dict[str, list[int]] = {}
             for store in STORES:
                 rounds = [run(store, processes, emulator) for _ in range(args.rounds)]
                 signups[store] = [r[0] for r in rounds]
                 errors = [e for r in rounds for e in r[1]]
                 kinds = ", ".join(f"{errors.count(k)} {k}" for k in sorted(set(errors))) or "0"
                 ratio = statistics.mean(signups[store]) / statistics.mean(signups["arta"])
-                print(f"{processes:>3} | {store:<12} | {str(signups[store]):<22} | {kinds:<30} | "
+                print(f"{processes:>3} | {store:<12} | {signups[store]!s:<22} | {kinds:<30} | "
                       f"{statistics.median(r[2] for r in rounds):>8.3f} | {ratio:.1f}x")
 
 

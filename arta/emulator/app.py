@@ -351,6 +351,18 @@ class EmulatorApp:
         with self._lock:
             return list(self._jobs)
 
+    def job_finished_at(self, record_id: str) -> float | None:
+        """When job ``record_id`` reaches the end of its timeline (Unix time), or None if never.
+
+        A stuck or force-set job has no end. Benchmarks use it to measure how
+        long a client takes to notice a finished job.
+        """
+        with self._lock:
+            job = self._jobs[record_id]
+        if job.forced_status is not None or job.final_status == "IN_PROGRESS":
+            return None
+        return job.submitted_at + job.queue_seconds + job.progress_seconds
+
     def last_record_id(self) -> str | None:
         """The record id of the newest job, or None: how a test finds a dropped submit's job."""
         with self._lock:

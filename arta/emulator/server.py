@@ -43,6 +43,9 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 overflows when a pool of clients
+    # connects at once (a benchmark's 100 threads); a real service's is large.
+    request_queue_size = 1024
     # handle_request() re-checks readiness with this timeout: should a pending
     # connection vanish before accept, the loop still gets back to the stop flag.
     timeout = 0.5
