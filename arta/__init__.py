@@ -26,6 +26,7 @@ from arta.errors import (
     ConfigurationError,
     ConnectError,
     DownloadError,
+    GenerationCancelled,
     GenerationFailed,
     GenerationTimeout,
     InvalidAspectRatioError,
@@ -55,7 +56,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ASPECT_RATIOS", "STYLES", "STYLE_ALIASES",
     "ArtaError", "AuthError", "Client", "ConfigurationError", "ConnectError",
-    "DownloadError", "FileTokenStore", "Generation", "GenerationFailed",
+    "DownloadError", "FileTokenStore", "Generation", "GenerationCancelled", "GenerationFailed",
     "GenerationParams", "GenerationTimeout", "Image", "InvalidAspectRatioError",
     "InvalidInputError", "InvalidParameterError", "InvalidPromptError",
     "InvalidStyleError", "MemoryTokenStore", "NoResponseError", "PollPolicy",

@@ -22,6 +22,7 @@
     ├── SubmitOutcomeUnknown                  a submit was sent, its fate unknown
     ├── GenerationFailed                      the service says the job FAILED
     ├── GenerationTimeout                     the wait outlived its timeout
+    ├── GenerationCancelled                   the caller stopped the wait
     └── DownloadError                         an image could not be saved
 
 Errors raised after a job was submitted carry its ``record_id`` and say how
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "DownloadError",
+    "GenerationCancelled",
     "GenerationFailed",
     "GenerationTimeout",
     "InvalidAspectRatioError",
@@ -210,6 +212,13 @@ class GenerationFailed(ArtaError):
 
 class GenerationTimeout(ArtaError):
     """The job did not finish within the timeout; it may still finish on the service."""
+
+
+class GenerationCancelled(ArtaError):
+    """The caller stopped waiting (``stop`` was set, or an asyncio task was cancelled).
+
+    Only the wait ended: the job goes on at the service and can be resumed.
+    """
 
 
 class DownloadError(ArtaError):

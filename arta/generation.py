@@ -17,6 +17,7 @@ it pickles (without the handle) and can be re-attached anywhere.
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any, Callable, Protocol
 import tenacity
 
 from arta import api
-from arta.errors import ArtaError, GenerationFailed, GenerationTimeout
+from arta.errors import ArtaError, GenerationCancelled, GenerationFailed, GenerationTimeout
 from arta.params import GenerationParams
 from arta.result import Image, Result
 from arta.retry import RetryPolicy
@@ -190,13 +191,23 @@ class Generation:
             raise error.with_record_id(self.record_id) from error
         return self.status
 
-    def events(self, timeout: float | None = None,
-               poll_policy: PollPolicy | None = None) -> Iterator[Generation]:
+    def events(self, timeout: float | None = None, poll_policy: PollPolicy | None = None,
+               stop: threading.Event | None = None) -> Iterator[Generation]:
         """Poll until the job ends, yielding the generation at each change of status.
 
         ``timeout`` (default: the policy's) bounds the whole wait; past it,
         :class:`~arta.errors.GenerationTimeout` carries the record id.
+        Setting ``stop`` (from any thread) ends the wait at once, between
+        polls or in the middle of a sleep, with
+        :class:`~arta.errors.GenerationCancelled`: the job itself goes on.
         """
+
+        def sleep(seconds: float) -> None:
+            if stop is None:
+                time.sleep(seconds)
+            elif stop.wait(seconds):
+                raise self._cancelled()
+
         session = self._require_session()
         policy = poll_policy or getattr(session, "poll_policy", None) or PollPolicy()
         bound = timeout if timeout is not None else policy.timeout
@@ -207,6 +218,7 @@ class Generation:
             stop=tenacity.stop_never if bound is None else tenacity.stop_after_delay(bound),
             retry_error_callback=lambda state: None,  # out of time: judged below
             reraise=True,  # an error while polling is raised as it is
+            sleep=sleep,
         )
         # A job whose state is known (from its submit, or a resume) is not
         # asked again at once: the first turn only starts the first wait.
@@ -214,6 +226,8 @@ class Generation:
         for attempt in retrying:
             if self.done:
                 break
+            if stop is not None and stop.is_set():
+                raise self._cancelled()
             with attempt:
                 before = self.status
                 first = attempt.retry_state.attempt_number == 1
@@ -227,15 +241,17 @@ class Generation:
             raise self._timeout(bound)
 
     def wait(self, timeout: float | None = None, on_change: OnChange | None = None,
-             poll_policy: PollPolicy | None = None) -> Generation:
+             poll_policy: PollPolicy | None = None,
+             stop: threading.Event | None = None) -> Generation:
         """Poll until DONE or FAILED; call ``on_change(self)`` at each transition.
 
         Raises :class:`~arta.errors.GenerationTimeout` (with the record id)
         if the job has not ended after ``timeout`` seconds (default: the
-        policy's, else unbounded); the job goes on on the service and can be
-        resumed. Returns the generation itself.
+        policy's, else unbounded), or :class:`~arta.errors.GenerationCancelled`
+        once ``stop`` is set; either way the job goes on at the service and
+        can be resumed. Returns the generation itself.
         """
-        for generation in self.events(timeout, poll_policy):
+        for generation in self.events(timeout, poll_policy, stop):
             if on_change is not None:
                 on_change(generation)
         return self
@@ -256,6 +272,12 @@ class Generation:
         session = self._session
         return Result(self.record_id, self.images, self.seed, self.params, session,
                       session.retry_policy if session is not None else None)
+
+    def _cancelled(self) -> GenerationCancelled:
+        return GenerationCancelled(
+            f"stopped waiting for the job while it was {self.status}; it goes on at the service",
+            record_id=self.record_id,
+        )
 
     def _timeout(self, bound: float | None) -> GenerationTimeout:
         return GenerationTimeout(

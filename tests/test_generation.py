@@ -204,3 +204,19 @@ def test_a_job_from_a_process_that_exited_is_finished_by_arta_status(
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == f"{record_id} DONE"
     assert png_size(Path(done.stdout.splitlines()[1])) == (512, 512)
+
+
+def test_a_stopped_wait_ends_promptly_and_the_job_goes_on(emulator: Emulator,
+                                                          client: arta.Client) -> None:
+    import threading
+
+    emulator.app.inject("submit", "stuck")
+    generation = client.submit("a fox")
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    with pytest.raises(arta.GenerationCancelled) as caught:
+        generation.wait(poll_policy=arta.PollPolicy(first_delay=60), stop=stop)
+    assert caught.value.record_id == generation.record_id  # stopped mid-sleep, not after 60 s
+    polls = emulator.stats()["polls"]
+    time.sleep(0.3)
+    assert emulator.stats()["polls"] == polls  # nothing polls on behind our back
