@@ -47,7 +47,11 @@ class Client:
     ``transport`` (else a pooled :class:`~arta.transport.RequestsTransport`),
     ``token_store`` (else the file-locked ``auth_ARTA.json`` in ``home``,
     shared with every other process), ``poll_policy`` and ``timeout`` (the
-    default bound, in seconds, of every wait).
+    default bound, in seconds, of every wait), ``retry_policy`` (how
+    transient failures are retried), ``request_timeout`` (``(connect,
+    read)`` seconds of one request). ``settings`` replaces ``endpoint``,
+    ``home``, ``api_key`` and ``auth_endpoint`` with a ready
+    :class:`~arta.config.Settings`.
 
     A client is thread-safe; close it (or use ``with``) to release its
     connections.
@@ -66,8 +70,9 @@ class Client:
         request_timeout: Timeout = DEFAULT_TIMEOUT,
         api_key: str | None = None,
         auth_endpoint: str | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        self.settings = Settings.resolve(endpoint, home, api_key, auth_endpoint)
+        self.settings = settings or Settings.resolve(endpoint, home, api_key, auth_endpoint)
         self._owns_transport = transport is None
         self.transport: Transport = transport or RequestsTransport()
         self.token_store: TokenStore = token_store or FileTokenStore(self.settings.token_file)

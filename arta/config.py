@@ -61,6 +61,10 @@ class Settings:
     auth_endpoint: str | None = None
     home: Path = field(default_factory=lambda: _default_home(os.environ))
     api_key: str = API_KEY
+    #: Whole URLs that win over the endpoints, by call: ``"signup"``,
+    #: ``"refresh"``, ``"submit"``, and ``"status"`` (with ``{record_id}``).
+    #: The old provider's class attributes land here.
+    urls: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def resolve(
@@ -96,21 +100,22 @@ class Settings:
     @property
     def signup_url(self) -> str:
         """PROTOCOL.md section 1: anonymous sign-up."""
-        return self._google(_SIGNUP)
+        return self.urls.get("signup") or self._google(_SIGNUP)
 
     @property
     def refresh_url(self) -> str:
         """PROTOCOL.md section 2: token refresh."""
-        return self._google(_REFRESH)
+        return self.urls.get("refresh") or self._google(_REFRESH)
 
     @property
     def submit_url(self) -> str:
         """PROTOCOL.md section 4: submit a generation."""
-        return (self.endpoint or _IMAGE_SERVICE) + _SUBMIT_PATH
+        return self.urls.get("submit") or (self.endpoint or _IMAGE_SERVICE) + _SUBMIT_PATH
 
     def status_url(self, record_id: str) -> str:
         """PROTOCOL.md section 5: the status of one job."""
-        return f"{self.submit_url}/{quote(record_id, safe='')}/status"
+        template = self.urls.get("status") or self.submit_url + "/{record_id}/status"
+        return template.format(record_id=quote(record_id, safe=""))
 
     @property
     def token_file(self) -> Path:
