@@ -109,11 +109,9 @@ class Client:
             guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio, seed=seed,
         )
         try:
-            state = self.retry_policy.call(
-                lambda: self._authorized(
-                    lambda token: api.submit_request(self.settings, token, params),
-                    lambda response: api.parse_job(response, "submit"),
-                ),
+            state = self._authorized(
+                lambda token: api.submit_request(self.settings, token, params),
+                lambda response: api.parse_job(response, "submit"),
                 retry_on=surely_not_taken,
             )
         except (NoResponseError, ProtocolError, ServiceError) as error:
@@ -173,11 +171,9 @@ class Client:
 
     def fetch_state(self, record_id: str) -> api.JobState:
         """Ask the service how job ``record_id`` stands (retrying transient failures)."""
-        return self.retry_policy.call(
-            lambda: self._authorized(
-                lambda token: api.status_request(self.settings, token, record_id),
-                lambda response: api.parse_job(response, "status", record_id),
-            ),
+        return self._authorized(
+            lambda token: api.status_request(self.settings, token, record_id),
+            lambda response: api.parse_job(response, "status", record_id),
             retry_on=transient,
         )
 
@@ -187,21 +183,31 @@ class Client:
 
     # -- plumbing ------------------------------------------------------------
 
-    def _authorized(self, build: Callable[[str], Request], parse: Callable[[Response], T]) -> T:
-        """Send with the shared token; on 401/403 replace exactly that token and retry once."""
+    def _authorized(self, build: Callable[[str], Request], parse: Callable[[Response], T],
+                    retry_on: Callable[[BaseException], bool]) -> T:
+        """Send with the shared token, retrying per ``retry_on``.
+
+        On 401/403, exactly the rejected token is replaced and the call is
+        made once more. The token's own calls retry inside the
+        Authenticator: retries are never nested.
+        """
+
+        def send(token: Token) -> T:
+            return self.retry_policy.call(lambda: self._send(build(token.id_token), parse),
+                                          retry_on=retry_on)
+
         token = self.auth.token()
         try:
-            return self._send(build(token.id_token), parse)
+            return send(token)
         except api.TokenRejected:
             pass
-        renewed: Token = self.auth.replace(token)
         try:
-            return self._send(build(renewed.id_token), parse)
+            return send(self.auth.replace(token))
         except api.TokenRejected as error:
             raise AuthError(
                 f"{error}, even with a fresh token. The service may have changed how it "
                 "signs in; check the endpoint and API key, or clear the token with "
-                f"`rm {self.settings.token_file}`"
+                "`arta token --clear`"
             ) from None
 
     def _send(self, request: Request, parse: Callable[[Response], T]) -> T:

@@ -9,7 +9,9 @@ final name.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -23,9 +25,14 @@ from arta.params import GenerationParams
 from arta.retry import TRANSIENT_STATUSES, RetryPolicy, transient
 from arta.transport import RequestsTransport, Transport
 
-__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "Image", "Result"]
+__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DEFAULT_NAME", "Image", "Result"]
+
+log = logging.getLogger(__name__)
 
 Image = api.Image
+
+#: The default file name template of :meth:`Result.save`.
+DEFAULT_NAME = "{record_id}-{index}-s{seed}"
 
 #: Largest image accepted from the service.
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
@@ -40,8 +47,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def _safe(text: str) -> str:
-    """Keep a server-given id usable as part of a file name, and nothing more."""
-    return _UNSAFE.sub("_", text).strip("._")[:80] or "image"
+    """Reduce ``text`` to a plain file name: no folder, no leading dot, no odd characters."""
+    return _UNSAFE.sub("_", text).strip("._-")[:120] or "image"
 
 
 def _whole(extension: str, head: bytes, tail: bytes, size: int) -> bool:
@@ -84,40 +91,64 @@ class Result:
         """Indexes of the images the service blurred (its content filter)."""
         return [index for index, image in enumerate(self.images) if image.blurred]
 
-    def filename(self, index: int) -> str:
-        """The file name of image ``index``: ``{record_id}-{index}[-s{seed}].{ext}``."""
+    def filename(self, index: int, name: str = DEFAULT_NAME) -> str:
+        """The file name of image ``index``, from the template ``name``.
+
+        ``name`` may use ``{record_id}``, ``{index}`` and ``{seed}``; the
+        extension follows the image's type. Each value, and the result, is
+        reduced to a plain file name: nothing from the server can choose a
+        folder.
+        """
         image = self.images[index]
         extension = _EXTENSIONS.get(image.mime.split(";")[0].strip().lower(), ".png")
-        seed = "" if self.seed is None else f"-s{self.seed}"
-        return f"{_safe(self.record_id)}-{index}{seed}{extension}"
+        try:
+            stem = name.format(record_id=_safe(self.record_id), index=index,
+                               seed="" if self.seed is None else self.seed)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"bad file name template {name!r} ({error}); it may use "
+                "{record_id}, {index} and {seed}") from None
+        return _safe(stem) + extension
 
-    def save(self, folder: str | os.PathLike[str] = ".", *, overwrite: bool = False,
-             max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> list[Path]:
-        """Download every image into ``folder`` (created if needed); return the paths.
+    def save(self, folder: str | os.PathLike[str] = ".", *, name: str = DEFAULT_NAME,
+             overwrite: bool = False, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> list[Path]:
+        """Download every image into ``folder`` (created if needed), in parallel; return the paths.
 
-        An existing file of the same name is kept (not downloaded again)
-        unless ``overwrite``. Raises :class:`~arta.errors.DownloadError`,
-        carrying the record id, if an image cannot be fetched, is not an
-        image, or is larger than ``max_bytes``.
+        File names come from the template ``name`` (see :meth:`filename`).
+        An existing file of that name is kept, not downloaded again, unless
+        ``overwrite``. Each image is streamed to a temporary file, checked
+        (an image type, the PNG/JPEG/WebP signature, a whole body, at most
+        ``max_bytes``) and only then renamed into place. Transient failures
+        are retried. Raises :class:`~arta.errors.DownloadError`, carrying the
+        record id, for an image that cannot be had.
         """
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
+        paths = [target / self.filename(index, name) for index in range(len(self.images))]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"the file name template {name!r} gives two images one name: "
+                             "use {index} in it")
         transport = self.transport or RequestsTransport()
-        paths = []
+        policy = self.retry_policy or RetryPolicy()
+
+        def fetch(image: Image, path: Path) -> None:
+            if overwrite or not path.exists():
+                policy.call(lambda: self._download(transport, image, path, max_bytes),
+                            retry_on=transient)
+
         try:
-            for index, image in enumerate(self.images):
-                path = target / self.filename(index)
-                if overwrite or not path.exists():
-                    (self.retry_policy or RetryPolicy()).call(
-                        lambda: self._download(transport, image, path, max_bytes),  # noqa: B023 - called at once
-                        retry_on=transient,
-                    )
-                paths.append(path)
+            with concurrent.futures.ThreadPoolExecutor(max(1, len(paths))) as pool:
+                for done in [pool.submit(fetch, image, path)
+                             for image, path in zip(self.images, paths)]:
+                    done.result()
         except ArtaError as error:
             raise error.with_record_id(self.record_id) from error
         finally:
             if self.transport is None:
                 transport.close()
+        if self.blurred:
+            log.warning("job %s: image(s) %s were blurred by the service's content filter",
+                        self.record_id, ", ".join(map(str, self.blurred)))
         return paths
 
     def _download(self, transport: Transport, image: Image, path: Path, max_bytes: int) -> None:

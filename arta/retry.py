@@ -82,7 +82,7 @@ class RetryPolicy:
     ``max_retry_after`` seconds is waited out in full.
     """
 
-    attempts: int = 5
+    attempts: int = 4
     first_delay: float = 0.5
     max_delay: float = 8.0
     jitter: float = 0.5
