@@ -9,6 +9,7 @@ reach the internet, even by mistake.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 
 import arta
 from arta.emulator import Emulator
+from arta.transport import HttpxTransport, InProcessTransport
 
 #: Poll fast: the emulator's jobs take a fraction of a second in tests.
 FAST_POLL = arta.PollPolicy(first_delay=0.02, growth=1.5, max_delay=0.1, jitter=0.01)
@@ -55,12 +57,37 @@ def emulator() -> Iterator[Emulator]:
         yield emu
 
 
+def transport_from_env(emulator: Emulator) -> arta.Transport | None:
+    """The transport that ``ARTA_TEST_TRANSPORT`` names: requests (the default), httpx, inprocess.
+
+    None stands for requests: the client then makes its default transport,
+    so the default path is the one tested.
+    """
+    kind = os.environ.get("ARTA_TEST_TRANSPORT", "").strip().lower() or "requests"
+    if kind == "requests":
+        return None
+    if kind == "httpx":
+        return HttpxTransport()
+    if kind == "inprocess":
+        return InProcessTransport(emulator)
+    raise pytest.UsageError(f"ARTA_TEST_TRANSPORT must be requests, httpx or inprocess, not {kind!r}")
+
+
 @pytest.fixture
 def client(emulator: Emulator, tmp_path: Path) -> Iterator[arta.Client]:
-    """A client of ``emulator`` with its own token folder and a fast poll."""
-    with arta.Client(emulator.url, home=tmp_path / "client-home", poll_policy=FAST_POLL,
-                     timeout=30) as c:
-        yield c
+    """A client of ``emulator`` with its own token folder and a fast poll.
+
+    Its transport is the one ``ARTA_TEST_TRANSPORT`` names, so that the whole
+    suite can run on each transport.
+    """
+    transport = transport_from_env(emulator)
+    try:
+        with arta.Client(emulator.url, home=tmp_path / "client-home", poll_policy=FAST_POLL,
+                         timeout=30, transport=transport) as c:
+            yield c
+    finally:
+        if transport is not None:  # the client closes only a transport it made
+            transport.close()
 
 
 def png_size(path: Path) -> tuple[int, int]:

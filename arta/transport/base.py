@@ -1,0 +1,227 @@
+"""The transport seam: :class:`Request` and :class:`Response` as data, and the :class:`Transport` protocol.
+
+Nothing here does I/O. A request is a value (method, URL, headers, at most
+one body, timeouts, a stream flag); :meth:`Request.encode` turns its body
+into the exact bytes and ``Content-Type`` that go on the wire, so that every
+transport (and the in-process one, which has no wire) sends the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol, Union
+from urllib.parse import urlencode
+
+import requests.structures
+import urllib3.filepost
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
+    from typing_extensions import Self
+
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_TIMEOUT",
+    "EncodedRequest",
+    "Request",
+    "Response",
+    "Timeout",
+    "Transport",
+    "describe",
+]
+
+#: ``(connect, read)`` seconds; a float sets both.
+Timeout = Union[float, tuple[float, float]]
+
+#: Connect fast (a refused or black-holed host should fail quickly), read
+#: patiently (the service may be slow to answer a submit).
+DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
+
+#: Bytes per chunk of a streamed body: big enough that per-chunk overhead
+#: vanishes, small enough that a 200 MB download stays a few chunks in memory.
+CHUNK_SIZE = 64 * 1024
+
+_JSON = "application/json"
+_FORM = "application/x-www-form-urlencoded"
+
+
+class EncodedRequest(NamedTuple):
+    """What goes on the wire: the headers (``Content-Type`` included) and the body bytes."""
+
+    headers: dict[str, str]
+    content: bytes | None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, described as data.
+
+    At most one body is set: ``json`` (sent as JSON), ``form``
+    (``application/x-www-form-urlencoded``) or ``multipart``
+    (``multipart/form-data``, every value a plain string field). ``timeout``
+    is ``(connect, read)`` seconds, or one float for both. With ``stream``
+    the response body is not read up front: iterate
+    :meth:`Response.iter_bytes` and close the response.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    json: object = None
+    form: Mapping[str, str] | None = None
+    multipart: Mapping[str, str] | None = None
+    timeout: Timeout = DEFAULT_TIMEOUT
+    stream: bool = False
+
+    def __post_init__(self) -> None:
+        bodies = [name for name in ("json", "form", "multipart") if getattr(self, name) is not None]
+        if len(bodies) > 1:
+            raise ValueError(f"a request has at most one body, got {' and '.join(bodies)}")
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds to wait for the connection to be made."""
+        return self.timeout[0] if isinstance(self.timeout, tuple) else float(self.timeout)
+
+    @property
+    def read_timeout(self) -> float:
+        """Seconds to wait for the answer (and between two chunks of it)."""
+        return self.timeout[1] if isinstance(self.timeout, tuple) else float(self.timeout)
+
+    def encode(self) -> EncodedRequest:
+        """The headers and body bytes to send, exactly as every ``arta`` transport sends them.
+
+        A ``Content-Type`` already in :attr:`headers` is kept. Multipart is
+        encoded by urllib3 (which requests uses too), with a fresh boundary.
+        """
+        headers = dict(self.headers)
+        if self.json is not None:
+            # allow_nan=False: NaN is not JSON, and a server would reject it anyway.
+            content = json.dumps(self.json, ensure_ascii=False, separators=(",", ":"),
+                                 allow_nan=False).encode("utf-8")
+            content_type = _JSON
+        elif self.form is not None:
+            content, content_type = urlencode(list(self.form.items())).encode("ascii"), _FORM
+        elif self.multipart is not None:
+            content, content_type = urllib3.filepost.encode_multipart_formdata(
+                list(self.multipart.items()))
+        else:
+            return EncodedRequest(headers, None)
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = content_type
+        return EncodedRequest(headers, content)
+
+    def __repr__(self) -> str:
+        # Headers carry the token and the URL a key: show neither.
+        return f"Request({describe(self)})"
+
+
+class Response:
+    """An HTTP response: status, headers (case-insensitive) and a body.
+
+    The body is either already read (``content``) or streamed from
+    ``chunks``; ``close()`` releases the connection and is safe to call
+    twice. :meth:`iter_bytes` closes the response when the body ends, when
+    it fails, and when the iteration is abandoned; use the response as a
+    context manager to close it in every other case.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        content: bytes | None = None,
+        chunks: Iterable[bytes] | None = None,
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        self.status = status
+        self.headers: MutableMapping[str, str] = requests.structures.CaseInsensitiveDict(headers)
+        self._content = content
+        self._chunks = chunks
+        self._close = close
+        self._closed = close is None
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection behind the body is released."""
+        return self._closed
+
+    def read(self) -> bytes:
+        """Return the whole body (reading the stream if there is one)."""
+        if self._content is None:
+            self._content = b"".join(self.iter_bytes())
+        return self._content
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        """Yield the body in chunks, then close the response."""
+        try:
+            if self._content is not None:
+                yield self._content
+            elif self._chunks is not None:
+                chunks, self._chunks = self._chunks, None  # a stream can be read once
+                yield from chunks
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the underlying connection."""
+        close, self._close = self._close, None
+        self._closed = True
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Response({self.status})"
+
+
+class Transport(Protocol):
+    """What :class:`arta.Client` needs of an HTTP stack: send one request, get one response.
+
+    ``handle_request`` sends ``request`` **once** and returns the response,
+    whatever its status (a 404 or a 503 is an answer, not an error; redirects
+    are not followed). Retries, auth and polling live above the transport,
+    never inside it: the client decides what may be sent again.
+
+    The request carries its body (:meth:`Request.encode` gives the bytes),
+    its ``(connect, read)`` timeout and a ``stream`` flag. Without
+    ``stream`` the response holds the whole body and no connection; with it,
+    the body is an iterator of chunks and the response must be closed
+    (:meth:`Response.iter_bytes` and ``with`` do it).
+
+    Failures are :class:`~arta.errors.TransportError` subclasses, and which
+    one matters:
+
+    - :class:`~arta.errors.ConnectError`: the connection was never made
+      (refused, unreachable, DNS, connect timeout, TLS handshake or proxy
+      refusal), so nothing was sent and anything may be sent again;
+    - :class:`~arta.errors.NoResponseError`: the request was (or may have
+      been) sent and no complete answer came (read timeout, connection
+      dropped, body cut short). A submit must then not be blindly re-sent,
+      since the job may exist.
+
+    Neither message may hold the query string or a header value (they carry
+    the API key and the token): :func:`describe` names a request safely.
+    ``close`` releases pooled connections.
+    """
+
+    def handle_request(self, request: Request) -> Response:
+        """Send ``request`` once and return the response."""
+        ...
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        ...
+
+
+def describe(request: Request) -> str:
+    """``"METHOD scheme://host/path"``: a request named without its query or headers."""
+    # The query carries the API key (and nothing a reader of an error needs).
+    return f"{request.method} {request.url.split('?', 1)[0]}"

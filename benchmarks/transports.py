@@ -1,0 +1,368 @@
+"""Speed, CPU and memory of each transport, beside bare ``requests``, in one run.
+
+1. Throughput: N generations (submit, one status poll, the image streamed
+   to disk) through ``arta.Client`` on each transport, against the emulator
+   over loopback (``Emulator(queue_seconds=0, progress_seconds=0)``, in its
+   own process so that its CPU is not counted), beside bare ``requests``
+   making the same calls by hand (sign up once, then submit + status +
+   download). The same calls by hand through each socket transport
+   (``transport.handle_request``, no client) show the transport's own cost
+   apart from the client's (token store, retries, safe saving). It reports
+   HTTP requests per second and the client's CPU per generation, with
+   ratios against bare ``requests``. The in-process
+   transport calls the emulator's app in the benchmark's own process: the
+   app's own CPU is measured and left out of the figure, so that it is the
+   transport's (and the client's) cost alone.
+
+2. Memory: the peak RSS of a fresh process that downloads a large body
+   (200 MB by default) through each transport, streamed in chunks versus
+   read whole; one subprocess per case, measured with
+   ``resource.getrusage(...).ru_maxrss``.
+
+    python benchmarks/transports.py [--generations 300] [--rounds 3] [--size-mb 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a clone, installed or not: imports below need it
+
+import requests
+
+import arta
+from arta.transport import (
+    HttpxTransport,
+    InProcessTransport,
+    Request,
+    RequestsTransport,
+    Transport,
+)
+
+PROMPT = "a lighthouse at dusk"
+SEED = 1234  # one seed: the emulator renders the image once and serves it from its cache
+FAST = arta.PollPolicy(first_delay=0.001, growth=1.0, max_delay=0.001, jitter=0.0)
+CHUNK = 64 * 1024
+_EMULATOR = (
+    "from arta.emulator import Emulator\n"
+    "Emulator(port=0, queue_seconds=0, progress_seconds=0)"
+    ".serve_forever(lambda e: print(e.url, flush=True))\n"
+)
+
+
+# -- 1. throughput and CPU -----------------------------------------------------------
+
+
+class MeteredApp:
+    """Wraps the emulator's app and adds up the CPU its own work takes (in-process only)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.cpu = 0.0
+
+    def handle(self, request: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return self.app.handle(request)
+        finally:
+            self.cpu += time.thread_time() - started
+
+
+def bare_requests(url: str, generations: int, folder: Path) -> None:
+    """The same calls by hand with one requests.Session: what a careful script would do."""
+    settings = arta.Client(url, home=folder).settings  # the URLs only; this client sends nothing
+    with requests.Session() as session:
+        token = session.post(settings.signup_url, json={"clientType": "CLIENT_TYPE_ANDROID"},
+                             timeout=30).json()["idToken"]
+        form = {"prompt": PROMPT, "negative_prompt": "blurry", "style": "Flux", "images_num": "1",
+                "cfg_scale": "7", "steps": "30", "aspect_ratio": "1:1", "seed": str(SEED)}
+        for _ in range(generations):
+            job = session.post(settings.submit_url, headers={"Authorization": token},
+                               files={name: (None, value) for name, value in form.items()},
+                               timeout=30).json()
+            status = session.get(settings.status_url(job["record_id"]),
+                                 headers={"Authorization": token}, timeout=30).json()
+            assert status["status"] == "DONE", status
+            with session.get(status["response"][0]["url"], stream=True, timeout=30) as image, \
+                    open(folder / "image.png", "wb") as file:
+                file.writelines(image.iter_content(CHUNK))
+
+
+def by_hand(make: Callable[[], Transport]) -> Callable[[str, int, Path], None]:
+    """The bare-requests calls, sent through a transport: its own cost, without the client's."""
+
+    def run(url: str, generations: int, folder: Path) -> None:
+        from arta import api
+        from arta.params import GenerationParams
+
+        settings = arta.Client(url, home=folder).settings
+        params = GenerationParams.create(PROMPT, seed=SEED)
+        transport = make()
+        try:
+            token = api.parse_signup(transport.handle_request(api.signup_request(settings))).id_token
+            for _ in range(generations):
+                job = api.parse_job(transport.handle_request(
+                    api.submit_request(settings, token, params)))
+                state = api.parse_job(transport.handle_request(
+                    api.status_request(settings, token, job.record_id)))
+                assert state.status == "DONE", state
+                with transport.handle_request(api.image_request(state.images[0].url)) as image, \
+                        open(folder / "image.png", "wb") as file:
+                    file.writelines(image.iter_bytes())
+        finally:
+            transport.close()
+
+    return run
+
+
+def through_arta(transport: Transport) -> Callable[[str, int, Path], None]:
+    """N generations through ``arta.Client`` on ``transport``, each image saved."""
+
+    def run(url: str, generations: int, folder: Path) -> None:
+        with arta.Client(url, home=folder / "home", transport=transport, poll_policy=FAST) as client:
+            for _ in range(generations):
+                client.generate(PROMPT, seed=SEED).save(folder / "out", overwrite=True)
+
+    return run
+
+
+def measure(run: Callable[[str, int, Path], None], url: str, generations: int,
+            app: MeteredApp | None = None) -> tuple[float, float]:
+    """(HTTP requests per second, client CPU ms per generation) of ``generations`` runs."""
+    with tempfile.TemporaryDirectory(prefix="arta-bench-") as folder:
+        run(url, 5, Path(folder))  # warm up: sign-up, connections, caches
+        if app is not None:
+            app.cpu = 0.0
+        wall, cpu = time.perf_counter(), time.process_time()
+        run(url, generations, Path(folder))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if app is not None:
+        cpu -= app.cpu  # the service's work is not the transport's
+    return 3 * generations / wall, 1000 * cpu / generations
+
+
+def throughput(generations: int, rounds: int) -> list[tuple[str, float, float]]:
+    """Rows of (name, requests/s, CPU ms per generation), bare requests first.
+
+    The cases take turns, ``rounds`` times, and each figure is the best of
+    its rounds (as ``timeit`` does: noise only ever slows a run down), so a
+    machine busy with something else for a moment favours no case.
+    """
+    from arta.emulator import EmulatorApp
+
+    server = subprocess.Popen([sys.executable, "-c", _EMULATOR], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        cases: list[tuple[str, Callable[[], tuple[float, float]]]] = [
+            ("bare requests (baseline)", lambda: measure(bare_requests, url, generations)),
+            ("RequestsTransport by hand", lambda: measure(by_hand(RequestsTransport), url,
+                                                          generations)),
+        ]
+        try:
+            HttpxTransport().close()
+            has_httpx = True
+        except arta.ConfigurationError as error:
+            print(f"  HttpxTransport skipped: {error}", file=sys.stderr)
+            has_httpx = False
+        if has_httpx:
+            cases.append(("HttpxTransport by hand", lambda: measure(by_hand(HttpxTransport), url,
+                                                                    generations)))
+        cases.append(("arta + RequestsTransport", lambda: _on(RequestsTransport(), url, generations)))
+        if has_httpx:
+            cases.append(("arta + HttpxTransport", lambda: _on(HttpxTransport(), url, generations)))
+
+        def in_process() -> tuple[float, float]:
+            app = MeteredApp(EmulatorApp(queue_seconds=0, progress_seconds=0))
+            transport = InProcessTransport(app, base_url="http://arta.test")
+            return measure(through_arta(transport), "http://arta.test", generations, app)
+
+        cases.append(("arta + InProcessTransport", in_process))
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in cases}
+        for _ in range(rounds):
+            for name, run in cases:
+                results[name].append(run())
+        return [(name, max(r for r, _ in runs), min(c for _, c in runs))
+                for name, runs in results.items()]
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _on(transport: Transport, url: str, generations: int) -> tuple[float, float]:
+    try:
+        return measure(through_arta(transport), url, generations)
+    finally:
+        transport.close()
+
+
+# -- 2. peak memory ----------------------------------------------------------------------
+
+
+def _pattern(size: int) -> Iterator[bytes]:
+    block = bytes(range(256)) * (CHUNK // 256)
+    sent = 0
+    while sent < size:
+        piece = block[: min(CHUNK, size - sent)]
+        sent += len(piece)
+        yield piece
+
+
+class _BigBody(BaseHTTPRequestHandler):
+    """``GET /N`` answers N bytes, written a chunk at a time (the server stays flat too)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        size = int(self.path.strip("/"))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        try:
+            for chunk in _pattern(size):
+                self.wfile.write(chunk)
+        except OSError:
+            pass  # the client went away; nothing to clean up
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+class _BigApp:
+    """The in-process twin of ``_BigBody``: an app whose answer body is an iterator."""
+
+    def handle(self, request: Any) -> Any:
+        from arta.emulator import Response
+
+        size = int(request.path.strip("/"))
+        response = Response(200, {"Content-Length": str(size)}, b"")
+        response.body = _pattern(size)  # an iterable body: streamed as it comes
+        return response
+
+
+def _max_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
+
+
+def rss_child(kind: str, mode: str, url: str, size: int) -> None:
+    """Run in a subprocess: download ``size`` bytes; print JSON of RSS before and at peak."""
+    transport: Transport | None = None
+    if kind == "requests":
+        transport = RequestsTransport()
+    elif kind == "httpx":
+        transport = HttpxTransport()
+    elif kind == "inprocess":
+        transport = InProcessTransport(_BigApp(), base_url=url)
+    before = _max_rss_mb()
+    received = 0
+    started = time.perf_counter()
+    if transport is None:  # bare requests
+        if mode == "stream":
+            with requests.get(f"{url}/{size}", stream=True, timeout=60) as answer:
+                for chunk in answer.iter_content(CHUNK):
+                    received += len(chunk)
+        else:
+            received = len(requests.get(f"{url}/{size}", timeout=60).content)
+    else:
+        request = Request("GET", f"{url}/{size}", stream=mode == "stream", timeout=(5, 60))
+        with transport.handle_request(request) as response:
+            if mode == "stream":
+                for chunk in response.iter_bytes():
+                    received += len(chunk)
+            else:
+                received = len(response.read())
+        transport.close()
+    assert received == size, (received, size)
+    print(json.dumps({"before": before, "peak": _max_rss_mb(),
+                      "seconds": time.perf_counter() - started}))
+
+
+# ru_maxrss survives exec: a child forked from this (by now large) process
+# would report this process's peak as its own. So the children are forked by
+# a small launcher that imports nothing but the standard library.
+_LAUNCHER = (
+    "import json, subprocess, sys\n"
+    "for argv in json.loads(sys.argv[1]):\n"
+    "    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)\n"
+    "    print(json.dumps([done.returncode, done.stdout, done.stderr]), flush=True)\n"
+)
+
+
+def memory(size_mb: int) -> list[tuple[str, str, float, float, float]]:
+    """Rows of (case, mode, RSS before MB, peak MB, seconds), one fresh process each."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BigBody)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    cases = [(kind, mode) for kind in ("bare-requests", "requests", "httpx", "inprocess")
+             for mode in ("stream", "whole")]
+    argvs = [[sys.executable, __file__, "--rss-child", kind, mode,
+              "http://arta.test" if kind == "inprocess" else url, str(size_mb * 1024 * 1024)]
+             for kind, mode in cases]
+    try:
+        launcher = subprocess.run([sys.executable, "-c", _LAUNCHER, json.dumps(argvs)],
+                                  capture_output=True, text=True, check=True, timeout=600,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = []
+    for (kind, mode), line in zip(cases, launcher.stdout.splitlines()):
+        code, out, err = json.loads(line)
+        if code != 0:
+            print(f"  {kind} {mode} failed: {err.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        result = json.loads(out)
+        rows.append((kind, mode, result["before"], result["peak"], result["seconds"]))
+    return rows
+
+
+def main() -> None:
+    """Run both parts and print their tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generations", type=int, default=300, help="generations per transport")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each case takes (best kept)")
+    parser.add_argument("--size-mb", type=int, default=200, help="size of the large download")
+    parser.add_argument("--rss-child", nargs=4, metavar=("KIND", "MODE", "URL", "SIZE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        kind, mode, url, size = args.rss_child
+        rss_child(kind, mode, url, int(size))
+        return
+
+    started = time.perf_counter()
+    print(f"Throughput: {args.generations} generations per round (submit + status + image ="
+          f" 3 requests), best of {args.rounds} rounds, emulator over loopback\n")
+    rows = throughput(args.generations, args.rounds)
+    base_rps, base_cpu = rows[0][1], rows[0][2]
+    print(f"{'case':28} {'req/s':>8} {'x bare':>7} {'CPU ms/gen':>11} {'x bare':>7}")
+    for name, rps, cpu in rows:
+        print(f"{name:28} {rps:8.0f} {rps / base_rps:7.2f} {cpu:11.2f} {cpu / base_cpu:7.2f}")
+
+    print(f"\nPeak RSS downloading {args.size_mb} MB (a fresh process per case)\n")
+    print(f"{'transport':16} {'mode':8} {'RSS before MB':>14} {'peak MB':>8} "
+          f"{'growth MB':>10} {'seconds':>8}")
+    for kind, mode, before, peak, seconds in memory(args.size_mb):
+        print(f"{kind:16} {mode:8} {before:14.1f} {peak:8.1f} {peak - before:10.1f} {seconds:8.3f}")
+    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
