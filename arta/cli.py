@@ -1,4 +1,4 @@
-"""The ``arta`` command: generate images, list styles, follow a job, run the emulator.
+"""The ``arta`` command: generate images, follow jobs, run batches, manage the token.
 
 Exit codes: 0 done; 1 a generation failed (or an image could not be saved);
 2 usage or bad input; 3 auth or quota; 4 timeout; 5 the service or network
@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, TextIO
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 from arta import __version__
+from arta.auth import FileTokenStore
+from arta.batch import Manifest, Outcome, read_jobs, run_batch, running
 from arta.client import Client
+from arta.config import Settings
 from arta.errors import (
     ArtaError,
     AuthError,
@@ -26,8 +32,9 @@ from arta.errors import (
     GenerationTimeout,
     InvalidInputError,
 )
-from arta.generation import Generation
+from arta.generation import Generation, PollPolicy
 from arta.params import DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_LENGTH
+from arta.progress import StatusLine
 from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
 
 if TYPE_CHECKING:
@@ -37,21 +44,22 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_TIMEOUT, EXIT_SERVICE = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
+EXIT_CODES_HELP = ("Exit codes: 0 done, 1 a generation failed, 2 usage or bad input, "
+                   "3 auth or quota, 4 timeout, 5 service or network error, 130 interrupted.")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="arta", description="Generate images with the ARTA service.",
-        epilog="Exit codes: 0 done, 1 generation failed, 2 usage or bad input, "
-               "3 auth or quota, 4 timeout, 5 service or network error, 130 interrupted.",
-    )
-    parser.add_argument("--version", action="version", version=f"arta {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0,
                         help="log what the client does (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    parser = argparse.ArgumentParser(prog="arta", parents=[common], epilog=EXIT_CODES_HELP,
+                                     description="Generate images with the ARTA service.")
+    parser.add_argument("--version", action="version", version=f"arta {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    gen = commands.add_parser("generate", help="generate images for a prompt and save them")
+    gen = commands.add_parser("generate", parents=[common], epilog=EXIT_CODES_HELP,
+                              help="generate images for a prompt and save them")
     gen.add_argument("prompt", help=f"what to draw (at most {MAX_PROMPT_LENGTH} characters)")
     gen.add_argument("--style", "-s", default=DEFAULT_STYLE,
                      help=f"style name or alias (default {DEFAULT_STYLE}; see `arta styles`)")
@@ -67,14 +75,36 @@ def _parser() -> argparse.ArgumentParser:
                      help="run against an emulator of the service started in this process "
                           "(offline; a throw-away token store)")
 
-    status = commands.add_parser("status", help="show, wait for and save a submitted job")
+    status = commands.add_parser("status", parents=[common], epilog=EXIT_CODES_HELP,
+                                 help="show, wait for and save a job submitted earlier")
     status.add_argument("record_id")
     status.add_argument("--wait", action="store_true", help="wait until the job ends")
     _add_job_options(status)
 
-    commands.add_parser("styles", help="list the styles and their aliases")
+    batch = commands.add_parser(
+        "batch", parents=[common], epilog=EXIT_CODES_HELP,
+        help="generate for every line of a file, in parallel; run again to resume")
+    batch.add_argument("file", help="one prompt per line, or JSONL: one object of "
+                                    "generate's parameters per line")
+    batch.add_argument("--workers", "-w", type=int, default=4,
+                       help="worker processes (default 4)")
+    batch.add_argument("--manifest", "-m", default=None, metavar="PATH",
+                       help="the JSONL record that makes the batch resumable "
+                            "(default: DIR/arta-manifest.jsonl)")
+    _add_job_options(batch)
 
-    emulator = commands.add_parser("emulator", help="run the offline emulator of the service")
+    commands.add_parser("styles", parents=[common], help="list the styles and their aliases")
+
+    token = commands.add_parser("token", parents=[common],
+                                help="show or clear the shared token (never printed unless asked)")
+    action = token.add_mutually_exclusive_group()
+    action.add_argument("--info", action="store_true", help="describe the token (the default)")
+    action.add_argument("--clear", action="store_true", help="delete the stored token")
+    token.add_argument("--show-token", action="store_true",
+                       help="also print the ID token itself (a secret: handle with care)")
+
+    emulator = commands.add_parser("emulator", parents=[common],
+                                   help="run the offline emulator of the service")
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
     emulator.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     emulator.add_argument("--queue-seconds", type=_seconds, default=(1.0, 1.0), metavar="S",
@@ -93,9 +123,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default=None, metavar="DIR",
-                        help="folder to save the images in (generate: default .)")
+                        help="folder to save the images in (generate and batch: default .)")
     parser.add_argument("--timeout", type=float, default=None,
-                        help="give up waiting after this many seconds")
+                        help="give up waiting for a job after this many seconds")
+    parser.add_argument("--poll-interval", type=float, default=None, metavar="S",
+                        help="ask about a job every S seconds (default: 2 s, then every "
+                             "1.5 s growing to 3 s)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per job on stdout, for scripts")
     parser.add_argument("--endpoint", default=None,
                         help="base URL of the service (default: ARTA_ENDPOINT, else the real one)")
 
@@ -120,79 +155,148 @@ def _faults(text: str) -> FaultPlan:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-class _Progress:
-    """One status line per change of state on stderr, when stderr is a terminal."""
-
-    def __init__(self, stream: TextIO, quiet: bool) -> None:
-        self.stream = stream
-        self.enabled = not quiet and stream.isatty()
-        self.started = time.monotonic()
-
-    def __call__(self, generation: Generation) -> None:
-        if self.enabled:
-            elapsed = time.monotonic() - self.started
-            self.stream.write(f"{generation.record_id}: {generation.status} ({elapsed:.1f}s)\n")
-            self.stream.flush()
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Client keywords the job options ask for (picklable: batch workers get them too)."""
+    options: dict[str, Any] = {"endpoint": args.endpoint, "timeout": args.timeout}
+    if args.poll_interval is not None:
+        if args.poll_interval <= 0:
+            raise InvalidInputError("--poll-interval must be more than 0 seconds")
+        every = args.poll_interval
+        options["poll_policy"] = PollPolicy(first_delay=every, interval=every, growth=1,
+                                            max_delay=every, jitter=0)
+    return options
 
 
 @contextlib.contextmanager
 def _client(args: argparse.Namespace) -> Iterator[Client]:
+    options = _client_options(args)
     if not getattr(args, "emulator", False):
-        with Client(args.endpoint, timeout=args.timeout) as client:
+        with Client(**options) as client:
             yield client
         return
     from arta.emulator import Emulator
 
     with Emulator(queue_seconds=0.3, progress_seconds=0.7) as emulator, \
             tempfile.TemporaryDirectory(prefix="arta-emulator-") as home, \
-            Client(emulator.url, home=home, timeout=args.timeout) as client:
+            Client(**{**options, "endpoint": emulator.url, "home": home}) as client:
         yield client
 
 
-def _save(generation: Generation, folder: str) -> list[str]:
-    result = generation.result()
-    paths = [str(path) for path in result.save(folder)]
-    for index in result.blurred:
-        print(f"arta: note: image {index} was blurred by the service's content filter",
-              file=sys.stderr)
-    return paths
+def _print_json(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def _job_json(generation: Generation, files: Sequence[str] = (),
+              error: ArtaError | None = None) -> dict[str, Any]:
+    blurred = [i for i, image in enumerate(generation.images) if image.blurred]
+    return {"record_id": generation.record_id, "status": generation.status.value,
+            "seed": generation.seed, "files": list(files), "blurred": blurred,
+            "error": None if error is None else f"{type(error).__name__}: {error}"}
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, with what the user needs to know to pick the work up again."""
+
+
+def _wait(generation: Generation, client: Client, args: argparse.Namespace) -> None:
+    """Wait for the job, showing its state and the time on a status line."""
+    short = generation.record_id[:8]
+    with StatusLine(sys.stderr, enabled=not args.quiet) as line:
+        def show(g: Generation) -> None:
+            line.update(f"{short} {line.paint(g.status.value)}")
+
+        show(generation)
+        try:
+            generation.wait(client.timeout, on_change=show)
+        except KeyboardInterrupt:
+            raise _Interrupted(
+                f"interrupted; job {generation.record_id} goes on at the service. Resume it "
+                f"with: arta status {generation.record_id} --wait -o "
+                f"{shlex.quote(args.output or '.')}") from None
+
+
+def _follow(generation: Generation, client: Client, args: argparse.Namespace, *,
+            wait: bool, save_to: str | None) -> int:
+    """Wait for a job if asked, save its images, report: the end of ``generate`` and ``status``."""
+    files: list[str] = []
+    try:
+        if wait:
+            _wait(generation, client, args)
+        if generation.done:
+            result = generation.result()  # GenerationFailed for a FAILED job
+            if save_to is not None:
+                files = [str(path) for path in result.save(save_to)]
+    except ArtaError as error:
+        if args.json:
+            _print_json(_job_json(generation, error=error))
+        raise
+    if args.json:
+        _print_json(_job_json(generation, files))
+        return EXIT_OK
+    if args.command == "status":
+        print(f"{generation.record_id} {generation.status}")
+    for path in files:
+        print(path)
+    for index, image in enumerate(generation.images):
+        if image.blurred:
+            print(f"arta: note: image {index} was blurred by the service's content filter",
+                  file=sys.stderr)
+    return EXIT_OK
 
 
 def _generate(args: argparse.Namespace) -> int:
-    progress = _Progress(sys.stderr, args.quiet)
     with _client(args) as client:
         generation = client.submit(
             args.prompt, style=args.style, n=args.n, negative_prompt=args.negative_prompt,
             guidance_scale=args.guidance, steps=args.steps, aspect_ratio=args.aspect_ratio,
             seed=args.seed,
         )
-        progress(generation)
-        try:
-            generation.wait(client.timeout, on_change=progress)
-        except KeyboardInterrupt:
-            print(f"arta: interrupted; job {generation.record_id} goes on at the service. "
-                  f"Resume it with: arta status {generation.record_id} --wait -o "
-                  f"{args.output or '.'}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        for path in _save(generation, args.output or "."):
-            print(path)
-    return EXIT_OK
+        return _follow(generation, client, args, wait=True, save_to=args.output or ".")
 
 
 def _status(args: argparse.Namespace) -> int:
-    progress = _Progress(sys.stderr, args.quiet)
     with _client(args) as client:
-        generation = client.resume(args.record_id)
-        if args.wait:
-            progress(generation)
-            generation.wait(client.timeout, on_change=progress)
-        print(f"{generation.record_id} {generation.status}")
-        if generation.done and args.output:
-            for path in _save(generation, args.output):
-                print(path)
-        elif generation.status.value == "FAILED":
-            generation.result()  # raises GenerationFailed with the reason
-    return EXIT_OK
+        return _follow(client.resume(args.record_id), client, args, wait=args.wait,
+                       save_to=args.output)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise InvalidInputError("--workers must be at least 1")
+    jobs = read_jobs(args.file)
+    output = args.output or "."
+    manifest = Manifest(args.manifest or f"{output}/arta-manifest.jsonl")
+    counts = {"done": 0, "failed": 0}
+    total = len(jobs)
+    with StatusLine(sys.stderr, enabled=not args.quiet) as line:
+        def report(outcome: Outcome) -> None:
+            counts[outcome.event] += 1
+            if args.json:
+                _print_json(outcome.as_json())
+            elif outcome.event == "failed":
+                print(f"arta: line {outcome.line}: {outcome.error}", file=sys.stderr)
+            line.update(f"batch: {counts['done']}/{total} done, {counts['failed']} failed")
+
+        line.update(f"batch: starting {args.workers} workers for {total} jobs")
+        try:
+            outcomes = run_batch(jobs, manifest, output, workers=args.workers, on_outcome=report,
+                                 client_options=_client_options(args))
+        except KeyboardInterrupt:
+            pending = "".join(f"\n  line {number}: {record_id}"
+                              for number, record_id in running(manifest, jobs))
+            raise _Interrupted(
+                f"interrupted; these jobs go on at the service:{pending or ' none'}\n"
+                f"Resume the batch with: {shlex.join(['arta', *sys.argv[1:]])}") from None
+    skipped = sum(o.event == "skipped" for o in outcomes)
+    failed = sum(o.event == "failed" for o in outcomes)
+    if args.json:
+        for outcome in outcomes:
+            if outcome.event == "skipped":
+                _print_json(outcome.as_json())
+    if not args.quiet:
+        print(f"arta: batch: {total - failed} of {total} done ({skipped} from an earlier run), "
+              f"{failed} failed; manifest {manifest.path}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _styles(args: argparse.Namespace) -> int:
@@ -202,6 +306,31 @@ def _styles(args: argparse.Namespace) -> int:
             aliases[style].append(alias)
     for style in STYLES:
         print(f"{style:<22} {', '.join(aliases[style])}")
+    return EXIT_OK
+
+
+def _token(args: argparse.Namespace) -> int:
+    store = FileTokenStore(Settings.resolve().token_file)
+    if args.clear:
+        with store.lock():
+            store.clear()
+        print(f"cleared {store.path}")
+        return EXIT_OK
+    token = store.load()
+    if token is None:
+        print(f"no token in {store.path}")
+        return EXIT_OK
+    now = time.time()
+    state = "fresh" if token.fresh(now) else "expired" if token.expired(now) else \
+        "past half-life (refreshed on next use)"
+
+    def when(stamp: float) -> str:
+        return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds")
+
+    print(f"file:     {store.path}\nuser:     {token.user_id}\nobtained: {when(token.obtained_at)}"
+          f"\nexpires:  {when(token.expires_at)}\nstate:    {state}")
+    if args.show_token:
+        print(f"id token: {token.id_token}")
     return EXIT_OK
 
 
@@ -222,7 +351,8 @@ def _emulator(args: argparse.Namespace) -> int:
         emulator.stop()
 
 
-_COMMANDS = {"generate": _generate, "status": _status, "styles": _styles, "emulator": _emulator}
+_COMMANDS = {"generate": _generate, "status": _status, "batch": _batch, "styles": _styles,
+             "token": _token, "emulator": _emulator}
 
 
 def _exit_code(error: ArtaError) -> int:
@@ -247,9 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArtaError as error:
         print(f"arta: error: {error}", file=sys.stderr)
         return _exit_code(error)
-    except ValueError as error:  # e.g. an empty record id
+    except (ValueError, OSError) as error:  # an empty record id, an unreadable batch file
         print(f"arta: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except _Interrupted as interrupted:
+        print(f"arta: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("arta: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
