@@ -14,6 +14,7 @@ for another endpoint, transport, token store or poll policy.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from typing import Any
@@ -123,3 +124,10 @@ def generate(
     finally:
         if client_options:
             client.close()
+
+
+def __getattr__(name: str) -> Any:
+    """``arta.aio`` and ``arta.provider`` load on first use: sync code never pays for asyncio."""
+    if name in ("aio", "provider"):
+        return importlib.import_module(f"arta.{name}")
+    raise AttributeError(f"module 'arta' has no attribute {name!r}")

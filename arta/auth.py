@@ -336,12 +336,11 @@ class Authenticator:
         """Refresh ``token`` (or sign up if there is none or it is refused); save the result."""
         if token is not None:
             try:
-                renewed = self._call(api.refresh_request(self.settings, token.refresh_token),
-                                     api.parse_refresh)
+                renewed = self.refresh(token.refresh_token)
                 log.debug("refreshed the shared token")
             except api.RefreshRejected as error:
                 log.info("%s; signing up again", error)
-                renewed = self._sign_up()
+                renewed = self.sign_up()
             except ArtaError as error:
                 # A token still in its second half works: use it, renew next time.
                 if not force and not token.expired(self.clock()):
@@ -349,11 +348,15 @@ class Authenticator:
                     return token
                 raise
         else:
-            renewed = self._sign_up()
+            renewed = self.sign_up()
         self.store.save(renewed)
         return renewed
 
-    def _sign_up(self) -> Token:
+    def sign_up(self) -> Token:
+        """Make a new anonymous account and return its token (not stored; retried when transient).
+
+        Refused at once while a spent quota is being waited out.
+        """
         wait = self._no_sign_up_until - self.clock()
         if wait > 0:
             raise QuotaExceededError(
@@ -368,6 +371,10 @@ class Authenticator:
             raise
         log.info("signed up a new anonymous account")
         return token
+
+    def refresh(self, refresh_token: str) -> Token:
+        """Trade ``refresh_token`` for a new token (not stored; retried when transient)."""
+        return self._call(api.refresh_request(self.settings, refresh_token), api.parse_refresh)
 
     def _call(self, request: Request, parse: Callable[[Response], api.TokenGrant]) -> Token:
         # Transient failures are retried, sign-up included: at worst a lost
