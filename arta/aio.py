@@ -346,9 +346,12 @@ class AsyncClient:
                 + ", ".join(sorted(client_options)))
         self._owns_client = client is None
         #: The sync client that does the work.
-        self.client = client if client is not None else Client(**client_options)
         #: The size of this client's own pool; None: the shared pool.
         self.max_workers = None if max_workers is None else _check_workers(max_workers)
+        if client is None and self.max_workers is not None:
+            # One kept-open connection per thread that may send at once.
+            client_options.setdefault("pool_size", self.max_workers)
+        self.client = client if client is not None else Client(**client_options)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = (
             None if self.max_workers is None else concurrent.futures.ThreadPoolExecutor(
                 self.max_workers, thread_name_prefix=_THREAD_PREFIX))

@@ -236,11 +236,7 @@ def _follow(generation: Generation, client: Client, args: argparse.Namespace, *,
     if args.command == "status":
         print(f"{generation.record_id} {generation.status}")
     for path in files:
-        print(path)
-    for index, image in enumerate(generation.images):
-        if image.blurred:
-            print(f"arta: note: image {index} was blurred by the service's content filter",
-                  file=sys.stderr)
+        print(path)  # (Result.save has warned of blurred images on stderr)
     return EXIT_OK
 
 

@@ -22,6 +22,7 @@ from arta.result import Result
 from arta.retry import RetryPolicy, surely_not_taken, transient
 from arta.styles import DEFAULT_STYLE
 from arta.transport import (
+    DEFAULT_POOL_SIZE,
     DEFAULT_TIMEOUT,
     Request,
     RequestsTransport,
@@ -51,7 +52,8 @@ class Client:
     transient failures are retried), ``request_timeout`` (``(connect,
     read)`` seconds of one request). ``settings`` replaces ``endpoint``,
     ``home``, ``api_key`` and ``auth_endpoint`` with a ready
-    :class:`~arta.config.Settings`.
+    :class:`~arta.config.Settings`. ``pool_size`` is the connections kept
+    open when the client makes its own transport: the threads sharing it.
 
     A client is thread-safe; close it (or use ``with``) to release its
     connections.
@@ -71,10 +73,11 @@ class Client:
         api_key: str | None = None,
         auth_endpoint: str | None = None,
         settings: Settings | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         self.settings = settings or Settings.resolve(endpoint, home, api_key, auth_endpoint)
         self._owns_transport = transport is None
-        self.transport: Transport = transport or RequestsTransport()
+        self.transport: Transport = transport or RequestsTransport(pool_size=pool_size)
         self.token_store: TokenStore = token_store or FileTokenStore(self.settings.token_file)
         self.poll_policy = poll_policy or PollPolicy()
         self.retry_policy = retry_policy or RetryPolicy()

@@ -116,3 +116,65 @@ def test_token_command_never_prints_the_token_unless_asked(emulator: Emulator,
     assert f"id token: {secret}" in shown.stdout
     cleared = arta_cli("token", "--clear", home=tmp_path)
     assert cleared.returncode == 0 and not (tmp_path / "auth_ARTA.json").exists()
+
+
+def test_blurred_images_are_reported(emulator: Emulator, tmp_path: Path) -> None:
+    done = arta_cli("generate", "an nsfw fox", "--json", "--poll-interval", "0.05", "-o",
+                    str(tmp_path), emulator=emulator, home=tmp_path / "h")
+    assert done.returncode == 0 and json.loads(done.stdout)["blurred"] == [0]
+    assert "image(s) 0 were blurred by the service's content filter" in done.stderr
+
+
+def test_ctrl_c_in_a_batch_names_the_running_jobs_and_the_resume_command(
+    emulator: Emulator, tmp_path: Path,
+) -> None:
+    emulator.app.set_faults("submit:stuck=1")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\na cat\n")
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "arta.cli", "batch", str(prompts), "-w", "2", "-o",
+         str(tmp_path / "out"), "--poll-interval", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ARTA_ENDPOINT": emulator.url,
+             "ARTA_HOME": str(tmp_path / "home")})
+    manifest = tmp_path / "out" / "arta-manifest.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+            not manifest.exists() or manifest.read_text().count("submitted") < 2):
+        time.sleep(0.05)
+    os.killpg(batch.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    _, stderr = batch.communicate(timeout=60)
+    assert batch.returncode == 130, stderr
+    for record_id in emulator.app.jobs():
+        assert record_id in stderr
+    assert f"Resume the batch with: arta batch {prompts}" in stderr
+
+
+def test_the_emulator_command_injects_the_faults_it_is_given(tmp_path: Path) -> None:
+    import requests
+
+    bad = subprocess.run([sys.executable, "-m", "arta.cli", "emulator", "--faults", "submit:boom=1"],
+                         capture_output=True, text=True, timeout=30, check=False,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode == 2 and "unknown fault 'boom'" in bad.stderr
+    server = subprocess.Popen(
+        [sys.executable, "-m", "arta.cli", "emulator", "--port", "0", "--faults",
+         "status:503=1", "--fault-seed", "3", "--queue-seconds", "0-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        import arta
+
+        with arta.Client(url, home=tmp_path, retry_policy=arta.RetryPolicy(
+                attempts=2, first_delay=0.01, max_retry_after=0.01)) as client:
+            generation = client.submit("a fox")
+            with pytest.raises(arta.ServiceError) as caught:
+                generation.refresh()
+        assert caught.value.status == 503 and caught.value.record_id == generation.record_id
+        stats = requests.get(f"{url}/emulator/stats", timeout=5).json()
+        assert stats["faults"] == 2 and stats["submits"] == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
