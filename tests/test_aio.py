@@ -222,7 +222,7 @@ def test_cancelling_an_awaited_wait_stops_polling_and_keeps_the_record_id(
         return generation, took, stopped, resumed.status
 
     generation, took, stopped, status = run(main, emulator, tmp_path)
-    assert took < 0.5 and stopped
+    assert took < 5 and stopped  # promptly: not a thread that polls on
     assert generation.record_id in emulator.app.jobs() and status is Status.IN_PROGRESS
 
 

@@ -364,7 +364,7 @@ def test_a_slow_answer_is_right_for_a_patient_client() -> None:
         elapsed = time.monotonic() - started
         assert emu.stats()["polls"] == polls + 1
 
-    assert 0.3 <= elapsed < 2
+    assert elapsed >= 0.3
     assert answer.status_code == 200
     assert answer.json()["status"] == "DONE"
 
@@ -388,7 +388,7 @@ def test_stopping_does_not_wait_out_a_slow_answer() -> None:
     emu.stop()
     thread.join(5)
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # not the 30 s the answer was held for
     assert len(outcome) == 1 and isinstance(outcome[0], requests.ConnectionError)
 
 
