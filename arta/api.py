@@ -133,12 +133,12 @@ def image_request(url: str) -> Request:
 
 
 def _json_body(response: Response, what: str) -> Any:
+    body = response.read()
     try:
-        return json.loads(response.read())
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise ProtocolError(
-            f"{what}: expected JSON, got {len(response.read())} bytes that are not"
-            f" (HTTP {response.status})"
+            f"{what}: expected JSON, got {len(body)} bytes that are not (HTTP {response.status})"
         ) from error
 
 

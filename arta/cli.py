@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArtaError as error:
         print(f"arta: error: {error}", file=sys.stderr)
         return _exit_code(error)
-    except (ValueError, OSError) as error:  # an empty record id, an unreadable batch file
+    except (ValueError, OSError) as error:  # e.g. an unreadable batch file
         print(f"arta: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except _Interrupted as interrupted:

@@ -11,6 +11,7 @@ from arta.auth import Authenticator, FileTokenStore, Token, TokenStore
 from arta.config import Settings
 from arta.errors import (
     AuthError,
+    InvalidInputError,
     NoResponseError,
     ProtocolError,
     ServiceError,
@@ -136,7 +137,7 @@ class Client:
         Polls once, so an unknown record id fails here, not later.
         """
         if not isinstance(record_id, str) or not record_id.strip():
-            raise ValueError("record_id must be a non-empty str")
+            raise InvalidInputError(f"record_id must be a non-empty str, not {record_id!r}")
         generation = Generation(record_id.strip(), session=self)
         generation.refresh()
         return generation
