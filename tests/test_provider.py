@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
-import http.server
+import importlib.util
 import inspect
 import json
 import os
@@ -12,15 +11,15 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from conftest import FAST_POLL
+from transport_cases import ForwardingProxy
 
 import arta
 import arta.provider
@@ -64,75 +63,17 @@ def image(items: list[Reasoning | ImageResponse]) -> ImageResponse:
     return items[-1]
 
 
-class ForwardingProxy(http.server.ThreadingHTTPServer):
-    """A plain HTTP forward proxy on loopback that remembers what it forwarded."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Forwarder)
-        self.forwarded: list[tuple[str, str, bytes]] = []
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
-
-    def start(self) -> None:
-        """Serve on a daemon thread."""
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self.shutdown()
-        self.server_close()
-
-    def paths(self) -> list[str]:
-        """The paths forwarded, in order."""
-        return [urlsplit(url).path for _, url, _ in self.forwarded]
-
-
-class _Forwarder(http.server.BaseHTTPRequestHandler):
-    server: ForwardingProxy
-    _HOP: ClassVar[frozenset[str]] = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization",
-            "transfer-encoding", "te", "trailer", "upgrade", "content-length"})
-
-    def _forward(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.forwarded.append((self.command, self.path, body))
-        target = urlsplit(self.path)  # a proxy gets the absolute URL
-        assert target.hostname is not None
-        upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in self._HOP}
-        upstream.request(self.command, target.path + (f"?{target.query}" if target.query else ""),
-                         body=body or None, headers=headers)
-        answer = upstream.getresponse()
-        content = answer.read()
-        upstream.close()
-        self.send_response(answer.status)
-        for key, value in answer.getheaders():
-            if key.lower() not in self._HOP:
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(content)
-
-    do_GET = do_POST = _forward
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[ForwardingProxy]:
     """A forwarding proxy on loopback, with loopback no longer exempted from proxies."""
     monkeypatch.delenv("NO_PROXY")  # conftest exempts loopback; here it must go through
-    server = ForwardingProxy()
-    server.start()
-    yield server
-    server.stop()
+    with ForwardingProxy() as server:
+        yield server
 
 
 def submitted_form(proxy: ForwardingProxy) -> dict[str, str]:
     """The fields of the (one) submit that went through ``proxy``."""
-    bodies = [body for _, url, body in proxy.forwarded
+    bodies = [body for _, url, body in proxy.exchanges
               if urlsplit(url).path == "/api/v1/text2image"]
     assert len(bodies) == 1
     # multipart/form-data, as the Android app sends it: each field a part.
@@ -142,24 +83,18 @@ def submitted_form(proxy: ForwardingProxy) -> dict[str, str]:
 # -- the seed's own example --------------------------------------------------------
 
 
-async def seed_example() -> None:
-    """The provider documentation's example, unchanged (the import is at the top)."""
-    # Пример вызова create_async_generator
-    async for result in ARTA.create_async_generator(
-        model="Realistic tattoo",
-        messages=[{"role": "user", "content": "Generate an image of dragon"}],
-        prompt="dragon",
-        n=1
-    ):
-        if isinstance(result, Reasoning):
-            print(f"Reasoning: {result.status}")
-        elif isinstance(result, ImageResponse):
-            print(f"Image URLs: {result.images}")
+def _seed_example() -> Any:
+    """``seed_example`` of examples/seed_example.py: the documentation's example, unchanged."""
+    spec = importlib.util.spec_from_file_location("seed_example", ROOT / "examples" / "seed_example.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.seed_example
 
 
 def test_the_seed_example_prints_the_reasoning_lines_and_the_urls(
         phased: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
-    asyncio.run(seed_example())
+    asyncio.run(_seed_example()())
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == ["Reasoning: None", "Reasoning: None"]  # Waiting, Generating
     assert GENERATED.fullmatch(lines[2].removeprefix("Reasoning: "))

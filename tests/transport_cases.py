@@ -202,11 +202,29 @@ class _AppHandler(BaseHTTPRequestHandler):
         """Quiet."""
 
 
-class AppServer(ThreadingHTTPServer):
-    """An app (``handle(Request) -> Response``) served on 127.0.0.1, optionally over TLS."""
+class _LoopbackServer(ThreadingHTTPServer):
+    """A quiet threaded server on 127.0.0.1 that serves from ``with`` to its end."""
 
     daemon_threads = True
     block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up, failed TLS handshakes: part of the tests, so stay quiet."""
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class AppServer(_LoopbackServer):
+    """An app (``handle(Request) -> Response``) served on 127.0.0.1, optionally over TLS."""
+
     # Many threads connect at once in the tests; the default backlog of 5
     # overflows, and Linux then resets some of the connections.
     request_queue_size = 128
@@ -220,53 +238,34 @@ class AppServer(ThreadingHTTPServer):
             self.socket = tls.wrap_socket(self.socket, server_side=True)
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.server_address[1]}"
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
 
     def count_connection(self) -> None:
         with self._count_lock:
             self.connections += 1
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A failed TLS handshake or a client that left is part of the tests: stay quiet."""
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class ForwardingProxy(ThreadingHTTPServer):
+class ForwardingProxy(_LoopbackServer):
     """A tiny HTTP proxy on 127.0.0.1: forwards absolute-form requests, tunnels CONNECT.
 
-    ``forwarded`` lists the request lines it forwarded, ``tunnels`` the
-    CONNECT targets. It refuses any target that is not loopback.
+    ``exchanges`` holds ``(method, absolute URL, body)`` of each request it
+    forwarded, ``tunnels`` the CONNECT targets. It refuses any target that
+    is not loopback.
     """
-
-    daemon_threads = True
-    block_on_close = False
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.forwarded: list[str] = []
+        self.exchanges: list[tuple[str, str, bytes]] = []
         self.tunnels: list[str] = []
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients hang up; stay quiet."""
+    @property
+    def forwarded(self) -> list[str]:
+        """The request lines forwarded, in order (``"POST http://..."``)."""
+        return [f"{method} {url}" for method, url, _ in self.exchanges]
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.shutdown()
-        self.server_close()
+    def paths(self) -> list[str]:
+        """The paths forwarded, in order."""
+        return [urlsplit(url).path for _, url, _ in self.exchanges]
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
@@ -280,7 +279,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        self.server.forwarded.append(f"{self.command} {self.path}")
+        self.server.exchanges.append((self.command, self.path, body or b""))
         headers = {name: value for name, value in self.headers.items()
                    if name.lower() not in ("proxy-connection", "connection", "keep-alive")}
         upstream = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=10)
