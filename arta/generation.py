@@ -113,6 +113,11 @@ class JobSession(Transport, Protocol):
         """How persistently calls are repeated (image downloads use it too)."""
         ...
 
+    @property
+    def poll_policy(self) -> PollPolicy:
+        """How often a job is asked about, unless a wait says otherwise."""
+        ...
+
 
 OnChange = Callable[["Generation"], object]
 
@@ -209,7 +214,7 @@ class Generation:
                 raise self._cancelled()
 
         session = self._require_session()
-        policy = poll_policy or getattr(session, "poll_policy", None) or PollPolicy()
+        policy = poll_policy or session.poll_policy
         bound = timeout if timeout is not None else policy.timeout
         deadline = None if bound is None else time.monotonic() + bound
         retrying = tenacity.Retrying(

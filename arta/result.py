@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,10 +164,12 @@ class Result:
             if not mime.startswith("image/"):
                 raise DownloadError(
                     f"image {path.name}: the server sent {mime or 'no type'}, not an image")
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".arta-", suffix=".part")
+            # Created as open() creates any file (the umask applies), under a
+            # name no other download can take.
+            temp = path.with_name(f".arta-{uuid.uuid4().hex}.part")
             try:
                 size, head, tail = 0, b"", b""
-                with os.fdopen(fd, "wb") as file:
+                with open(temp, "xb") as file:
                     for chunk in response.iter_bytes():
                         size += len(chunk)
                         if size > max_bytes:
@@ -182,7 +184,6 @@ class Result:
                 if not _whole(extension, head, tail, size):
                     # The right start but no proper end: cut short on the way, worth a retry.
                     raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
-                os.chmod(temp, 0o666 & ~_UMASK)  # what open() would have made
                 os.replace(temp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -198,13 +199,3 @@ class Result:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             object.__setattr__(self, key, value)
-
-
-def _read_umask() -> int:
-    # os.umask can only be read by setting it: do it once, at import.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()

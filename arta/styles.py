@@ -70,17 +70,13 @@ def _key(name: str) -> str:
     return _SEPARATORS.sub("_", name.strip().lower()).strip("_")
 
 
-def _snake(name: str) -> str:
-    return _key(name)
-
-
 def _kebab(name: str) -> str:
     return _key(name).replace("_", "-")
 
 
 #: Every alias (snake_case and kebab-case) to its display name.
 STYLE_ALIASES: dict[str, str] = {
-    **{_snake(style): style for style in STYLES},
+    **{_key(style): style for style in STYLES},  # the key is the snake_case alias
     **{_kebab(style): style for style in STYLES},
     **_EXTRA_ALIASES,
 }
