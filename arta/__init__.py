@@ -15,12 +15,11 @@ for another endpoint, transport, token store or poll policy.
 from __future__ import annotations
 
 import importlib
-import os
-import threading
 from typing import Any
 
 from arta.auth import FileTokenStore, MemoryTokenStore, Token, TokenStore
 from arta.client import Client
+from arta.defaults import default_client, set_default_client
 from arta.errors import (
     ArtaError,
     AuthError,
@@ -109,25 +108,8 @@ __all__ = [
     "TransportError",
     "default_client",
     "generate",
+    "set_default_client",
 ]
-
-_default: Client | None = None
-_default_pid = 0
-_default_lock = threading.Lock()
-
-
-def default_client() -> Client:
-    """The client behind :func:`generate`: made on first use, once per process.
-
-    A forked child makes its own (a parent's pooled connections must not be
-    shared), and finds the parent's token in the shared token file.
-    """
-    global _default, _default_pid
-    with _default_lock:
-        if _default is None or _default_pid != os.getpid():
-            _default, _default_pid = Client(), os.getpid()
-        return _default
-
 
 def generate(
     prompt: str,

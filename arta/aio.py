@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from arta.client import Client
+from arta.defaults import default_client
 from arta.errors import ConfigurationError
 from arta.generation import Generation, PollPolicy, Status
 from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
@@ -483,8 +484,6 @@ _default_lock = threading.Lock()
 def _default_client() -> AsyncClient:
     """The client behind :func:`generate`: ``arta.default_client()`` on the shared pool."""
     global _default
-    from arta import default_client  # the package imports this module lazily
-
     sync = default_client()
     with _default_lock:
         if _default is None or _default.client is not sync:  # a forked child has its own

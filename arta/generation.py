@@ -32,7 +32,7 @@ from arta.result import Image, Result
 from arta.retry import RetryPolicy
 from arta.transport import Transport
 
-__all__ = ["Generation", "JobSession", "PollPolicy", "Status"]
+__all__ = ["Generation", "JobSession", "PollPlanner", "PollPolicy", "Status"]
 
 
 class Status(str, enum.Enum):
@@ -80,6 +80,13 @@ class PollPolicy:
     jitter: float = 0.2
     timeout: float | None = None
 
+    def next_delay(self, generation: Generation, attempt: int) -> float:
+        """Seconds from now until poll number ``attempt`` (1: the first) of ``generation``."""
+        return float(self.wait_strategy()(_Attempt(attempt)))  # type: ignore[arg-type]
+
+    def finished(self, generation: Generation) -> None:
+        """A fixed policy learns nothing from a finished job."""
+
     def wait_strategy(self) -> tenacity.wait.wait_base:
         """The tenacity wait after poll number ``attempt_number``."""
         then = tenacity.wait_exponential(  # attempt 2 waits `interval`, growing from there
@@ -88,6 +95,36 @@ class PollPolicy:
         )
         return tenacity.wait_chain(tenacity.wait_fixed(self.first_delay), then) \
             + tenacity.wait_random(0, self.jitter)
+
+
+class _Attempt:
+    """The one field of a tenacity ``RetryCallState`` that a wait strategy reads."""
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+
+
+class PollPlanner(Protocol):
+    """What the poll loop asks of a poll policy: when to ask next, and what happened.
+
+    :class:`PollPolicy` is the fixed one. A planner may look at the job's
+    parameters (``generation.params``), its status and every answer so far
+    (``generation.seen``: ``(unix_time, Status)`` pairs, the submit's answer
+    first when this process made it) to place the next poll.
+    """
+
+    @property
+    def timeout(self) -> float | None:
+        """Default bound of a whole wait, in seconds (None: no bound)."""
+        ...
+
+    def next_delay(self, generation: Generation, attempt: int) -> float:
+        """Seconds from now until poll number ``attempt`` (1: the first of this wait)."""
+        ...
+
+    def finished(self, generation: Generation) -> None:
+        """Called once when ``generation`` is seen DONE or FAILED (a place to learn)."""
+        ...
 
 
 def _until(deadline: float | None, wait: tenacity.wait.wait_base) -> Callable[[Any], float]:
@@ -142,6 +179,8 @@ class Generation:
         self.error_code: str | None = None
         self.error_details: str | None = None
         self.history: list[tuple[Status, float]] = [(status, time.time())]
+        #: Every answer of the service about this job: ``(unix_time, status)``.
+        self.seen: list[tuple[float, Status]] = []
         self._session = session
 
     # -- state -------------------------------------------------------------
@@ -159,6 +198,7 @@ class Generation:
             status = Status(state.status)
         except ValueError:
             status = Status.FAILED  # the protocol says any other value is a failure
+        self.seen.append((time.time(), status))
         if status is Status.SUBMITTED or _RANK[status] < _RANK[self.status] or status is self.status:
             return False  # only forward; a repeat (or a stale answer) changes nothing
         if self.status.terminal:

@@ -41,13 +41,19 @@ def _guarded_connect(self: socket.socket, address: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
     for name in ("ARTA_ENDPOINT", "FIREBASE_AUTH_EMULATOR_HOST", "HTTP_PROXY",
                  "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ARTA_HOME", str(tmp_path / "arta-home"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # Each test's default client is made from that test's environment.
+    previous = arta.set_default_client(None)
+    yield
+    made = arta.set_default_client(previous)
+    if made is not None:
+        made.close()
 
 
 @pytest.fixture

@@ -57,7 +57,6 @@ async def polls_stopped(emulator: Emulator, seconds: float = 0.4) -> bool:
 def test_await_generate_uses_the_default_client_and_saves(
         emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARTA_ENDPOINT", emulator.url)
-    monkeypatch.setattr(arta, "_default", None)  # made from the environment of this test
     monkeypatch.setattr(arta.aio, "_default", None)
 
     async def main() -> tuple[arta.Result, list[Path]]:

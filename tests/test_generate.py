@@ -75,7 +75,6 @@ def test_configuration_from_the_environment(emulator: Emulator, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARTA_ENDPOINT", emulator.url)
     monkeypatch.setenv("ARTA_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(arta, "_default", None)
     paths = arta.generate("a fox", seed=1).save(tmp_path / "out")
     assert png_size(paths[0]) == (512, 512)
     assert (tmp_path / "home" / "auth_ARTA.json").exists()
