@@ -127,7 +127,7 @@ class PollPlanner(Protocol):
         ...
 
 
-def _until(deadline: float | None, wait: tenacity.wait.wait_base) -> Callable[[Any], float]:
+def _until(deadline: float | None, wait: Callable[[Any], float]) -> Callable[[Any], float]:
     """Cap ``wait`` so that the last poll falls on the deadline, not after it."""
     if deadline is None:
         return wait
@@ -151,7 +151,7 @@ class JobSession(Transport, Protocol):
         ...
 
     @property
-    def poll_policy(self) -> PollPolicy:
+    def poll_policy(self) -> PollPlanner:
         """How often a job is asked about, unless a wait says otherwise."""
         ...
 
@@ -236,7 +236,7 @@ class Generation:
             raise error.with_record_id(self.record_id) from error
         return self.status
 
-    def events(self, timeout: float | None = None, poll_policy: PollPolicy | None = None,
+    def events(self, timeout: float | None = None, poll_policy: PollPlanner | None = None,
                stop: threading.Event | None = None) -> Iterator[Generation]:
         """Poll until the job ends, yielding the generation at each change of status.
 
@@ -259,7 +259,7 @@ class Generation:
         deadline = None if bound is None else time.monotonic() + bound
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_result(lambda status: not status.terminal),
-            wait=_until(deadline, policy.wait_strategy()),
+            wait=_until(deadline, lambda state: policy.next_delay(self, state.attempt_number)),
             stop=tenacity.stop_never if bound is None else tenacity.stop_after_delay(bound),
             retry_error_callback=lambda state: None,  # out of time: judged below
             reraise=True,  # an error while polling is raised as it is
@@ -284,9 +284,10 @@ class Generation:
                 yield self
         if not self.done:
             raise self._timeout(bound)
+        policy.finished(self)
 
     def wait(self, timeout: float | None = None, on_change: OnChange | None = None,
-             poll_policy: PollPolicy | None = None,
+             poll_policy: PollPlanner | None = None,
              stop: threading.Event | None = None) -> Generation:
         """Poll until DONE or FAILED; call ``on_change(self)`` at each transition.
 
