@@ -237,6 +237,8 @@ class Client:
         ``error`` carrying the record id, so one failure does not end the
         run. ``outcome.index`` is the item's position.
         """
+        GenerationParams.create("a prompt", **defaults)  # bad defaults fail here, before any request
+        check_wait_options(timeout, None, poll_policy)
         return map_outcomes(self, items, concurrency=concurrency, ordered=ordered,
                             timeout=timeout, poll_policy=poll_policy, defaults=dict(defaults))
 

@@ -23,7 +23,7 @@ from arta import api
 from arta.errors import ArtaError, DownloadError, ProtocolError, ServiceError
 from arta.params import GenerationParams
 from arta.retry import TRANSIENT_STATUSES, RetryPolicy, transient
-from arta.transport import RequestsTransport, Transport
+from arta.transport import Transport
 
 __all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DEFAULT_NAME", "Image", "Result"]
 
@@ -64,6 +64,17 @@ def _magic_ok(extension: str, head: bytes) -> bool:
     if not any(head.startswith(magic) for magic in _MAGIC[extension]):
         return False
     return extension != ".webp" or head[8:12] == b"WEBP"
+
+
+def _default_transport() -> Transport:
+    """Where a result that lost its client (it was pickled) downloads: the process's default client.
+
+    So the user's transport, proxies and CA bundle, set through
+    :func:`arta.set_default_client`, still apply; a bare transport would drop them.
+    """
+    from arta.defaults import default_client  # a lookup at call time, not a layer above
+
+    return default_client().transport
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,7 @@ class Result:
         if len(set(paths)) != len(paths):
             raise ValueError(f"the file name template {name!r} gives two images one name: "
                              "use {index} in it")
-        transport = self.transport or RequestsTransport()
+        transport = self.transport or _default_transport()
         policy = self.retry_policy or RetryPolicy()
 
         def fetch(image: Image, path: Path) -> None:
@@ -143,9 +154,6 @@ class Result:
                     done.result()
         except ArtaError as error:
             raise error.with_record_id(self.record_id) from error
-        finally:
-            if self.transport is None:
-                transport.close()
         if self.blurred:
             log.warning("job %s: image(s) %s were blurred by the service's content filter",
                         self.record_id, ", ".join(map(str, self.blurred)))

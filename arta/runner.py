@@ -338,7 +338,6 @@ def map_outcomes(client: Client, items: Iterable[str | Mapping[str, Any] | Gener
                  poll_policy: PollPlanner | None, defaults: Mapping[str, Any],
                  ) -> Iterator[Outcome]:
     """The body of :meth:`arta.Client.map`: each item a job, tagged with its index."""
-    GenerationParams.create("check the defaults", **defaults)  # bad defaults fail first
 
     def jobs() -> Iterator[Job]:
         for index, item in enumerate(items):

@@ -1,0 +1,189 @@
+"""The poll loop under every wait: many jobs, one scheduler thread, errors with record ids."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import FAST_POLL
+
+import arta
+from arta.emulator import Emulator
+from arta.window import AdaptiveWindow
+
+SLOW_POLL = arta.PollPolicy(first_delay=0.3, interval=0.3, growth=1, max_delay=0.3, jitter=0)
+
+
+def loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(("arta-loop", "arta-io"))]
+
+
+def test_many_waits_share_one_scheduler_thread_and_a_bounded_pool(
+        emulator: Emulator, tmp_path: Path) -> None:
+    with arta.Client(emulator.url, home=tmp_path, poll_policy=FAST_POLL, pool_size=4) as client:
+        generations = [client.submit(f"fox {i}") for i in range(40)]
+        futures = [g.future() for g in generations]
+        concurrent.futures.wait(futures, timeout=60)
+        names = [t.name for t in loop_threads()]
+        assert all(f.result().record_id for f in futures)
+    assert names.count("arta-loop") == 1
+    assert sum(name.startswith("arta-io") for name in names) <= 4
+    assert not loop_threads()  # close() stopped them
+
+
+def test_jobs_with_their_own_policies_deadlines_failures_and_stops(
+        emulator: Emulator, client: arta.Client) -> None:
+    emulator.app.inject("submit", "fail")
+    failing = client.submit("a failing fox")
+    emulator.app.inject("submit", "stuck")
+    stuck = client.submit("a stuck fox")
+    emulator.app.inject("submit", "stuck")
+    stopped = client.submit("a stopped fox")
+    fast = [client.submit(f"fox {i}") for i in range(5)]
+    slow = client.submit("a slow fox")
+    stop = threading.Event()
+
+    def wait(generation: arta.Generation, **options: object) -> BaseException | None:
+        try:
+            generation.wait(**options)  # type: ignore[arg-type]
+        except arta.ArtaError as error:
+            return error
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        outcomes = {
+            "failing": pool.submit(wait, failing),
+            "stuck": pool.submit(wait, stuck, timeout=0.5),
+            "stopped": pool.submit(wait, stopped, stop=stop),
+            "slow": pool.submit(wait, slow, poll_policy=SLOW_POLL),
+            **{f"fast{i}": pool.submit(wait, g) for i, g in enumerate(fast)},
+        }
+        threading.Timer(0.4, stop.set).start()
+        results = {name: future.result(timeout=60) for name, future in outcomes.items()}
+
+    assert results["failing"] is None and failing.status is arta.Status.FAILED
+    with pytest.raises(arta.GenerationFailed) as failed:
+        failing.result()
+    assert failed.value.record_id == failing.record_id
+    timeout = results["stuck"]
+    assert isinstance(timeout, arta.GenerationTimeout) and timeout.record_id == stuck.record_id
+    cancelled = results["stopped"]
+    assert isinstance(cancelled, arta.GenerationCancelled)
+    assert cancelled.record_id == stopped.record_id
+    assert results["slow"] is None and slow.status is arta.Status.DONE
+    assert all(results[f"fast{i}"] is None and g.done for i, g in enumerate(fast))
+    # The slow policy asked less often than the fast one did for the same kind of job.
+    slow_polls = len(slow.seen) - 1
+    fast_polls = min(len(g.seen) - 1 for g in fast)
+    assert slow_polls < fast_polls
+
+
+def test_closing_the_client_ends_every_wait_with_its_record_id(
+        emulator: Emulator, tmp_path: Path) -> None:
+    emulator.app.set_faults("submit:stuck=1")
+    client = arta.Client(emulator.url, home=tmp_path, poll_policy=FAST_POLL)
+    generations = [client.submit(f"fox {i}") for i in range(5)]
+    futures = [g.future() for g in generations]
+    client.close()
+    for generation, future in zip(generations, futures):
+        error = future.exception(timeout=10)
+        assert isinstance(error, arta.GenerationCancelled)
+        assert error.record_id == generation.record_id
+
+
+def test_a_wait_that_the_server_asks_to_outlast_ends_at_once(
+        emulator: Emulator, client: arta.Client) -> None:
+    """A Retry-After longer than the time left is a timeout now, not after a long sleep."""
+    generation = client.submit("a fox")
+    emulator.app.set_faults("status:429=1")  # answered with Retry-After: 1
+    with pytest.raises(arta.GenerationTimeout) as caught:
+        generation.wait(timeout=0.5)
+    assert caught.value.record_id == generation.record_id
+    assert "asked to wait" in str(caught.value)
+
+
+def test_future_and_callbacks(client: arta.Client) -> None:
+    generation = client.submit("a fox")
+    called = threading.Event()
+    generation.add_done_callback(lambda future: called.set())
+    result = generation.future().result(timeout=30)
+    assert generation.future() is generation.future()  # one wait, however often asked
+    assert called.wait(5) and result.record_id == generation.record_id and result.images
+
+
+def test_as_completed_yields_each_job_as_it_ends(emulator: Emulator, client: arta.Client) -> None:
+    emulator.app.inject("submit", "fail")
+    generations = [client.submit(f"fox {i}") for i in range(6)]
+    ended = list(arta.as_completed(generations, timeout=60))
+    assert sorted(g.record_id for g in ended) == sorted(g.record_id for g in generations)
+    failed = [g for g in ended if g.status is arta.Status.FAILED]
+    assert len(failed) == 1
+    with pytest.raises(arta.GenerationFailed):
+        failed[0].result()
+
+
+def test_as_completed_past_its_timeout_names_the_running_jobs(
+        emulator: Emulator, client: arta.Client) -> None:
+    emulator.app.set_faults("submit:stuck=1")
+    generations = [client.submit(f"fox {i}") for i in range(2)]
+    with pytest.raises(arta.GenerationTimeout) as caught:
+        list(arta.as_completed(generations, timeout=0.3))
+    assert all(g.record_id in str(caught.value) for g in generations)
+
+
+def test_map_yields_outcomes_and_errors_as_values(emulator: Emulator, client: arta.Client) -> None:
+    emulator.app.inject("submit", "fail")
+    items = ["fox 0", {"prompt": "fox 1", "n": 2}, {"prompt": "fox 2", "n": 9}, "fox 3"]
+    outcomes = list(client.map(items, concurrency=2, style="Anime"))
+    by_index = {o.index: o for o in outcomes}
+    assert sorted(by_index) == [0, 1, 2, 3]
+    bad = by_index[2]
+    assert isinstance(bad.error, arta.InvalidParameterError) and bad.record_id is None
+    failed = [o for o in outcomes if isinstance(o.error, arta.GenerationFailed)]
+    assert len(failed) == 1 and failed[0].record_id  # the failure carries its record id
+    done = [o for o in outcomes if o.ok]
+    assert len(done) == 2 and all(o.params and o.params.style == "Anime" for o in done)
+    assert emulator.stats()["submits"] == 3  # the bad item cost no request
+
+
+def test_map_in_order(client: arta.Client) -> None:
+    outcomes = list(client.map([f"fox {i}" for i in range(8)], concurrency=3, ordered=True))
+    assert [o.index for o in outcomes] == list(range(8)) and all(o.ok for o in outcomes)
+    assert [o.unwrap().params.prompt for o in outcomes] == [f"fox {i}" for i in range(8)]  # type: ignore[union-attr]
+
+
+def test_map_refuses_bad_defaults_before_any_request(
+        emulator: Emulator, client: arta.Client) -> None:
+    with pytest.raises(arta.InvalidStyleError):
+        client.map(["a fox"], style="no such style")
+    assert emulator.stats()["submits"] == 0
+
+
+def test_429s_on_submit_shrink_the_window_and_no_job_fails(
+        emulator: Emulator, client: arta.Client) -> None:
+    emulator.app.set_faults("submit:429=0.3", fault_seed=3)
+    outcomes = list(client.map([f"fox {i}" for i in range(30)], concurrency=16))
+    assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes if not o.ok]
+    rejected = emulator.app.fault_counts().get("submit:429", 0)
+    assert rejected > 0 and client.window.rejections == rejected
+    assert emulator.stats()["duplicate_submits"] == 0
+
+
+def test_the_window_grows_halves_once_per_round_and_recovers() -> None:
+    window = AdaptiveWindow(limit=32, initial=4)
+    tickets = [window.acquire() for _ in range(5)]
+    assert tickets[-1] is None and window.in_flight == 4  # four in flight, no room
+    for _ in range(4):
+        window.accepted()
+    assert window.size == 8  # slow start: +1 per accepted submit
+    window.rejected(0, None)
+    window.rejected(0, None)  # the same round's news: halved once, not twice
+    assert window.size == 4 and window.rejections == 2 and window.in_flight == 2
+    for _ in range(4):
+        window.accepted()
+    assert 4 < window.size < 6  # congestion avoidance: about +1 per window of accepts
+    for _ in range(1000):
+        window.accepted()
+    assert window.size == 32  # never above the asked concurrency
