@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
@@ -59,6 +60,8 @@ class Emulator:
     - ``fault_seed`` (None): seeds the fault draws so that a run's faults
       repeat; None draws from the OS.
     - ``slow_seconds`` (35.0): how late a ``slow`` fault answers.
+    - ``clock`` (``time.time``): the service's time source in Unix seconds;
+      a test may pass a fake one and move it instead of sleeping.
 
     Test hooks live on :attr:`app` (:meth:`EmulatorApp.revoke_tokens`,
     :meth:`EmulatorApp.set_token_lifetime`, :meth:`EmulatorApp.reset`,
@@ -86,6 +89,7 @@ class Emulator:
         faults: FaultPlan | str | None = None,
         fault_seed: int | None = None,
         slow_seconds: float = 35.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self.port = port
@@ -105,6 +109,7 @@ class Emulator:
             faults=faults,
             fault_seed=fault_seed,
             slow_seconds=slow_seconds,
+            clock=clock,
         )
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
