@@ -109,8 +109,15 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     emulator.add_argument("--queue-seconds", type=_seconds, default=(1.0, 1.0), metavar="S",
                           help="time a job waits in queue: seconds or MIN-MAX (default 1)")
-    emulator.add_argument("--progress-seconds", type=_seconds, default=(2.0, 2.0), metavar="S",
-                          help="time a job takes: seconds or MIN-MAX (default 2)")
+    emulator.add_argument("--progress-seconds", type=_seconds, default=None, metavar="S",
+                          help="time a job takes: seconds or MIN-MAX (default: a service-like "
+                               "model, base + cost x steps x images x megapixels, 8-20 s)")
+    emulator.add_argument("--capacity", type=_positive, default=None, metavar="K",
+                          help="at most K jobs in progress at once, the others queue in "
+                               "submit order (default: unlimited)")
+    emulator.add_argument("--max-jobs-per-user", type=_positive, default=None, metavar="M",
+                          help="answer 429 with Retry-After to a submit from an account with "
+                               "M unfinished jobs (default: unlimited)")
     emulator.add_argument("--faults", type=_faults, default=None, metavar="SPEC",
                           help="inject faults: comma-separated ENDPOINT:FAULT=PROBABILITY, "
                                "ENDPOINT one of signup, refresh, submit, status, image; FAULT "
@@ -143,6 +150,17 @@ def _seconds(text: str) -> tuple[float, float]:
         return parse_seconds(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(text: str) -> int:
+    """Parse a whole number >= 1, reporting anything else as a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _faults(text: str) -> FaultPlan:
@@ -334,7 +352,8 @@ def _emulator(args: argparse.Namespace) -> int:
     from arta.emulator import Emulator
 
     emulator = Emulator(host=args.host, port=args.port, queue_seconds=args.queue_seconds,
-                        progress_seconds=args.progress_seconds, faults=args.faults,
+                        progress_seconds=args.progress_seconds, capacity=args.capacity,
+                        max_jobs_per_user=args.max_jobs_per_user, faults=args.faults,
                         fault_seed=args.fault_seed)
     emulator.start()
     print(emulator.url, flush=True)

@@ -23,6 +23,7 @@ __all__ = [
     "STYLES",
     "STYLE_ALIASES",
     "aspect_ratio_size",
+    "closest_styles",
     "resolve_aspect_ratio",
     "resolve_style",
 ]
@@ -87,6 +88,22 @@ _BY_KEY: dict[str, str] = {
 }
 
 
+def closest_styles(name: str, n: int = 3) -> list[str]:
+    """The display names of up to ``n`` styles that ``name`` most likely meant, best first.
+
+    One function for every "did you mean" (the client's validation, the old
+    provider's facade, the emulator's 422 answers), so that they all suggest
+    the same names. A spelling of a style (any case, snake_case or
+    kebab-case alias) gives that style alone; else the closest keys by
+    :func:`difflib.get_close_matches`, which may give none.
+    """
+    exact = _BY_KEY.get(_key(name))
+    if exact is not None:
+        return [exact]
+    close = difflib.get_close_matches(_key(name), list(_BY_KEY), n=3 * n, cutoff=0.5)
+    return list(dict.fromkeys(_BY_KEY[key] for key in close))[:n]
+
+
 def resolve_style(name: str) -> str:
     """Return the display name the service expects for any spelling of a style.
 
@@ -101,8 +118,7 @@ def resolve_style(name: str) -> str:
     style = _BY_KEY.get(_key(name))
     if style is not None:
         return style
-    close = difflib.get_close_matches(_key(name), list(_BY_KEY), n=3, cutoff=0.5)
-    suggestions = list(dict.fromkeys(_BY_KEY[key] for key in close))
+    suggestions = closest_styles(name)
     hint = (
         "did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
         if suggestions

@@ -111,6 +111,7 @@ from arta.emulator.faults import (
 )
 from arta.emulator.messages import Request, Response
 from arta.emulator.service import Emulator
+from arta.emulator.timing import TimingModel
 
 __all__ = [
     "ENDPOINTS",
@@ -122,6 +123,7 @@ __all__ = [
     "FaultRule",
     "Request",
     "Response",
+    "TimingModel",
     "parse_faults",
     "parse_seconds",
 ]

@@ -1,49 +1,43 @@
-"""The emulated service itself: Firebase sign-up and refresh, text2image jobs, images.
+"""The emulated service as one value: routes every request to the part that answers it.
 
 :class:`EmulatorApp` is a pure request -> response function over some
 in-memory state; it opens no socket. :mod:`arta.emulator.server` puts it
 behind HTTP, and a test transport may call :meth:`EmulatorApp.handle`
-directly.
+directly. It is a facade over small parts, one job each:
+
+- :mod:`~arta.emulator.firebase`: sign-up, refresh, the sign-up quota, ID tokens;
+- :mod:`~arta.emulator.jobs`: submit and status, each job's timeline, with
+  :mod:`~arta.emulator.schedule` (capacity, FIFO slots, the per-account
+  cap, busy time) and :mod:`~arta.emulator.timing` (how long a job computes);
+- :mod:`~arta.emulator.images`: the PNGs of finished jobs;
+- :mod:`~arta.emulator.admin`: ``/emulator/*``;
+- :mod:`~arta.emulator.injection`: the fault plan, drawn once per request.
 
 Every route answers exactly the paths a client reaches when it puts the
 emulator's URL in front of the original host and path (PROTOCOL.md
 sections 1-6): ``/www.googleapis.com/identitytoolkit/...``,
-``/securetoken.googleapis.com/...``, ``/api/v1/text2image...``. A job's
-status is computed from the clock, not by a background thread, so an idle
-emulator costs nothing and time can be faked with ``clock``.
-
-Injected faults (:mod:`arta.emulator.faults`) are decided here, once per
-request; the two that need a socket, closing without an answer and
-answering late, are marks on the :class:`Response` that the server honours.
+``/securetoken.googleapis.com/...``, ``/api/v1/text2image...``.
 """
 
 from __future__ import annotations
 
-import collections
-import hashlib
-import json
-import random
 import re
-import secrets
-import string
-import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
 from re import Pattern
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
-from arta.emulator.faults import FaultPlan, FaultRule, parse_faults
-from arta.emulator.forms import FormError, parse_form
-from arta.emulator.messages import Request, Response, json_response
-from arta.emulator.scene import render_png
-from arta.emulator.tokens import TokenAuthority, TokenRejected
-from arta.emulator.validation import (
-    GenerationRequest,
-    ValidationFailed,
-    validate_text2image,
-)
+from arta.emulator.admin import AdminRoutes
+from arta.emulator.counters import Counters
+from arta.emulator.faults import FaultPlan
+from arta.emulator.firebase import FirebaseService
+from arta.emulator.images import ImageService
+from arta.emulator.injection import FaultInjector, Handler, as_plan, faulty_answer
+from arta.emulator.jobs import Job, JobService
+from arta.emulator.messages import Request, Response, detail_response
+from arta.emulator.schedule import Schedule
+from arta.emulator.timing import TimingModel
+from arta.emulator.tokens import TokenAuthority
 
 __all__ = ["STAT_NAMES", "EmulatorApp"]
 
@@ -57,119 +51,27 @@ STAT_NAMES: tuple[str, ...] = (
     "downloads",
     "faults",
     "rejected_tokens",
+    "rejected_429",
+    "max_in_flight_per_user",
+    "busy_slot_seconds",
 )
 
-_SIGNUP_WINDOW = 3600.0  # Firebase's quota is per rolling hour
-_FIREBASE_ENDPOINTS = ("signup", "refresh")  # they answer Google's error envelope
 _IMAGE_HOST_PREFIX = "/img-gen-prod.ai-arta.com"
-_UID_ALPHABET = string.ascii_letters + string.digits
-
-Handler = Callable[[Request, Mapping[str, str]], Response]
+_FLAT_DEFAULT = 2.0
 
 
-@dataclass(frozen=True)
-class _Job:
-    record_id: str
-    request: GenerationRequest
-    seed: int
-    submitted_at: float
-    queue_seconds: float
-    progress_seconds: float
-    blur: bool
-    #: Where the timeline ends: DONE, FAILED (fault "fail") or IN_PROGRESS ("stuck").
-    final_status: str = "DONE"
-    #: Set by set_job_status(): answered from then on, whatever the clock says.
-    forced_status: str | None = None
-    error_code: str | None = None
-    error_details: str | None = None
-
-
-def _as_plan(faults: FaultPlan | str | None) -> FaultPlan:
-    """A plan from a plan, a spec string, or None (no faults)."""
-    if faults is None:
-        return FaultPlan()
-    if isinstance(faults, FaultPlan):
-        return faults
-    return parse_faults(faults)
-
-
-def _check_duration(name: str, value: float | tuple[float, float]) -> float | tuple[float, float]:
-    """Reject negative durations and inverted ranges early, at construction."""
-    low, high = value if isinstance(value, tuple) else (value, value)
-    if not 0 <= low <= high:
-        raise ValueError(f"{name} must be >= 0 seconds or a (min, max) range, not {value!r}")
-    return value
-
-
-def _firebase_error(
-    message: str,
-    code: int = 400,
-    status: str = "INVALID_ARGUMENT",
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    """The error envelope every Google API answers with (PROTOCOL.md section 1)."""
-    return json_response(
-        code,
-        {
-            "error": {
-                "code": code,
-                "message": message,
-                "errors": [{"message": message, "reason": "invalid", "domain": "global"}],
-                "status": status,
-            }
-        },
-        headers,
-    )
-
-
-def _detail(status: int, detail: str, headers: Mapping[str, str] | None = None) -> Response:
-    """A FastAPI-style ``{"detail": "..."}`` error."""
-    return json_response(status, {"detail": detail}, headers)
-
-
-_RETRY_AFTER = {"Retry-After": "1"}
-_REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
-
-
-def _server_error(endpoint: str, status: int) -> Response:
-    """An injected 5xx: 500 from the application (JSON), 502/503 from a proxy in front (HTML).
-
-    The HTML ones are there on purpose: a client must survive an error body
-    that is not JSON.
-    """
-    headers = _RETRY_AFTER if status == 503 else {}
-    reason = _REASONS[status]
-    if status == 500:
-        if endpoint in _FIREBASE_ENDPOINTS:
-            return _firebase_error("Internal error encountered.", 500, "INTERNAL")
-        return _detail(500, reason)
-    body = (
-        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{status} {reason}</h1></center>\r\n</body>\r\n</html>\r\n"
-    ).encode("ascii")
-    return Response(
-        status,
-        {"Content-Type": "text/html", "Content-Length": str(len(body)), **headers},
-        body,
-    )
-
-
-def _too_many_requests(endpoint: str) -> Response:
-    """An injected 429: Google's envelope for Firebase, FastAPI's detail for the rest.
-
-    Firebase's message is RESOURCE_EXHAUSTED, not TOO_MANY_ATTEMPTS_TRY_LATER:
-    the latter means the hourly sign-up quota is spent, which is no
-    transient fault.
-    """
-    if endpoint in _FIREBASE_ENDPOINTS:
-        return _firebase_error("RESOURCE_EXHAUSTED", 429, "RESOURCE_EXHAUSTED", _RETRY_AFTER)
-    return _detail(429, "Too Many Requests", _RETRY_AFTER)
-
-
-def _truncated(answer: Response) -> Response:
-    """``answer`` with the first half of its body only: well-formed HTTP, undecodable body."""
-    body = answer.body[: len(answer.body) // 2]
-    return replace(answer, headers={**answer.headers, "Content-Length": str(len(body))}, body=body)
+def _progress_and_timing(
+    progress_seconds: float | tuple[float, float] | None, timing: TimingModel | None
+) -> tuple[float | tuple[float, float] | None, TimingModel]:
+    """Which model decides a job's time IN_PROGRESS: ``timing`` given, or None, is the model."""
+    if timing is None:
+        return progress_seconds, TimingModel()
+    flat_default = progress_seconds in (_FLAT_DEFAULT, (_FLAT_DEFAULT, _FLAT_DEFAULT))
+    if progress_seconds is not None and not flat_default:
+        raise ValueError(
+            "give progress_seconds (the flat model) or timing (the service-like model), not both"
+        )
+    return None, timing
 
 
 class EmulatorApp:
@@ -177,9 +79,16 @@ class EmulatorApp:
 
     Options (all keyword-only):
 
-    - ``queue_seconds``, ``progress_seconds``: how long a job stays
-      ``IN_QUEUE``, then ``IN_PROGRESS``, before it is ``DONE``. A float, or
-      a ``(min, max)`` range that each job draws from ``random.Random(seed)``.
+    - ``queue_seconds``: a fixed delay before a job may take a slot; a float,
+      or a ``(min, max)`` range that each job draws from ``random.Random(seed)``.
+    - ``progress_seconds``: how long a job is ``IN_PROGRESS`` (flat model):
+      a float or a range as above. None: the service-like ``timing`` model.
+    - ``timing``: a :class:`~arta.emulator.timing.TimingModel`; giving one
+      selects the model (then leave ``progress_seconds`` out).
+    - ``capacity``: at most this many jobs ``IN_PROGRESS`` at once, the
+      others wait ``IN_QUEUE`` in submit order; None: unlimited.
+    - ``max_jobs_per_user``: a submit from an account with this many
+      unfinished jobs gets 429 with ``Retry-After``; None: unlimited.
     - ``token_lifetime``: seconds an ID token lives (``expiresIn``).
     - ``signup_quota``: sign-ups allowed per rolling hour, None for no limit;
       past it sign-up answers Firebase's ``TOO_MANY_ATTEMPTS_TRY_LATER``.
@@ -199,14 +108,17 @@ class EmulatorApp:
     - ``slow_seconds``: how late a ``slow`` fault answers (35 s: past any
       usual read timeout).
 
-    Thread-safe: state is guarded by one lock; images render outside it.
+    Thread-safe: each part guards its own state; images render outside any lock.
     """
 
     def __init__(
         self,
         *,
         queue_seconds: float | tuple[float, float] = 1.0,
-        progress_seconds: float | tuple[float, float] = 2.0,
+        progress_seconds: float | tuple[float, float] | None = _FLAT_DEFAULT,
+        timing: TimingModel | None = None,
+        capacity: int | None = None,
+        max_jobs_per_user: int | None = None,
         token_lifetime: int = 3600,
         signup_quota: int | None = None,
         accept_unsigned_tokens: bool = True,
@@ -220,74 +132,118 @@ class EmulatorApp:
         fault_seed: int | None = None,
         slow_seconds: float = 35.0,
     ) -> None:
-        if signup_quota is not None and signup_quota < 0:
-            raise ValueError(f"signup_quota must be >= 0 or None, not {signup_quota!r}")
         # "not 0 <= x" also refuses NaN.
         if not 0 <= slow_seconds < float("inf"):
             raise ValueError(f"slow_seconds must be a finite number >= 0, not {slow_seconds!r}")
-        if long_side < 16:
-            raise ValueError(f"long_side must be at least 16 pixels, not {long_side!r}")
-        self.queue_seconds = _check_duration("queue_seconds", queue_seconds)
-        self.progress_seconds = _check_duration("progress_seconds", progress_seconds)
-        self.signup_quota = signup_quota
-        self.long_side = long_side
-        self.seed = seed
-        self.blur_words = tuple(word.lower() for word in blur_words if word)
+        progress, model = _progress_and_timing(progress_seconds, timing)
         self.base_url = base_url.rstrip("/") if base_url else None
         self.project_id = project_id
-        self.fault_seed = fault_seed
         #: Seconds a ``slow`` fault holds its answer back; may be changed at run time.
         self.slow_seconds = float(slow_seconds)
-        self._faults = _as_plan(faults)
         self._clock = clock
+        self._counters = Counters(name for name in STAT_NAMES if name != "busy_slot_seconds")
         self._tokens = TokenAuthority(project_id, token_lifetime, accept_unsigned_tokens)
-        # Firebase answers a numeric project id on refresh; derive a stable one.
-        digest = hashlib.sha256(project_id.encode("utf-8")).digest()
-        self._project_number = str(int.from_bytes(digest[:5], "big"))
-        self._lock = threading.RLock()
-        # (method, path, handler, the endpoint that faults target or None).
-        self._routes: list[tuple[str, Pattern[str], Handler, str | None]] = [
-            ("POST", re.compile(r"/www\.googleapis\.com/identitytoolkit/v3/relyingparty/signupNewUser"),
-             self._signup, "signup"),
-            ("POST", re.compile(r"/identitytoolkit\.googleapis\.com/v1/accounts:signUp"),
-             self._signup, "signup"),
-            ("POST", re.compile(r"/securetoken\.googleapis\.com/v1/token"),
-             self._refresh, "refresh"),
-            ("POST", re.compile(r"/api/v1/text2image/?"), self._submit, "submit"),
-            ("GET", re.compile(r"/api/v1/text2image/(?P<record_id>[^/]+)/status"),
-             self._status, "status"),
-            ("GET", re.compile(r"/images/(?P<record_id>[^/]+)/(?P<index>[0-9]{1,6})\.png"),
-             self._image, "image"),
-            # The emulator's own controls are never faulted: a test must trust them.
-            ("GET", re.compile(r"/emulator/stats"), self._stats_route, None),
-            ("POST", re.compile(r"/emulator/reset"), self._reset_route, None),
-            ("GET", re.compile(r"/emulator/faults"), self._faults_route, None),
-            ("POST", re.compile(r"/emulator/faults"), self._set_faults_route, None),
-        ]
-        self._init_state()
+        self._firebase = FirebaseService(self._tokens, self._counters, clock, signup_quota)
+        self._jobs_service = JobService(
+            authenticate=self._firebase.authenticate, counters=self._counters, clock=clock,
+            image_base=self._image_base, queue_seconds=queue_seconds, progress_seconds=progress,
+            timing=model, schedule=Schedule(capacity, max_jobs_per_user), seed=seed,
+            blur_words=blur_words,
+        )
+        self._images = ImageService(self._jobs_service, self._counters, clock, long_side)
+        self._injector = FaultInjector(as_plan(faults), fault_seed, self._counters)
+        self._routes = self._build_routes()
 
-    def _init_state(self) -> None:
-        """Forget everything: accounts, jobs, counters; restart the random draws."""
-        with self._lock:
-            self._random = random.Random(self.seed)
-            self._counters: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
-            self._accounts: dict[str, int] = {}  # user id -> creation time
-            self._refresh_tokens: dict[str, str] = {}  # refresh token -> user id
-            self._signup_times: collections.deque[float] = collections.deque()
-            self._jobs: dict[str, _Job] = {}
-            self._submitted: set[tuple[object, ...]] = set()
-            # Faults have their own Random, so that turning them on does not
-            # change job durations or seeds, and the reverse.
-            self._fault_random = random.Random(self.fault_seed)
-            self._queued_faults: dict[str, collections.deque[str]] = {}
-            self._fault_counts: dict[str, int] = {}
+    def _build_routes(self) -> list[tuple[str, Pattern[str], Handler, str | None]]:
+        """(method, path, handler, the endpoint that faults target or None), polls first."""
+        jobs, firebase, admin = self._jobs_service, self._firebase, AdminRoutes(self)
+        return [
+            ("GET", re.compile(r"/api/v1/text2image/(?P<record_id>[^/]+)/status"),
+             jobs.status, "status"),
+            ("POST", re.compile(r"/api/v1/text2image/?"), jobs.submit, "submit"),
+            ("POST", re.compile(r"/www\.googleapis\.com/identitytoolkit/v3/relyingparty/signupNewUser"),
+             firebase.signup, "signup"),
+            ("POST", re.compile(r"/identitytoolkit\.googleapis\.com/v1/accounts:signUp"),
+             firebase.signup, "signup"),
+            ("POST", re.compile(r"/securetoken\.googleapis\.com/v1/token"),
+             firebase.refresh, "refresh"),
+            ("GET", re.compile(r"/images/(?P<record_id>[^/]+)/(?P<index>[0-9]{1,6})\.png"),
+             self._images.image, "image"),
+            # The emulator's own controls are never faulted: a test must trust them.
+            ("GET", re.compile(r"/emulator/stats"), admin.stats, None),
+            ("POST", re.compile(r"/emulator/reset"), admin.reset, None),
+            ("GET", re.compile(r"/emulator/faults"), admin.faults, None),
+            ("POST", re.compile(r"/emulator/faults"), admin.set_faults, None),
+            ("GET", re.compile(r"/emulator/jobs/(?P<record_id>[^/]+)"), admin.job, None),
+        ]
+
+    # -- configuration read by tests and the server -----------------------
+
+    @property
+    def queue_seconds(self) -> float | tuple[float, float]:
+        """The fixed queue delay of new jobs (seconds or a range)."""
+        return self._jobs_service.queue_seconds
+
+    @property
+    def progress_seconds(self) -> float | tuple[float, float] | None:
+        """The flat time IN_PROGRESS of new jobs; None when :attr:`timing` decides it."""
+        return self._jobs_service.progress_seconds
+
+    @property
+    def timing(self) -> TimingModel:
+        """The timing model in force (its ``scale`` applies to the flat model too)."""
+        return self._jobs_service.timing
+
+    @property
+    def capacity(self) -> int | None:
+        """How many jobs may be IN_PROGRESS at once; None: unlimited."""
+        return self._jobs_service.schedule.capacity
+
+    @property
+    def max_jobs_per_user(self) -> int | None:
+        """How many unfinished jobs one account may have; None: unlimited."""
+        return self._jobs_service.schedule.max_jobs_per_user
+
+    @property
+    def long_side(self) -> int:
+        """Pixels of an image's longer side."""
+        return self._images.long_side
+
+    @property
+    def signup_quota(self) -> int | None:
+        """Sign-ups allowed per rolling hour; None: no limit."""
+        return self._firebase.signup_quota
+
+    @property
+    def seed(self) -> int | None:
+        """What the job-duration and missing-seed draws restart from on :meth:`reset`."""
+        return self._jobs_service.seed
+
+    @property
+    def fault_seed(self) -> int | None:
+        """What the fault draws restart from on :meth:`reset`."""
+        return self._injector.seed
+
+    @property
+    def faults(self) -> FaultPlan:
+        """The fault plan in force (empty when there is none)."""
+        return self._injector.plan
+
+    @property
+    def _jobs(self) -> dict[str, Job]:
+        """Every job by record id, oldest first (for white-box tests)."""
+        return self._jobs_service.jobs
 
     # -- test hooks -------------------------------------------------------
 
-    def stats(self) -> dict[str, int]:
-        """A copy of the counters, as ``GET /emulator/stats`` answers them."""
-        with self._lock:
-            return dict(self._counters)
+    def stats(self) -> dict[str, float]:
+        """A copy of the counters, as ``GET /emulator/stats`` answers them.
+
+        All are whole numbers but ``busy_slot_seconds``, computed when asked.
+        """
+        stats: dict[str, float] = dict(self._counters.snapshot())
+        stats["busy_slot_seconds"] = round(self._jobs_service.busy_slot_seconds(), 6)
+        return {name: stats[name] for name in STAT_NAMES}
 
     def reset(self) -> None:
         """Zero the counters and forget accounts, refresh tokens, jobs and queued faults.
@@ -295,9 +251,12 @@ class EmulatorApp:
         ID tokens issued before stay valid (they are not tied to an account),
         so a client's cached token keeps working across tests. The fault
         plan stays in force (it is configuration); its draws restart from
-        ``fault_seed``.
+        ``fault_seed``. Every slot is free again.
         """
-        self._init_state()
+        self._firebase.reset()
+        self._jobs_service.reset()
+        self._injector.reset()
+        self._counters.reset()
 
     def revoke_tokens(self) -> None:
         """Make every ID token issued so far answer 401; refresh tokens stay valid."""
@@ -307,10 +266,14 @@ class EmulatorApp:
         """Set how long ID tokens issued from now on live; 0 or less issues expired ones."""
         self._tokens.lifetime = int(seconds)
 
-    @property
-    def faults(self) -> FaultPlan:
-        """The fault plan in force (empty when there is none)."""
-        return self._faults
+    def set_speed(self, scale: float) -> None:
+        """Make every job submitted from now on take ``scale`` times as long IN_PROGRESS.
+
+        ``set_speed(2.0)`` halves the service's speed, ``set_speed(1.0)``
+        restores it; it replaces :attr:`timing`'s ``scale``, and applies to
+        the flat model too. Jobs already submitted keep their timeline.
+        """
+        self._jobs_service.set_speed(scale)
 
     def set_faults(
         self, faults: FaultPlan | str | None, *, fault_seed: int | None = None
@@ -321,12 +284,7 @@ class EmulatorApp:
         then they restart from it (and :meth:`reset` restarts from it too).
         Raises :class:`ValueError` for a bad spec, leaving the plan as it was.
         """
-        plan = _as_plan(faults)
-        with self._lock:
-            self._faults = plan
-            if fault_seed is not None:
-                self.fault_seed = fault_seed
-                self._fault_random = random.Random(fault_seed)
+        self._injector.set_plan(as_plan(faults), fault_seed)
 
     def inject(self, endpoint: str, fault: str, times: int = 1) -> None:
         """Make the next ``times`` requests to ``endpoint`` suffer ``fault``, whatever they ask.
@@ -335,21 +293,30 @@ class EmulatorApp:
         from the seeded sequence. ``endpoint`` and ``fault`` are spelled as
         in a spec (``inject("submit", "drop")``); :meth:`reset` forgets them.
         """
-        if not isinstance(times, int) or times < 1:
-            raise ValueError(f"times must be a whole number >= 1, not {times!r}")
-        FaultPlan((FaultRule(endpoint, fault, 1.0),))  # validates, with the spec's messages
-        with self._lock:
-            self._queued_faults.setdefault(endpoint, collections.deque()).extend([fault] * times)
+        self._injector.inject(endpoint, fault, times)
 
     def fault_counts(self) -> dict[str, int]:
         """Faults injected so far, by ``"endpoint:fault"`` (only those that happened)."""
-        with self._lock:
-            return dict(self._fault_counts)
+        return self._injector.counts()
 
     def jobs(self) -> list[str]:
         """The record id of every job, oldest first, including those whose answer was lost."""
-        with self._lock:
-            return list(self._jobs)
+        return list(self._jobs_service.jobs)
+
+    def job_timeline(self, record_id: str) -> dict[str, object]:
+        """Job ``record_id``'s status and planned timeline, as ``GET /emulator/jobs/{id}``.
+
+        ``{"record_id", "status", "submitted_at", "started_at", "finished_at",
+        "params"}``: Unix times, which lie in the future for a job not yet
+        started or finished (they are its plan); ``finished_at`` is None for
+        a job that never ends (the ``stuck`` fault). ``params`` holds the
+        form's fields as the service read them, the seed it used included.
+        Raises :class:`KeyError` for an unknown record id.
+        """
+        job = self._jobs_service.jobs.get(record_id)
+        if job is None:
+            raise KeyError(f"no job with record id {record_id!r}")
+        return job.timeline(self._clock())
 
     def job_finished_at(self, record_id: str) -> float | None:
         """When job ``record_id`` reaches the end of its timeline (Unix time), or None if never.
@@ -357,16 +324,14 @@ class EmulatorApp:
         A stuck or force-set job has no end. Benchmarks use it to measure how
         long a client takes to notice a finished job.
         """
-        with self._lock:
-            job = self._jobs[record_id]
+        job = self._jobs_service.jobs[record_id]
         if job.forced_status is not None or job.final_status == "IN_PROGRESS":
             return None
-        return job.submitted_at + job.queue_seconds + job.progress_seconds
+        return job.finished_at
 
     def last_record_id(self) -> str | None:
         """The record id of the newest job, or None: how a test finds a dropped submit's job."""
-        with self._lock:
-            return next(reversed(self._jobs), None)
+        return next(reversed(self._jobs_service.jobs), None)
 
     def set_job_status(
         self,
@@ -378,16 +343,11 @@ class EmulatorApp:
         """Make a job answer ``raw_status`` (any string) from now on, whatever the clock says.
 
         For a status the protocol does not know (``"CANCELLED_BY_ADMIN"``),
-        or a failure with chosen ``error_code``/``error_details``. Raises
-        :class:`KeyError` for an unknown record id.
+        or a failure with chosen ``error_code``/``error_details``. The job
+        keeps its slot until its planned end. Raises :class:`KeyError` for
+        an unknown record id.
         """
-        with self._lock:
-            job = self._jobs.get(record_id)
-            if job is None:
-                raise KeyError(f"no job with record id {record_id!r}")
-            self._jobs[record_id] = replace(
-                job, forced_status=raw_status, error_code=error_code, error_details=error_details
-            )
+        self._jobs_service.force_status(record_id, raw_status, error_code, error_details)
 
     # -- dispatch ---------------------------------------------------------
 
@@ -406,345 +366,21 @@ class EmulatorApp:
                 allowed.append(route_method)
                 continue
             params = {key: unquote(value) for key, value in match.groupdict().items()}
-            fault = None if endpoint is None else self._pick_fault(endpoint)
             try:
+                fault = None if endpoint is None else self._injector.pick(endpoint)
                 if endpoint is None or fault is None:
                     return handler(request, params)
-                return self._faulty(endpoint, fault, handler, request, params)
+                return faulty_answer(endpoint, fault, handler, request, params,
+                                     self._jobs_service.submit, self.slow_seconds)
             except Exception:  # noqa: BLE001 - a server answers 500, it does not die
-                return _detail(500, "Internal Server Error")
+                return detail_response(500, "Internal Server Error")
         if allowed:
-            return _detail(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})
-        return _detail(404, "Not Found")
-
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._counters[name] += 1
-
-    # -- faults -----------------------------------------------------------
-
-    def _pick_fault(self, endpoint: str) -> str | None:
-        """The fault this request to ``endpoint`` suffers, if any; counts it.
-
-        A queued fault first; else one draw, only when the plan targets this
-        endpoint, so that a plan's sequence on one endpoint is not shifted by
-        traffic to endpoints it leaves alone. Under the lock, so draws follow
-        arrival order and a seed repeats them.
-        """
-        with self._lock:
-            queue = self._queued_faults.get(endpoint)
-            if queue:
-                fault: str | None = queue.popleft()
-            elif self._faults.targets(endpoint):
-                fault = self._faults.choose(endpoint, self._fault_random.random())
-            else:
-                return None
-            if fault is not None:
-                self._counters["faults"] += 1
-                key = f"{endpoint}:{fault}"
-                self._fault_counts[key] = self._fault_counts.get(key, 0) + 1
-            return fault
-
-    def _faulty(
-        self,
-        endpoint: str,
-        fault: str,
-        handler: Handler,
-        request: Request,
-        params: Mapping[str, str],
-    ) -> Response:
-        """Answer a request that suffers ``fault``, as ``faults.FAULT_KINDS`` describes."""
-        if fault == "429":
-            return _too_many_requests(endpoint)
-        if fault in ("500", "502", "503"):
-            return _server_error(endpoint, int(fault))
-        if fault == "drop":
-            # The worst case for a client: the job exists, but the answer
-            # naming it is lost, so a blind retry makes a second one.
-            if endpoint == "submit":
-                return replace(handler(request, params), drop=True)
-            return Response(0, {}, b"", drop=True)
-        if fault in ("fail", "stuck"):
-            return self._submit(request, params, outcome=fault)
-        # "slow" and "badjson": the work is done, only the answer suffers.
-        answer = handler(request, params)
-        if fault == "slow":
-            return replace(answer, delay=self.slow_seconds)
-        return _truncated(answer)
-
-    # -- Firebase ---------------------------------------------------------
-
-    def _signup(self, request: Request, params: Mapping[str, str]) -> Response:
-        if not request.query_param("key"):
-            return _firebase_error("API_KEY_INVALID")
-        if request.body.strip():
-            try:
-                json.loads(request.body)
-            except ValueError:
-                return _firebase_error("INVALID_JSON_PAYLOAD")
-        now = self._clock()
-        with self._lock:
-            window = self._signup_times
-            while window and window[0] <= now - _SIGNUP_WINDOW:
-                window.popleft()
-            if self.signup_quota is not None and len(window) >= self.signup_quota:
-                return _firebase_error("TOO_MANY_ATTEMPTS_TRY_LATER")
-            window.append(now)
-            user_id = "".join(secrets.choice(_UID_ALPHABET) for _ in range(28))
-            refresh_token = "AMf-" + secrets.token_urlsafe(96)
-            self._accounts[user_id] = int(now)
-            self._refresh_tokens[refresh_token] = user_id
-            self._counters["signups"] += 1
-        return json_response(
-            200,
-            {
-                "kind": "identitytoolkit#SignupNewUserResponse",
-                "idToken": self._tokens.issue(user_id, int(now), now),
-                "refreshToken": refresh_token,
-                "expiresIn": str(self._tokens.lifetime),
-                "localId": user_id,
-            },
-        )
-
-    def _refresh(self, request: Request, params: Mapping[str, str]) -> Response:
-        if not request.query_param("key"):
-            return _firebase_error("API_KEY_INVALID")
-        form = self._refresh_form(request)
-        if form is None:
-            return _firebase_error("INVALID_ARGUMENT")
-        grant_type = form.get("grant_type")
-        if not grant_type:
-            return _firebase_error("MISSING_GRANT_TYPE")
-        if grant_type != "refresh_token":
-            return _firebase_error("INVALID_GRANT_TYPE")
-        refresh_token = form.get("refresh_token")
-        if not refresh_token:
-            return _firebase_error("MISSING_REFRESH_TOKEN")
-        now = self._clock()
-        with self._lock:
-            user_id = self._refresh_tokens.get(refresh_token)
-            if user_id is None:
-                return _firebase_error("INVALID_REFRESH_TOKEN")
-            auth_time = self._accounts.get(user_id, int(now))
-            self._counters["refreshes"] += 1
-        id_token = self._tokens.issue(user_id, auth_time, now)
-        return json_response(
-            200,
-            {
-                "access_token": id_token,
-                "expires_in": str(self._tokens.lifetime),
-                "token_type": "Bearer",
-                "refresh_token": refresh_token,
-                "id_token": id_token,
-                "user_id": user_id,
-                "project_id": self._project_number,
-            },
-        )
-
-    @staticmethod
-    def _refresh_form(request: Request) -> dict[str, str] | None:
-        """The refresh body: url-encoded like the protocol, or JSON as Google also takes."""
-        content_type = (request.header("Content-Type") or "").lower()
-        try:
-            if content_type.startswith("application/json"):
-                value = json.loads(request.body or b"{}")
-                if not isinstance(value, dict):
-                    return None
-                return {str(k): str(v) for k, v in value.items()}
-            return dict(parse_qsl(request.body.decode("utf-8"), keep_blank_values=True))
-        except (ValueError, UnicodeDecodeError):
-            return None
-
-    # -- the image service ------------------------------------------------
-
-    def _authenticate(self, request: Request) -> Response | None:
-        """None if the request carries a valid ID token, else the 401 to answer."""
-        raw = (request.header("Authorization") or "").strip()
-        if raw[:7].lower() == "bearer ":
-            raw = raw[7:].strip()
-        reason = "Not authenticated"
-        if raw:
-            try:
-                self._tokens.verify(raw, self._clock())
-                return None
-            except TokenRejected as exc:
-                reason = str(exc)
-        self._count("rejected_tokens")
-        return _detail(401, reason, {"WWW-Authenticate": "Bearer"})
-
-    def _draw(self, duration: float | tuple[float, float]) -> float:
-        """One job's duration; the caller holds the lock (the Random is shared)."""
-        if isinstance(duration, tuple):
-            return self._random.uniform(*duration)
-        return float(duration)
-
-    def _submit(
-        self, request: Request, params: Mapping[str, str], outcome: str | None = None
-    ) -> Response:
-        """Create a job; ``outcome`` "fail" or "stuck" (injected faults) sets how it ends."""
-        denied = self._authenticate(request)
-        if denied is not None:
-            return denied
-        try:
-            form = parse_form(request.header("Content-Type"), request.body)
-            generation = validate_text2image(form)
-        except FormError as exc:
-            errors = [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
-            return json_response(422, {"detail": errors})
-        except ValidationFailed as exc:
-            return json_response(422, {"detail": exc.errors})
-        # Same fields, seed included, as sent: a client that re-sent a POST.
-        key = (
-            generation.prompt, generation.negative_prompt, generation.style,
-            generation.images_num, generation.cfg_scale, generation.steps,
-            generation.aspect_ratio, generation.seed,
-        )
-        prompt = generation.prompt.lower()
-        blur = any(word in prompt for word in self.blur_words)
-        final_status, error_code, error_details = "DONE", None, None
-        if outcome == "fail":
-            final_status, error_code = "FAILED", "GENERATION_FAILED"
-            error_details = "The image generation failed on the server. Please try again."
-        elif outcome == "stuck":
-            final_status = "IN_PROGRESS"
-        now = self._clock()
-        with self._lock:
-            seed = generation.seed if generation.seed is not None else self._random.randrange(2**32)
-            job = _Job(
-                record_id=str(uuid.uuid4()),
-                request=generation,
-                seed=seed,
-                submitted_at=now,
-                queue_seconds=self._draw(self.queue_seconds),
-                progress_seconds=self._draw(self.progress_seconds),
-                blur=blur,
-                final_status=final_status,
-                error_code=error_code,
-                error_details=error_details,
-            )
-            self._jobs[job.record_id] = job
-            self._counters["submits"] += 1
-            if key in self._submitted:
-                self._counters["duplicate_submits"] += 1
-            self._submitted.add(key)
-        # The service always answers a submit IN_QUEUE, however short the queue.
-        return json_response(200, self._job_view(job, now, request, "IN_QUEUE"))
-
-    def _status(self, request: Request, params: Mapping[str, str]) -> Response:
-        denied = self._authenticate(request)
-        if denied is not None:
-            return denied
-        with self._lock:
-            self._counters["polls"] += 1
-            job = self._jobs.get(params["record_id"])
-        if job is None:
-            return _detail(404, "Record not found")
-        return json_response(200, self._job_view(job, self._clock(), request))
-
-    @staticmethod
-    def _state(job: _Job, now: float) -> str:
-        if job.forced_status is not None:
-            return job.forced_status
-        elapsed = now - job.submitted_at
-        if elapsed < job.queue_seconds:
-            return "IN_QUEUE"
-        if elapsed < job.queue_seconds + job.progress_seconds:
-            return "IN_PROGRESS"
-        return job.final_status
+            return detail_response(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})
+        return detail_response(404, "Not Found")
 
     def _image_base(self, request: Request) -> str:
+        """What image URLs start with: ``base_url``, else the request's Host."""
         if self.base_url:
             return self.base_url
         host = request.header("Host")
         return f"http://{host}" if host else "http://127.0.0.1"
-
-    def _job_view(
-        self, job: _Job, now: float, request: Request, status: str | None = None
-    ) -> dict[str, object]:
-        """The submit/status answer body for ``job`` at ``now`` (or in ``status``)."""
-        status = status or self._state(job, now)
-        response: list[dict[str, object]] | None = None
-        if status == "DONE":
-            base = self._image_base(request)
-            response = [
-                {
-                    "name": f"{job.record_id}_{i}.png",
-                    "url": f"{base}/images/{job.record_id}/{i}.png",
-                    "isBlur": job.blur,
-                    "MIME": "image/png",
-                }
-                for i in range(job.request.images_num)
-            ]
-        # A job's errors show once it has settled where they belong, not
-        # while a job bound to fail is still queued.
-        settled = job.forced_status is not None or status == job.final_status
-        return {
-            "record_id": job.record_id,
-            "status": status,
-            "response": response,
-            "error_code": job.error_code if settled else None,
-            "error_details": job.error_details if settled else None,
-            "seed": job.seed,
-        }
-
-    def _image(self, request: Request, params: Mapping[str, str]) -> Response:
-        index = int(params["index"])
-        with self._lock:
-            job = self._jobs.get(params["record_id"])
-        if (
-            job is None
-            or self._state(job, self._clock()) != "DONE"
-            or index >= job.request.images_num
-        ):
-            return _detail(404, "Not Found")
-        generation = job.request
-        # Image i of a job is what seed + i would give, as diffusion services do.
-        body = render_png(
-            generation.prompt, generation.style, job.seed + index,
-            generation.aspect_ratio, self.long_side, job.blur,
-        )
-        self._count("downloads")
-        return Response(
-            200,
-            {
-                "Content-Type": "image/png",
-                "Content-Length": str(len(body)),
-                "Cache-Control": "public, max-age=31536000, immutable",
-            },
-            body,
-        )
-
-    # -- emulator control -------------------------------------------------
-
-    def _stats_route(self, request: Request, params: Mapping[str, str]) -> Response:
-        return json_response(200, self.stats())
-
-    def _reset_route(self, request: Request, params: Mapping[str, str]) -> Response:
-        self.reset()
-        return json_response(200, self.stats())
-
-    def _faults_route(self, request: Request, params: Mapping[str, str]) -> Response:
-        with self._lock:
-            return json_response(200, {
-                "spec": str(self._faults),
-                "fault_seed": self.fault_seed,
-                "counts": dict(self._fault_counts),
-            })
-
-    def _set_faults_route(self, request: Request, params: Mapping[str, str]) -> Response:
-        """Set the plan from another process: a JSON ``{"spec", "fault_seed"}`` or a bare spec."""
-        try:
-            text = request.body.decode("utf-8")
-            if (request.header("Content-Type") or "").lower().startswith("application/json"):
-                value = json.loads(text or "{}")
-                if not isinstance(value, dict):
-                    raise ValueError('expected a JSON object {"spec": ..., "fault_seed": ...}')
-                spec, seed = value.get("spec") or "", value.get("fault_seed")
-                if not isinstance(spec, str) or not (seed is None or isinstance(seed, int)):
-                    raise ValueError("spec must be a string and fault_seed an integer or null")
-            else:
-                spec, seed = text, None
-            self.set_faults(spec, fault_seed=seed)
-        except ValueError as exc:  # UnicodeDecodeError and JSON errors are ValueErrors too
-            return _detail(400, str(exc))
-        return self._faults_route(request, params)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Request", "Response", "json_response"]
+__all__ = ["Request", "Response", "detail_response", "json_response"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,8 @@ def json_response(
         },
         body,
     )
+
+
+def detail_response(status: int, detail: str, headers: Mapping[str, str] | None = None) -> Response:
+    """A FastAPI-style ``{"detail": "..."}`` error, as the image service answers them."""
+    return json_response(status, {"detail": detail}, headers)

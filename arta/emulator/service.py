@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from arta.emulator.app import EmulatorApp
 from arta.emulator.faults import FaultPlan
 from arta.emulator.server import EmulatorHTTPServer
+from arta.emulator.timing import TimingModel
 
 __all__ = ["Emulator"]
 
@@ -30,9 +32,17 @@ class Emulator:
     - ``host``, ``port``: where to listen; port 0 picks a free port, which
       :attr:`url` then names.
     - ``queue_seconds`` (default 1.0), ``progress_seconds`` (default 2.0):
-      how long each job stays ``IN_QUEUE``, then ``IN_PROGRESS``, before it
-      is ``DONE``; a float, or a ``(min, max)`` range drawn per job from
-      ``random.Random(seed)``, so runs repeat.
+      how long each job stays ``IN_QUEUE`` (a fixed delay, before waiting
+      for a slot), then ``IN_PROGRESS``, before it is ``DONE``; a float, or
+      a ``(min, max)`` range drawn per job from ``random.Random(seed)``, so
+      runs repeat. ``progress_seconds=None`` uses the service-like timing
+      model instead (8-20 s for common parameters).
+    - ``timing`` (None): a :class:`~arta.emulator.timing.TimingModel`;
+      giving one selects the model, with its constants.
+    - ``capacity`` (None: unlimited): at most this many jobs IN_PROGRESS at
+      once; the others wait IN_QUEUE, first submitted first served.
+    - ``max_jobs_per_user`` (None: unlimited): a submit from an account
+      that has this many unfinished jobs gets 429 with ``Retry-After``.
     - ``token_lifetime`` (3600): seconds an ID token lives.
     - ``signup_quota`` (None): sign-ups allowed per rolling hour, None for
       unlimited; past it sign-up answers ``TOO_MANY_ATTEMPTS_TRY_LATER``
@@ -50,11 +60,14 @@ class Emulator:
     - ``fault_seed`` (None): seeds the fault draws so that a run's faults
       repeat; None draws from the OS.
     - ``slow_seconds`` (35.0): how late a ``slow`` fault answers.
+    - ``clock`` (``time.time``): the service's time source in Unix seconds;
+      a test may pass a fake one and move it instead of sleeping.
 
     Test hooks live on :attr:`app` (:meth:`EmulatorApp.revoke_tokens`,
     :meth:`EmulatorApp.set_token_lifetime`, :meth:`EmulatorApp.reset`,
     :meth:`EmulatorApp.set_faults`, :meth:`EmulatorApp.inject`,
-    :meth:`EmulatorApp.set_job_status`, :meth:`EmulatorApp.last_record_id`).
+    :meth:`EmulatorApp.set_job_status`, :meth:`EmulatorApp.last_record_id`,
+    :meth:`EmulatorApp.job_timeline`, :meth:`EmulatorApp.set_speed`).
     """
 
     def __init__(
@@ -63,7 +76,10 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         queue_seconds: float | tuple[float, float] = 1.0,
-        progress_seconds: float | tuple[float, float] = 2.0,
+        progress_seconds: float | tuple[float, float] | None = 2.0,
+        timing: TimingModel | None = None,
+        capacity: int | None = None,
+        max_jobs_per_user: int | None = None,
         token_lifetime: int = 3600,
         signup_quota: int | None = None,
         accept_unsigned_tokens: bool = True,
@@ -73,6 +89,7 @@ class Emulator:
         faults: FaultPlan | str | None = None,
         fault_seed: int | None = None,
         slow_seconds: float = 35.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self.port = port
@@ -80,6 +97,9 @@ class Emulator:
         self.app = EmulatorApp(
             queue_seconds=queue_seconds,
             progress_seconds=progress_seconds,
+            timing=timing,
+            capacity=capacity,
+            max_jobs_per_user=max_jobs_per_user,
             token_lifetime=token_lifetime,
             signup_quota=signup_quota,
             accept_unsigned_tokens=accept_unsigned_tokens,
@@ -89,6 +109,7 @@ class Emulator:
             faults=faults,
             fault_seed=fault_seed,
             slow_seconds=slow_seconds,
+            clock=clock,
         )
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -104,7 +125,7 @@ class Emulator:
             raise RuntimeError("the emulator is not started: call start() or use `with`")
         return self._url
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         """The counters, as ``GET {url}/emulator/stats`` answers them."""
         return self.app.stats()
 

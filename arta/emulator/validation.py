@@ -10,14 +10,13 @@ ones here are what the Android app offers, exported so tests can use them.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from arta.styles import ASPECT_RATIOS, STYLES
+from arta.styles import ASPECT_RATIOS, STYLES, closest_styles
 
 __all__ = [
     "CFG_SCALE_RANGE",
@@ -103,9 +102,7 @@ def _bounded(
 
 
 def _style_message(style: str) -> str:
-    close = difflib.get_close_matches(style, STYLES, n=1, cutoff=0.6)
-    if not close:
-        close = [s for s in STYLES if s.lower() == style.strip().lower()]
+    close = closest_styles(style, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"use one of the {len(STYLES)} style names"
     return f"unknown style {style!r}: {hint}"
 

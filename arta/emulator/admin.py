@@ -1,0 +1,67 @@
+"""The emulator's own controls under ``/emulator/``: stats, reset, faults, job timelines.
+
+Another process (a benchmark, a test of a CLI) reaches the test hooks
+through these. They are never faulted: a test must trust them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from arta.emulator.messages import Request, Response, detail_response, json_response
+
+if TYPE_CHECKING:  # the app builds the routes; no import at run time, no cycle
+    from arta.emulator.app import EmulatorApp
+
+__all__ = ["AdminRoutes"]
+
+
+class AdminRoutes:
+    """Handlers of ``/emulator/*``, each a thin call to an :class:`EmulatorApp` hook."""
+
+    def __init__(self, app: EmulatorApp) -> None:
+        self._app = app
+
+    def stats(self, request: Request, params: Mapping[str, str]) -> Response:
+        """``GET /emulator/stats``: :meth:`EmulatorApp.stats`."""
+        return json_response(200, self._app.stats())
+
+    def reset(self, request: Request, params: Mapping[str, str]) -> Response:
+        """``POST /emulator/reset``: :meth:`EmulatorApp.reset`, answering the zeroed stats."""
+        self._app.reset()
+        return json_response(200, self._app.stats())
+
+    def faults(self, request: Request, params: Mapping[str, str]) -> Response:
+        """``GET /emulator/faults``: the plan's spec, its seed, and the counts so far."""
+        return json_response(200, {
+            "spec": str(self._app.faults),
+            "fault_seed": self._app.fault_seed,
+            "counts": self._app.fault_counts(),
+        })
+
+    def set_faults(self, request: Request, params: Mapping[str, str]) -> Response:
+        """``POST /emulator/faults``: a JSON ``{"spec", "fault_seed"}`` or a bare spec."""
+        try:
+            text = request.body.decode("utf-8")
+            if (request.header("Content-Type") or "").lower().startswith("application/json"):
+                value = json.loads(text or "{}")
+                if not isinstance(value, dict):
+                    raise ValueError('expected a JSON object {"spec": ..., "fault_seed": ...}')
+                spec, seed = value.get("spec") or "", value.get("fault_seed")
+                if not isinstance(spec, str) or not (seed is None or isinstance(seed, int)):
+                    raise ValueError("spec must be a string and fault_seed an integer or null")
+            else:
+                spec, seed = text, None
+            self._app.set_faults(spec, fault_seed=seed)
+        except ValueError as exc:  # UnicodeDecodeError and JSON errors are ValueErrors too
+            return detail_response(400, str(exc))
+        return self.faults(request, params)
+
+    def job(self, request: Request, params: Mapping[str, str]) -> Response:
+        """``GET /emulator/jobs/{record_id}``: :meth:`EmulatorApp.job_timeline`, or 404."""
+        try:
+            return json_response(200, self._app.job_timeline(params["record_id"]))
+        except KeyError:
+            return detail_response(404, "Record not found")
