@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -50,7 +49,7 @@ from arta.config import API_KEY, Settings
 from arta.errors import ArtaError, InvalidInputError, InvalidPromptError, InvalidStyleError
 from arta.generation import PollPolicy, Status
 from arta.params import DEFAULT_NEGATIVE_PROMPT, RANDOM_SEED_RANGE
-from arta.styles import DEFAULT_STYLE, STYLE_ALIASES, STYLES, resolve_style
+from arta.styles import DEFAULT_STYLE, STYLE_ALIASES, STYLES, closest_styles, resolve_style
 from arta.transport import RequestsTransport
 
 __all__ = ["ARTA", "ImageResponse", "Messages", "ModelNotFoundError", "Reasoning",
@@ -207,10 +206,8 @@ class ARTA:
             return resolve_style(model)
         except InvalidStyleError:
             pass
-        folded = {name.lower(): name for name in cls.models}
-        close = difflib.get_close_matches(str(model).lower(), list(folded), n=3, cutoff=0.5)
-        hint = (" Did you mean " + " or ".join(repr(folded[name]) for name in close) + "?"
-                if close else "")
+        close = closest_styles(str(model))
+        hint = " Did you mean " + " or ".join(map(repr, close)) + "?" if close else ""
         raise ModelNotFoundError(
             f"Model is not supported: {model!r} in ARTA.{hint} "
             f"`arta styles` lists the {len(STYLES)} models") from None
