@@ -20,6 +20,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import stat
 import tempfile
@@ -82,7 +83,7 @@ def _number(value: Any) -> float | None:
             number = float(value)
         except OverflowError:
             return None
-        return number if number == number and abs(number) != float("inf") else None
+        return number if math.isfinite(number) else None
     return None
 
 
