@@ -9,6 +9,7 @@ exception from :mod:`arta.errors`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -17,6 +18,7 @@ from typing import Any
 from arta.config import Settings
 from arta.errors import (
     AuthError,
+    MalformedResponse,
     ProtocolError,
     QuotaExceededError,
     RateLimitedError,
@@ -24,10 +26,12 @@ from arta.errors import (
     ServiceError,
 )
 from arta.params import GenerationParams
+from arta.redact import printable
 from arta.transport import Request, Response
 
 __all__ = [
     "FATAL_REFRESH_ERRORS",
+    "MAX_IMAGES",
     "Image",
     "JobState",
     "RefreshRejected",
@@ -49,6 +53,15 @@ FATAL_REFRESH_ERRORS = frozenset(
     {"INVALID_REFRESH_TOKEN", "TOKEN_EXPIRED", "USER_DISABLED", "USER_NOT_FOUND",
      "INVALID_GRANT_TYPE", "MISSING_REFRESH_TOKEN"}
 )
+
+
+#: Most images one status answer may list when the job's ``n`` is not known
+#: (a resumed job); the app asks for at most 4. More is a hostile answer,
+#: refused before a single download starts.
+MAX_IMAGES = 64
+
+#: The longest server-supplied text kept in an error message.
+_MAX_TEXT = 2000
 
 
 class TokenRejected(AuthError):
@@ -132,14 +145,32 @@ def image_request(url: str) -> Request:
 # -- parsing answers --------------------------------------------------------
 
 
+def _loads(body: bytes) -> Any:
+    """``json.loads``, with nesting too deep for the parser reported as what it is."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise MalformedResponse(f"the answer is JSON nested too deep to read ({len(body)} bytes)") \
+            from None
+
+
 def _json_body(response: Response, what: str) -> Any:
     body = response.read()
     try:
-        return json.loads(body)
+        return _loads(body)
+    except MalformedResponse as error:
+        raise MalformedResponse(f"{what}: {error}") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise ProtocolError(
             f"{what}: expected JSON, got {len(body)} bytes that are not (HTTP {response.status})"
         ) from error
+
+
+def _text(value: Any) -> str:
+    """A server-supplied value as one printable line (no terminal escapes), bounded."""
+    if not isinstance(value, (str, int, float)):
+        value = "(a nested value)" if isinstance(value, (list, dict)) else str(value)
+    return printable(str(value))[:_MAX_TEXT]
 
 
 def retry_after(response: Response) -> float | None:
@@ -148,19 +179,19 @@ def retry_after(response: Response) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _firebase_error(response: Response, what: str) -> Exception:
     try:
-        code = str(json.loads(response.read())["error"]["message"]).split(":", 1)[0].strip()
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        code = _text(_loads(response.read())["error"]["message"]).split(":", 1)[0].strip()
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, MalformedResponse):
         code = ""
     if not code or (response.status >= 429 and code != "TOO_MANY_ATTEMPTS_TRY_LATER"):
         # A 429/5xx or an answer that is no Firebase error at all: the
@@ -186,10 +217,14 @@ def _grant(body: Any, what: str, keys: tuple[str, str, str, str]) -> TokenGrant:
         id_token, refresh_token = body[id_key], body[refresh_key]
         expires_in = float(body[expires_key])
         user_id = str(body.get(user_key, ""))
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise ProtocolError(f"{what}: the answer lacks {id_key}/{refresh_key}/{expires_key}") from error
     if not isinstance(id_token, str) or not isinstance(refresh_token, str) or not id_token:
         raise ProtocolError(f"{what}: the tokens in the answer are not strings")
+    if not math.isfinite(expires_in) or expires_in < 0:
+        # Asking again would only spend another anonymous account on the same answer.
+        raise MalformedResponse(f"{what}: {expires_key} is {_text(body[expires_key])[:40]!r}, "
+                                "not a finite, non-negative number of seconds")
     return TokenGrant(id_token, refresh_token, expires_in, user_id)
 
 
@@ -216,16 +251,19 @@ def _detail(body: Any) -> str:
         parts = []
         for item in detail:
             if isinstance(item, dict):
-                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-                parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
-        return "; ".join(parts) or "invalid request"
-    return str(detail) if detail else ""
+                loc = item.get("loc", [])
+                loc = ".".join(_text(p) for p in loc if p != "body") if isinstance(loc, list) else ""
+                parts.append(f"{loc}: {_text(item.get('msg', ''))}".strip(": "))
+            if len(parts) >= 10:
+                break
+        return _text("; ".join(parts) or "invalid request")
+    return _text(detail) if detail else ""
 
 
 def _service_error(response: Response, what: str, record_id: str | None) -> Exception:
     try:
-        detail = _detail(json.loads(response.read()))
-    except (ValueError, UnicodeDecodeError):
+        detail = _detail(_loads(response.read()))
+    except (ValueError, UnicodeDecodeError, MalformedResponse):
         detail = ""
     said = f"HTTP {response.status}" + (f": {detail}" if detail else "")
     status = response.status
@@ -247,14 +285,17 @@ def _images(value: Any) -> tuple[Image, ...]:
         return ()
     if not isinstance(value, list):
         raise ProtocolError("status: 'response' is not a list of images")
+    if len(value) > MAX_IMAGES:
+        raise MalformedResponse(f"status: the answer lists {len(value)} images; a job has at "
+                                f"most {MAX_IMAGES} (the app asks for 4)")
     images = []
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
             raise ProtocolError("status: an image entry has no url")
         images.append(Image(
             url=item["url"],
-            name=str(item.get("name") or ""),
-            mime=str(item.get("MIME") or item.get("mime") or "image/png"),
+            name=_text(item.get("name") or ""),
+            mime=_text(item.get("MIME") or item.get("mime") or "image/png"),
             blurred=bool(item.get("isBlur", False)),
         ))
     return tuple(images)
@@ -266,15 +307,20 @@ def parse_job(response: Response, what: str = "status",
     if response.status != 200:
         raise _service_error(response, what, record_id)
     body = _json_body(response, what)
-    if not isinstance(body, dict) or not isinstance(body.get("record_id"), (str, int)):
+    if not isinstance(body, dict) or not isinstance(body.get("record_id"), (str, int)) \
+            or isinstance(body["record_id"], bool):
         raise ProtocolError(f"{what}: the answer has no record_id", record_id=record_id)
+    new_id = str(body["record_id"])
+    if printable(new_id) != new_id or not new_id.strip() or len(new_id) > _MAX_TEXT:
+        raise ProtocolError(f"{what}: the answer's record_id is not a plain line of text",
+                            record_id=record_id)
     seed = body.get("seed")
     return JobState(
-        record_id=str(body["record_id"]),
-        status=str(body.get("status") or ""),
+        record_id=new_id,
+        status=_text(body.get("status") or ""),
         images=_images(body.get("response")),
-        error_code=None if body.get("error_code") is None else str(body["error_code"]),
-        error_details=None if body.get("error_details") is None else str(body["error_details"]),
+        error_code=None if body.get("error_code") is None else _text(body["error_code"]),
+        error_details=None if body.get("error_details") is None else _text(body["error_details"]),
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
     )
 

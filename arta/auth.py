@@ -20,7 +20,9 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -33,7 +35,7 @@ import filelock
 
 from arta import api
 from arta.config import Settings
-from arta.errors import ArtaError, QuotaExceededError, TokenStoreError
+from arta.errors import ArtaError, ConfigurationError, QuotaExceededError, TokenStoreError
 from arta.retry import RetryPolicy, transient
 from arta.transport import Request, Response, Transport
 
@@ -49,6 +51,17 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+#: After a renewal that failed, or gave a token already past half its life
+#: (clock skew, a lifetime of 0), the next attempt waits this long: one
+#: Firebase call a minute at most, as botocore throttles its refreshes.
+RENEWAL_BACKOFF = 60.0
+
+#: Temporary copies of the token older than this are left over from a
+#: process killed while saving, and are removed at the next save.
+STALE_TEMP_SECONDS = 60.0
+
+_TEMP_PREFIX, _TEMP_SUFFIX = ".auth_ARTA.", ".tmp"
+
 
 def _jwt_claims(jwt: str) -> dict[str, Any]:
     """The payload of a JWT, read without verifying its signature.
@@ -59,14 +72,18 @@ def _jwt_claims(jwt: str) -> dict[str, Any]:
     try:
         payload = jwt.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):
         return {}
     return claims if isinstance(claims, dict) else {}
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
     return None
 
 
@@ -82,11 +99,18 @@ class Token:
 
     @classmethod
     def from_grant(cls, grant: api.TokenGrant, now: float) -> Token:
-        """Date a fresh grant: the JWT's own ``exp``/``iat`` first, ``expiresIn`` as fallback."""
-        claims = _jwt_claims(grant.id_token)
-        expires_at = _number(claims.get("exp")) or now + grant.expires_in
-        obtained_at = _number(claims.get("iat")) or now
-        return cls(grant.id_token, grant.refresh_token, obtained_at, expires_at, grant.user_id)
+        """Date a fresh grant by this machine's clock: received ``now``, good for ``expiresIn``.
+
+        The JWT's ``exp``/``iat`` are the server's clock: a local clock an
+        hour ahead would see every token as expired on arrival. They only
+        give the lifetime when ``expiresIn`` is 0.
+        """
+        life = grant.expires_in
+        if life <= 0:
+            claims = _jwt_claims(grant.id_token)
+            exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+            life = max(0.0, exp - iat) if exp is not None and iat is not None else 0.0
+        return cls(grant.id_token, grant.refresh_token, now, now + life, grant.user_id)
 
     def renew_at(self) -> float:
         """When to refresh: at half of the token's life, the old provider's rule."""
@@ -158,6 +182,49 @@ class TokenStore(Protocol):
         ...
 
 
+def _make_private_folder(folder: Path) -> None:
+    """Make ``folder`` and each missing parent 0700, whatever the umask."""
+    missing = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process
+        os.chmod(path, 0o700)  # mkdir's mode is cut by the umask
+
+
+def _check_home(folder: Path) -> None:
+    """Refuse a state folder others can write to; warn about one they can read.
+
+    A group- or world-writable folder owned by someone else lets that user
+    swap the token file for theirs (or read every token written there).
+    """
+    try:
+        info = folder.stat()
+    except OSError as error:
+        raise ConfigurationError(f"ARTA_HOME {folder} cannot be used: {error.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigurationError(
+            f"ARTA_HOME {folder} is not a folder; point ARTA_HOME at a folder (or remove the file)")
+    mode = stat.S_IMODE(info.st_mode)
+    mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    if mode & 0o022 and not mine and not mode & stat.S_ISVTX:
+        raise ConfigurationError(
+            f"ARTA_HOME {folder} is writable by other users (mode {mode:o}) and is not yours: "
+            "another user could replace the token. Use a folder of your own (chmod 700)")
+    if mode & 0o077 and (folder, mode) not in _WARNED:
+        _WARNED.add((folder, mode))
+        log.warning("ARTA_HOME %s has mode %o: other users can %s it; chmod 700 %s",
+                    folder, mode, "write to" if mode & 0o022 else "look into", folder)
+
+
+_WARNED: set[tuple[Path, int]] = set()
+
+
 class MemoryTokenStore:
     """A token store for one process: no disk, shared by its threads."""
 
@@ -207,14 +274,44 @@ class FileTokenStore:
 
     def _ensure_folder(self) -> None:
         folder = self.path.parent
-        if not folder.is_dir():
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask
+        if not folder.exists():
+            try:
+                _make_private_folder(folder)
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot create the ARTA_HOME folder {folder}: {error.strerror}") from None
+        _check_home(folder)
+
+    def check_writable(self) -> None:
+        """Raise :class:`~arta.errors.ConfigurationError` unless a token can be saved here.
+
+        Called before a sign-up, so that a local fault (a folder sitting at
+        the token path, a read-only home) does not spend one of the 100
+        anonymous accounts an address gets per hour.
+        """
+        self._ensure_folder()
+        for path, what in ((self.path, "token file"), (self.lock_path, "lock file")):
+            if path.is_dir():
+                raise ConfigurationError(
+                    f"a folder sits at the {what} path {path}; remove it (arta keeps a file there)")
+        try:
+            fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=_TEMP_PREFIX,
+                                        suffix=_TEMP_SUFFIX)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot write in ARTA_HOME {self.path.parent}: {error.strerror}") from None
+        os.close(fd)
+        os.unlink(temp)
 
     def load(self) -> Token | None:
-        """Read the token without a lock; a corrupt or foreign file counts as none."""
+        """Read the token without a lock; a corrupt, foreign or unreadable file counts as none.
+
+        A file others can read is made 0600 on the way, with a warning.
+        """
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with open(self.path, "rb") as file:
+                self._tighten(file.fileno())
+                data = file.read(1024 * 1024)
         except FileNotFoundError:
             return None
         except OSError as error:
@@ -222,17 +319,46 @@ class FileTokenStore:
                         self.path, error.strerror)
             return None
         try:
-            return Token.from_json(json.loads(text))
-        except ValueError as error:
+            return Token.from_json(json.loads(data.decode("utf-8")))
+        except (ValueError, RecursionError) as error:
             # Say why, never what: the content may hold a secret.
+            why = "nested too deep" if isinstance(error, RecursionError) else \
+                "not UTF-8" if isinstance(error, UnicodeDecodeError) else error
             log.warning("the token file %s is unusable (%s); it will be replaced",
-                        self.path, error if text.strip() else "empty")
+                        self.path, why if data.strip() else "empty")
             return None
 
+    def _tighten(self, fd: int) -> None:
+        """Make the open token file 0600 if group or others may read it, and say so."""
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            try:
+                os.fchmod(fd, 0o600)
+            except OSError as error:
+                log.warning("the token file %s has mode %o and cannot be made 0600 (%s)",
+                            self.path, mode, error.strerror)
+                return
+            log.warning("the token file %s had mode %o (readable by others); made it 0600",
+                        self.path, mode)
+
+    def _remove_temps(self, older_than: float) -> None:
+        """Remove temporary token copies left by killed processes (older than ``older_than`` s)."""
+        now = time.time()
+        for temp in self.path.parent.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                if now - temp.lstat().st_mtime >= older_than:
+                    temp.unlink()
+
     def save(self, token: Token) -> None:
-        """Replace the file atomically with ``token``, readable by its owner only."""
+        """Replace the file atomically with ``token``, readable by its owner only.
+
+        Temporary copies left behind by processes killed while saving (older
+        than :data:`STALE_TEMP_SECONDS`) are removed on the way.
+        """
         self._ensure_folder()
-        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".auth_ARTA.", suffix=".tmp")
+        self._remove_temps(STALE_TEMP_SECONDS)
+        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=_TEMP_PREFIX,
+                                    suffix=_TEMP_SUFFIX)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as file:  # mkstemp makes it 0600
                 json.dump(token.to_json(), file)
@@ -245,14 +371,20 @@ class FileTokenStore:
             raise
 
     def clear(self) -> None:
-        """Delete the token file."""
+        """Delete the token file, and every temporary copy of a token beside it."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self._remove_temps(0.0)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the store across threads (a thread lock) and processes (the file lock)."""
         self._ensure_folder()
+        if self.lock_path.is_dir():
+            raise ConfigurationError(
+                f"a folder sits at the lock file path {self.lock_path}; remove it "
+                "(arta keeps a file there)")
         deadline = time.monotonic() + self.lock_timeout
         # The thread lock first: threads of one process queue cheaply here
         # instead of all polling the file lock.
@@ -307,17 +439,36 @@ class Authenticator:
         # After Firebase's TOO_MANY_ATTEMPTS_TRY_LATER, sign-ups are refused
         # here until this time instead of hammering a quota that is spent.
         self._no_sign_up_until = 0.0
+        # After a failed or futile renewal, none is tried before this time.
+        self._no_renewal_until = 0.0
+        # A token obtained but not stored (the store failed): used for the
+        # life of this process rather than signing up again on every call.
+        self._kept: Token | None = None
+
+    def _load(self) -> Token | None:
+        token = self.store.load()
+        kept = self._kept
+        if kept is not None and (token is None or token.expires_at < kept.expires_at):
+            return kept
+        return token
 
     def token(self) -> Token:
-        """A token in the first half of its life (or a still-valid one if renewal fails)."""
-        token = self.store.load()
-        if token is not None and token.fresh(self.clock()):
+        """A token in the first half of its life (or a still-valid one if renewal fails).
+
+        Renewals that fail, or give a token already past half its life, are
+        throttled to one a minute: meanwhile the current token is used.
+        """
+        token = self._load()
+        if token is not None and (token.fresh(self.clock()) or self._throttled()):
             return token
         with self.store.lock():
-            token = self.store.load()  # another process may have renewed it meanwhile
-            if token is not None and token.fresh(self.clock()):
+            token = self._load()  # another process may have renewed it meanwhile
+            if token is not None and (token.fresh(self.clock()) or self._throttled()):
                 return token
             return self._renew(token)
+
+    def _throttled(self) -> bool:
+        return self.clock() < self._no_renewal_until
 
     def replace(self, rejected: Token) -> Token:
         """A new token after the service rejected ``rejected``.
@@ -334,6 +485,9 @@ class Authenticator:
 
     def _renew(self, token: Token | None, force: bool = False) -> Token:
         """Refresh ``token`` (or sign up if there is none or it is refused); save the result."""
+        check = getattr(self.store, "check_writable", None)
+        if check is not None:
+            check()  # a local fault must not cost a sign-up
         if token is not None:
             try:
                 renewed = self.refresh(token.refresh_token)
@@ -342,6 +496,7 @@ class Authenticator:
                 log.info("%s; signing up again", error)
                 renewed = self.sign_up()
             except ArtaError as error:
+                self._no_renewal_until = self.clock() + RENEWAL_BACKOFF
                 # A token still in its second half works: use it, renew next time.
                 if not force and not token.expired(self.clock()):
                     log.warning("token refresh failed (%s); using the current token", error)
@@ -349,8 +504,24 @@ class Authenticator:
                 raise
         else:
             renewed = self.sign_up()
-        self.store.save(renewed)
+        if not renewed.fresh(self.clock()):
+            log.warning("the new token is already past half its life (a lifetime of %.0fs); "
+                        "not renewing it again for %.0fs",
+                        renewed.expires_at - renewed.obtained_at, RENEWAL_BACKOFF)
+            self._no_renewal_until = self.clock() + RENEWAL_BACKOFF
+        self._store(renewed)
         return renewed
+
+    def _store(self, token: Token) -> None:
+        """Save ``token``; if the store fails, keep it in memory for this process's life."""
+        try:
+            self.store.save(token)
+        except (OSError, ArtaError) as error:
+            log.warning("cannot store the token (%s); keeping it in memory for this process",
+                        getattr(error, "strerror", None) or error)
+            self._kept = token
+        else:
+            self._kept = None
 
     def sign_up(self) -> Token:
         """Make a new anonymous account and return its token (not stored; retried when transient).

@@ -27,6 +27,7 @@ from arta.config import Settings
 from arta.errors import (
     ArtaError,
     AuthError,
+    ConfigurationError,
     DownloadError,
     GenerationFailed,
     GenerationTimeout,
@@ -35,6 +36,7 @@ from arta.errors import (
 from arta.generation import Generation, PollPolicy
 from arta.params import DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_LENGTH
 from arta.progress import StatusLine
+from arta.redact import install_log_redaction
 from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
 
 if TYPE_CHECKING:
@@ -327,7 +329,7 @@ def _token(args: argparse.Namespace) -> int:
     store = FileTokenStore(Settings.resolve().token_file)
     if args.clear:
         with store.lock():
-            store.clear()
+            store.clear()  # the token and any temporary copy of it
         print(f"cleared {store.path}")
         return EXIT_OK
     token = store.load()
@@ -371,7 +373,7 @@ _COMMANDS = {"generate": _generate, "status": _status, "batch": _batch, "styles"
 
 
 def _exit_code(error: ArtaError) -> int:
-    if isinstance(error, InvalidInputError):
+    if isinstance(error, (InvalidInputError, ConfigurationError)):
         return EXIT_USAGE
     if isinstance(error, AuthError):
         return EXIT_AUTH
@@ -395,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="arta: %(levelname)s: %(message)s")
+    install_log_redaction()  # urllib3's DEBUG lines carry the sign-up URL and its key
     try:
         return _COMMANDS[args.command](args)
     except ArtaError as error:

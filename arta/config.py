@@ -19,13 +19,16 @@ from a default:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from arta.errors import ConfigurationError
+from arta.redact import redact
 
 __all__ = ["API_KEY", "Settings"]
 
@@ -44,12 +47,31 @@ def _default_home(env: Mapping[str, str]) -> Path:
     return base / "arta"
 
 
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
 def _check_base_url(url: str, what: str) -> str:
-    parts = urlsplit(url)
+    """``url`` without its trailing slash, or a ConfigurationError that names ``what``."""
+    def bad(why: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"{what} must be an http(s) base URL like http://127.0.0.1:8765, got "
+            f"{redact(url)!r}: {why}")
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port out of 0-65535 or not a number
+    except ValueError as error:
+        raise bad(str(error)) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(
-            f"{what} must be an http(s) base URL like http://127.0.0.1:8765, got {url!r}"
-        )
+        raise bad("no http:// or https:// and host")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    host = host.rsplit(":", 1)[0] if port is not None or host.endswith(":") else host
+    if not _HOST.fullmatch(host):
+        raise bad(f"{redact(host)!r} is not a host name or address")
+    if port == 0:
+        raise bad("port 0 is not a port one can connect to")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise bad("a base URL has no ?query or #fragment (every call adds its own path)")
     return url.rstrip("/")
 
 
@@ -118,6 +140,20 @@ class Settings:
         return template.format(record_id=quote(record_id, safe=""))
 
     @property
+    def auth_realm(self) -> str:
+        """Where this client's tokens come from: the sign-up URL without its key."""
+        return self.signup_url.split("?", 1)[0]
+
+    @property
     def token_file(self) -> Path:
-        """The shared token file, named as the old provider named it."""
-        return self.home / "auth_ARTA.json"
+        """The shared token file: ``auth_ARTA.json`` (the old provider's name) for Firebase.
+
+        A token from another sign-up endpoint (an emulator, a proxy) goes to
+        ``auth_ARTA.<digest>.json``, the digest of that endpoint: switching
+        ``ARTA_ENDPOINT`` in one ``ARTA_HOME`` never clobbers the real token,
+        and a token from elsewhere is never sent to the wrong service.
+        """
+        if self.auth_realm == Settings().auth_realm:
+            return self.home / "auth_ARTA.json"
+        digest = hashlib.sha256(self.auth_realm.encode("utf-8")).hexdigest()[:12]
+        return self.home / f"auth_ARTA.{digest}.json"

@@ -19,6 +19,7 @@
     │   ├── ConnectError                      never connected: nothing was sent
     │   └── NoResponseError                   sent, but no answer came
     ├── ProtocolError                         an answer of an unexpected shape
+    │   └── MalformedResponse                 one no retry can mend (too big, too deep, ...)
     ├── SubmitOutcomeUnknown                  a submit was sent, its fate unknown
     ├── GenerationFailed                      the service says the job FAILED
     ├── GenerationTimeout                     the wait outlived its timeout
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidParameterError",
     "InvalidPromptError",
     "InvalidStyleError",
+    "MalformedResponse",
     "NoResponseError",
     "ProtocolError",
     "QuotaExceededError",
@@ -180,6 +182,16 @@ class NoResponseError(TransportError):
 
 class ProtocolError(ArtaError):
     """The service answered, but not in the shape PROTOCOL.md describes."""
+
+
+class MalformedResponse(ProtocolError):
+    """An answer that asking again will not mend, so it is never retried.
+
+    A body over the size cap (a gzip bomb, an endless stream), JSON nested
+    past any sane depth, a non-finite token lifetime, more images than the
+    job asked for: a server that sends these once will send them again, and
+    each retry would cost the same memory and time.
+    """
 
 
 class SubmitOutcomeUnknown(ArtaError):

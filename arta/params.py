@@ -57,6 +57,13 @@ def _check_int(name: str, value: object, low: int, high: int) -> int:
 def _check_prompt(name: str, value: object, *, required: bool) -> str:
     if not isinstance(value, str):
         raise InvalidPromptError(f"{name} must be a str, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # A lone surrogate ("\ud800", from a bad decode) cannot be sent as UTF-8.
+        raise InvalidPromptError(
+            f"{name} holds a character that is not valid Unicode text ({value[error.start]!r} "
+            f"at position {error.start}, a lone surrogate)") from None
     if required and not value.strip():
         raise InvalidPromptError(f"{name} must not be empty or only whitespace")
     if len(value) > MAX_PROMPT_LENGTH:

@@ -11,17 +11,30 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
+import ipaddress
 import logging
 import os
 import re
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from arta import api
-from arta.errors import ArtaError, DownloadError, ProtocolError, ServiceError
+from arta.errors import (
+    ArtaError,
+    DownloadError,
+    InvalidInputError,
+    MalformedResponse,
+    ProtocolError,
+    ServiceError,
+)
 from arta.params import GenerationParams
+from arta.redact import printable
 from arta.retry import TRANSIENT_STATUSES, RetryPolicy, transient
 from arta.transport import Transport
 
@@ -44,11 +57,73 @@ _MAGIC = {
     ".webp": (b"RIFF",),  # then 4 bytes of size, then b"WEBP" (checked below)
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_EC2_METADATA_V6 = ipaddress.IPv6Address("fd00:ec2::254")
+
+#: Images downloaded at once by one ``save()``: a status answer listing
+#: thousands costs this many threads, not thousands.
+MAX_DOWNLOAD_THREADS = 8
+
+#: Longest file name stem (the extension comes on top), well under the
+#: 255 bytes most file systems allow.
+MAX_STEM = 160
+
+#: ``.part`` files of downloads untouched for this long were left by a
+#: killed process; they are removed at the next save into their folder.
+STALE_PART_SECONDS = 60.0
+
+
+class _Stopped(BaseException):
+    """The download was told to stop (Ctrl-C in the thread that called save())."""
 
 
 def _safe(text: str) -> str:
     """Reduce ``text`` to a plain file name: no folder, no leading dot, no odd characters."""
-    return _UNSAFE.sub("_", text).strip("._-")[:120] or "image"
+    return _UNSAFE.sub("_", text).strip("._-") or "image"
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` if it is at most ``limit`` long, else its two ends around a digest of the whole.
+
+    Cutting only the end would drop what tells two names apart (the
+    index, the seed, the end of a long record id); the digest keeps them apart.
+    """
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    keep = (limit - len(digest) - 2) // 2
+    return f"{text[:keep]}-{digest}-{text[-keep:]}"
+
+
+def _blocked_host(url: str, endpoint: str | None) -> str | None:
+    """Why ``url`` must not be fetched (not http(s), or a link-local/metadata address), or None.
+
+    An image URL comes from the server. One on 169.254.0.0/16 or
+    ``fd00:ec2::254`` would make this machine fetch its own cloud metadata
+    (credentials) on the server's behalf; allowed only when the endpoint
+    itself lives on such an address (a test rig).
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "a malformed URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"not an http(s) URL (scheme {parts.scheme or 'none'!r})"
+    if _metadata_address(host) and not (endpoint and _metadata_address(
+            urlsplit(endpoint).hostname or "")):
+        return f"a link-local or cloud-metadata address ({host})"
+    return None
+
+
+def _metadata_address(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return host.lower().rstrip(".") in ("metadata.google.internal", "metadata")
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local or address == _EC2_METADATA_V6
 
 
 def _whole(extension: str, head: bytes, tail: bytes, size: int) -> bool:
@@ -108,58 +183,115 @@ class Result:
         ``name`` may use ``{record_id}``, ``{index}`` and ``{seed}``; the
         extension follows the image's type. Each value, and the result, is
         reduced to a plain file name: nothing from the server can choose a
-        folder.
+        folder. A name too long for a file system is cut in the middle
+        around a digest of the whole, so two jobs never share a name.
         """
         image = self.images[index]
         extension = _EXTENSIONS.get(image.mime.split(";")[0].strip().lower(), ".png")
         try:
-            stem = name.format(record_id=_safe(self.record_id), index=index,
+            stem = name.format(record_id=_fit(_safe(self.record_id), 100), index=index,
                                seed="" if self.seed is None else self.seed)
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(
+        except (KeyError, IndexError, ValueError, AttributeError) as error:
+            raise InvalidInputError(
                 f"bad file name template {name!r} ({error}); it may use "
                 "{record_id}, {index} and {seed}") from None
-        return _safe(stem) + extension
+        return _fit(_safe(stem), MAX_STEM) + extension
+
+    def _paths(self, target: Path, name: str) -> list[Path]:
+        """One distinct path per image: ``-{index}`` is added if the template gives one name twice."""
+        paths = [target / self.filename(index, name) for index in range(len(self.images))]
+        if len(set(paths)) != len(paths):
+            paths = [target / self.filename(index, f"{name}-{{index}}")
+                     for index in range(len(self.images))]
+        return paths
+
+    def _check_images(self) -> None:
+        """Refuse what no real job answers: no images at all, more than asked, bad URLs."""
+        if not self.images:
+            # Decided (issue 11): a DONE job with nothing to save is an error, not a silent 0.
+            raise ProtocolError("the service finished the job but listed no images to save",
+                                record_id=self.record_id)
+        if self.params is not None and len(self.images) > self.params.n:
+            raise MalformedResponse(
+                f"the service listed {len(self.images)} images for a job of n={self.params.n}",
+                record_id=self.record_id)
+        endpoint = getattr(getattr(self.transport, "settings", None), "endpoint", None)
+        for index, image in enumerate(self.images):
+            why = _blocked_host(image.url, endpoint)
+            if why is not None:
+                raise DownloadError(f"image {index}: its URL is {why}; not fetched",
+                                    record_id=self.record_id)
 
     def save(self, folder: str | os.PathLike[str] = ".", *, name: str = DEFAULT_NAME,
              overwrite: bool = False, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> list[Path]:
         """Download every image into ``folder`` (created if needed), in parallel; return the paths.
 
-        File names come from the template ``name`` (see :meth:`filename`).
-        An existing file of that name is kept, not downloaded again, unless
-        ``overwrite``. Each image is streamed to a temporary file, checked
-        (an image type, the PNG/JPEG/WebP signature, a whole body, at most
-        ``max_bytes``) and only then renamed into place. Transient failures
-        are retried. Raises :class:`~arta.errors.DownloadError`, carrying the
-        record id, for an image that cannot be had.
+        File names come from the template ``name`` (see :meth:`filename`);
+        ``-{index}`` is added if it would give two images one name. An
+        existing file of that name is kept if it holds this very image
+        (fetched again to compare), replaced if ``overwrite``, and refused
+        with :class:`~arta.errors.DownloadError` otherwise: a file from
+        elsewhere is never taken for this job's image. Each image is
+        streamed to a temporary file, checked (an image type, the
+        PNG/JPEG/WebP signature, a whole body, at most ``max_bytes``) and
+        only then renamed into place; at most :data:`MAX_DOWNLOAD_THREADS`
+        download at once. Transient failures are retried. A job with no
+        images, or more than it asked for, or an image URL that is not
+        http(s) or points at a cloud-metadata address, is refused before
+        any download. Raises :class:`~arta.errors.DownloadError` (or
+        :class:`~arta.errors.ProtocolError`), carrying the record id.
+
+        Ctrl-C (``KeyboardInterrupt``) returns at once: the downloads stop
+        at their next chunk and remove their temporary files.
         """
+        self._check_images()
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
-        paths = [target / self.filename(index, name) for index in range(len(self.images))]
-        if len(set(paths)) != len(paths):
-            raise ValueError(f"the file name template {name!r} gives two images one name: "
-                             "use {index} in it")
+        paths = self._paths(target, name)
+        _remove_stale_parts(target)
         transport = self.transport or _default_transport()
         policy = self.retry_policy or RetryPolicy()
+        stop = threading.Event()
 
         def fetch(image: Image, path: Path) -> None:
-            if overwrite or not path.exists():
-                policy.call(lambda: self._download(transport, image, path, max_bytes),
-                            retry_on=transient)
+            def attempt() -> None:
+                if stop.is_set():
+                    raise _Stopped
+                self._download(transport, image, path, max_bytes, overwrite, stop)
 
-        try:
-            with concurrent.futures.ThreadPoolExecutor(max(1, len(paths))) as pool:
-                for done in [pool.submit(fetch, image, path)
-                             for image, path in zip(self.images, paths)]:
-                    done.result()
-        except ArtaError as error:
-            raise error.with_record_id(self.record_id) from error
+            policy.call(attempt, retry_on=transient)
+
+        if len(paths) == 1:  # one image: no thread to start (Ctrl-C lands in the download)
+            try:
+                fetch(self.images[0], paths[0])
+            except ArtaError as error:
+                raise error.with_record_id(self.record_id) from error
+        else:
+            self._fetch_all(fetch, paths, stop)
         if self.blurred:
             log.warning("job %s: image(s) %s were blurred by the service's content filter",
                         self.record_id, ", ".join(map(str, self.blurred)))
         return paths
 
-    def _download(self, transport: Transport, image: Image, path: Path, max_bytes: int) -> None:
+    def _fetch_all(self, fetch: Callable[[Image, Path], None], paths: list[Path],
+                   stop: threading.Event) -> None:
+        """Run ``fetch(image, path)`` for every image on a bounded pool of threads."""
+        pool = concurrent.futures.ThreadPoolExecutor(min(len(paths), MAX_DOWNLOAD_THREADS),
+                                                     thread_name_prefix="arta-download")
+        try:
+            for done in [pool.submit(fetch, image, path)
+                         for image, path in zip(self.images, paths)]:
+                done.result()
+        except ArtaError as error:
+            raise error.with_record_id(self.record_id) from error
+        finally:
+            # On any way out (an error, Ctrl-C), the other downloads stop at their
+            # next chunk and clean up; this thread does not wait for them.
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _download(self, transport: Transport, image: Image, path: Path, max_bytes: int,
+                  overwrite: bool = False, stop: threading.Event | None = None) -> None:
         """Fetch one image to a temp file beside ``path``, check it is whole, rename it."""
         extension = path.suffix
         with transport.handle_request(api.image_request(image.url)) as response:
@@ -171,7 +303,12 @@ class Result:
             mime = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if not mime.startswith("image/"):
                 raise DownloadError(
-                    f"image {path.name}: the server sent {mime or 'no type'}, not an image")
+                    f"image {path.name}: the server sent {printable(mime) or 'no type'}, "
+                    "not an image")
+            declared = response.headers.get("Content-Length", "").strip()
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise DownloadError(f"image {path.name} is announced as {int(declared)} bytes, "
+                                    f"larger than the {max_bytes}-byte limit")
             # Created as open() creates any file (the umask applies), under a
             # name no other download can take.
             temp = path.with_name(f".arta-{uuid.uuid4().hex}.part")
@@ -179,6 +316,8 @@ class Result:
                 size, head, tail = 0, b"", b""
                 with open(temp, "xb") as file:
                     for chunk in response.iter_bytes():
+                        if stop is not None and stop.is_set():
+                            raise _Stopped
                         size += len(chunk)
                         if size > max_bytes:
                             raise DownloadError(
@@ -192,7 +331,7 @@ class Result:
                 if not _whole(extension, head, tail, size):
                     # The right start but no proper end: cut short on the way, worth a retry.
                     raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
-                os.replace(temp, path)
+                _place(temp, path, overwrite)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
@@ -207,3 +346,36 @@ class Result:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             object.__setattr__(self, key, value)
+
+
+def _same_bytes(one: Path, other: Path) -> bool:
+    if one.stat().st_size != other.stat().st_size:
+        return False
+    with open(one, "rb") as a, open(other, "rb") as b:
+        while True:
+            x, y = a.read(1024 * 1024), b.read(1024 * 1024)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _place(temp: Path, path: Path, overwrite: bool) -> None:
+    """Move the checked image at ``temp`` to ``path``; an existing other file there is refused."""
+    if not overwrite and path.exists():
+        if path.is_file() and _same_bytes(temp, path):
+            os.unlink(temp)  # this very image is already there
+            return
+        raise DownloadError(
+            f"{path} already exists and holds something else; pass overwrite=True, "
+            "another folder or another name template")
+    os.replace(temp, path)
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Remove ``.part`` files that no download has written to for a minute (left by a kill)."""
+    now = time.time()
+    for part in folder.glob(".arta-*.part"):
+        with contextlib.suppress(OSError):
+            if now - part.lstat().st_mtime >= STALE_PART_SECONDS:
+                part.unlink()

@@ -25,7 +25,13 @@ from typing import Callable, TypeVar
 
 import tenacity
 
-from arta.errors import ConnectError, ProtocolError, ServiceError, TransportError
+from arta.errors import (
+    ConnectError,
+    MalformedResponse,
+    ProtocolError,
+    ServiceError,
+    TransportError,
+)
 
 __all__ = ["TRANSIENT_STATUSES", "RetryPolicy", "surely_not_taken", "transient"]
 
@@ -41,6 +47,8 @@ def transient(error: BaseException) -> bool:
     """True if repeating an idempotent call after ``error`` may succeed."""
     if isinstance(error, ServiceError):
         return error.status in TRANSIENT_STATUSES
+    if isinstance(error, MalformedResponse):
+        return False  # too big, too deep, ...: the same answer would come again
     return isinstance(error, (TransportError, ProtocolError))
 
 

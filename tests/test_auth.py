@@ -20,7 +20,7 @@ def test_one_sign_up_is_reused_from_the_file(emulator: Emulator, tmp_path: Path)
         with arta.Client(emulator.url, home=tmp_path, poll_policy=FAST_POLL) as client:
             client.generate("a fox")
     assert emulator.stats()["signups"] == 1
-    token = FileTokenStore(tmp_path / "auth_ARTA.json").load()
+    token = FileTokenStore(client.settings.token_file).load()
     assert token is not None and token.expires_at - token.obtained_at == pytest.approx(3600, abs=2)
 
 
@@ -65,8 +65,8 @@ def test_a_file_written_by_the_old_provider_is_read(emulator: Emulator, tmp_path
         client.generate("a fox")
         fresh = json.loads(client.settings.token_file.read_text())
     old = {k: fresh[k] for k in ("idToken", "refreshToken", "expiresIn", "localId")}
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "auth_ARTA.json").write_text(json.dumps(old))
+    (tmp_path / "b").mkdir(mode=0o700)
+    (tmp_path / "b" / client.settings.token_file.name).write_text(json.dumps(old))
     with arta.Client(emulator.url, home=tmp_path / "b", poll_policy=FAST_POLL) as client:
         client.generate("a fox")
     assert emulator.stats()["signups"] == 1  # dated by the JWT's exp, not by mtime

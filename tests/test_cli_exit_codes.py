@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from arta.config import Settings
 from arta.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,17 +106,18 @@ def test_usage_mistakes_exit_2(args: list[str], tmp_path: Path) -> None:
 
 def test_token_command_never_prints_the_token_unless_asked(emulator: Emulator,
                                                            tmp_path: Path) -> None:
-    assert "no token" in arta_cli("token", home=tmp_path).stdout
+    assert "no token" in arta_cli("token", emulator=emulator, home=tmp_path).stdout
     assert arta_cli("generate", "a fox", "--poll-interval", "0.05", "-o", str(tmp_path / "o"),
                     emulator=emulator, home=tmp_path).returncode == 0
-    secret = json.loads((tmp_path / "auth_ARTA.json").read_text())["idToken"]
-    info = arta_cli("token", "--info", home=tmp_path)
+    token_file = Settings.resolve(emulator.url, tmp_path, env={}).token_file
+    secret = json.loads(token_file.read_text())["idToken"]
+    info = arta_cli("token", "--info", emulator=emulator, home=tmp_path)
     assert info.returncode == 0 and "state:    fresh" in info.stdout
     assert secret not in info.stdout + info.stderr
-    shown = arta_cli("token", "--show-token", home=tmp_path)
+    shown = arta_cli("token", "--show-token", emulator=emulator, home=tmp_path)
     assert f"id token: {secret}" in shown.stdout
-    cleared = arta_cli("token", "--clear", home=tmp_path)
-    assert cleared.returncode == 0 and not (tmp_path / "auth_ARTA.json").exists()
+    cleared = arta_cli("token", "--clear", emulator=emulator, home=tmp_path)
+    assert cleared.returncode == 0 and not token_file.exists()
 
 
 def test_blurred_images_are_reported(emulator: Emulator, tmp_path: Path) -> None:

@@ -92,10 +92,13 @@ def test_a_body_cut_short_is_retried_then_refused(server, tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_files_are_kept_unless_overwrite(server, tmp_path: Path) -> None:
+def test_an_existing_file_is_kept_only_if_it_is_this_image(server, tmp_path: Path) -> None:
     result = _result(server, "/good.png")
     first = result.save(tmp_path)[0]
-    first.write_bytes(b"mine")
-    assert result.save(tmp_path)[0].read_bytes() == b"mine"
-    assert server.hits.count("/good.png") == 1
+    assert result.save(tmp_path) == [first] and first.read_bytes() == PNG  # the same image
+    first.write_bytes(b"mine")  # another file under this job's name: never taken for its image
+    with pytest.raises(arta.DownloadError, match="already exists and holds something else"):
+        result.save(tmp_path)
+    assert first.read_bytes() == b"mine"
     assert result.save(tmp_path, overwrite=True)[0].read_bytes() == PNG
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp file left

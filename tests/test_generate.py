@@ -77,7 +77,8 @@ def test_configuration_from_the_environment(emulator: Emulator, tmp_path: Path,
     monkeypatch.setenv("ARTA_HOME", str(tmp_path / "home"))
     paths = arta.generate("a fox", seed=1).save(tmp_path / "out")
     assert png_size(paths[0]) == (512, 512)
-    assert (tmp_path / "home" / "auth_ARTA.json").exists()
+    assert arta.default_client().settings.token_file.parent == tmp_path / "home"
+    assert arta.default_client().settings.token_file.exists()
     assert arta.default_client().settings.submit_url == f"{emulator.url}/api/v1/text2image"
 
 

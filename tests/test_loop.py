@@ -30,7 +30,9 @@ def test_many_waits_share_one_scheduler_thread_and_a_bounded_pool(
         assert all(f.result().record_id for f in futures)
     assert names.count("arta-loop") == 1
     assert sum(name.startswith("arta-io") for name in names) <= 4
-    assert not loop_threads()  # close() stopped them
+    for thread in loop_threads():  # close() stopped them (an idle I/O thread ends at once)
+        thread.join(timeout=10)
+    assert not loop_threads()
 
 
 def test_jobs_with_their_own_policies_deadlines_failures_and_stops(

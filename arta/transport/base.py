@@ -9,6 +9,8 @@ transport (and the in-process one, which has no wire) sends the same thing.
 from __future__ import annotations
 
 import json
+import time
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol, Union
@@ -17,11 +19,17 @@ from urllib.parse import urlencode
 import requests.structures
 import urllib3.filepost
 
+from arta.errors import MalformedResponse, NoResponseError
+from arta.redact import redact
+
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
     from typing_extensions import Self
 
 __all__ = [
+    "ACCEPT_ENCODING",
+    "BODY_TIME_FACTOR",
     "CHUNK_SIZE",
+    "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_TIMEOUT",
     "EncodedRequest",
     "Request",
@@ -29,6 +37,8 @@ __all__ = [
     "Timeout",
     "Transport",
     "describe",
+    "read_body",
+    "secrets_of",
 ]
 
 #: ``(connect, read)`` seconds; a float sets both.
@@ -41,6 +51,20 @@ DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 #: Bytes per chunk of a streamed body: big enough that per-chunk overhead
 #: vanishes, small enough that a 200 MB download stays a few chunks in memory.
 CHUNK_SIZE = 64 * 1024
+
+#: Largest body read for a request that is not streamed (the protocol's JSON
+#: answers are a few kilobytes), counted after decompression: a gzip bomb or
+#: an endless body ends in :class:`~arta.errors.MalformedResponse` here,
+#: not in a ``MemoryError``. Transports take ``max_body_bytes`` to change it.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+#: A body that is not streamed must arrive whole within this many read
+#: timeouts: the read timeout bounds the silence between two bytes, this
+#: bounds a server dripping one byte at a time.
+BODY_TIME_FACTOR = 4
+
+#: The encodings :func:`read_body` can undo (with a bound on the output).
+ACCEPT_ENCODING = "gzip, deflate"
 
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
@@ -222,6 +246,79 @@ class Transport(Protocol):
 
 
 def describe(request: Request) -> str:
-    """``"METHOD scheme://host/path"``: a request named without its query or headers."""
+    """``"METHOD scheme://host/path"``: a request named without its query, headers or password."""
     # The query carries the API key (and nothing a reader of an error needs).
-    return f"{request.method} {request.url.split('?', 1)[0]}"
+    return redact(f"{request.method} {request.url.split('?', 1)[0]}")
+
+
+def secrets_of(request: Request) -> tuple[str, ...]:
+    """The values in ``request`` that must not appear in any error text.
+
+    Header values (``Authorization`` is the ID token), form values (the
+    refresh token); whatever a library may quote back in its message.
+    """
+    values = [*request.headers.values(), *(request.form or {}).values()]
+    return tuple(value for value in values if isinstance(value, str) and len(value) >= 8)
+
+
+def _decoder(encoding: str) -> zlib._Decompress | None:
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return None
+    if name in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if name == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, as sent
+    raise MalformedResponse(f"the answer is encoded as {encoding!r}, which was not asked for")
+
+
+def read_body(raw: Iterator[bytes], headers: Mapping[str, str], request: Request, *,
+              limit: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """Read a whole body from ``raw`` (bytes as they arrive, still encoded), within bounds.
+
+    - A ``Content-Length`` over ``limit`` is refused before a byte is read.
+    - ``gzip``/``deflate`` are undone here, never producing more than
+      ``limit + 1`` bytes at a time: a 4 MB gzip bomb costs a megabyte.
+    - The body must be whole within :data:`BODY_TIME_FACTOR` read timeouts.
+
+    Over the limit: :class:`~arta.errors.MalformedResponse` (not retried).
+    Too slow: :class:`~arta.errors.NoResponseError`.
+    """
+    declared = headers.get("Content-Length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        raise MalformedResponse(
+            f"{describe(request)} announced a {int(declared)}-byte answer, over the "
+            f"{limit}-byte limit")
+    decoder = _decoder(headers.get("Content-Encoding", ""))
+    budget = BODY_TIME_FACTOR * request.read_timeout
+    deadline = time.monotonic() + budget
+    parts: list[bytes] = []
+    size = 0
+
+    def add(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise MalformedResponse(
+                f"{describe(request)}: the answer is larger than the {limit}-byte limit")
+        parts.append(data)
+
+    for chunk in raw:
+        if decoder is None:
+            add(chunk)
+        else:
+            data = chunk
+            while data:
+                try:
+                    add(decoder.decompress(data, limit - size + 1))
+                except zlib.error as error:
+                    raise MalformedResponse(
+                        f"{describe(request)}: the compressed answer is corrupt") from error
+                data = decoder.unconsumed_tail
+        if time.monotonic() > deadline:
+            raise NoResponseError(
+                f"the answer did not arrive whole within {budget:g}s "
+                f"({BODY_TIME_FACTOR} x the read timeout): {describe(request)}")
+    if decoder is not None:
+        add(decoder.flush())
+    return b"".join(parts)

@@ -14,7 +14,17 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
-from arta.transport.base import CHUNK_SIZE, Request, Response, describe
+from arta.redact import scrub_chain
+from arta.transport.base import (
+    ACCEPT_ENCODING,
+    CHUNK_SIZE,
+    DEFAULT_MAX_BODY_BYTES,
+    Request,
+    Response,
+    describe,
+    read_body,
+    secrets_of,
+)
 from arta.transport.requests_transport import DEFAULT_POOL_SIZE
 
 if TYPE_CHECKING:
@@ -53,6 +63,9 @@ class HttpxTransport:
       over TLS if ``h2`` is installed; True requires it.
     - ``client``: your own :class:`httpx.Client`, used as it is and not
       closed by :meth:`close`.
+    - ``max_body_bytes``: the largest answer read for a request that is
+      not streamed, after decompression; such a body must also arrive
+      whole within a few read timeouts (see :func:`~arta.transport.read_body`).
 
     Raises :class:`~arta.errors.ConfigurationError` if httpx (or, with
     ``http2=True``, h2) is not installed.
@@ -66,6 +79,7 @@ class HttpxTransport:
         ca_bundle: str | None = None,
         http2: bool | None = None,
         client: httpx.Client | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         _require_httpx()
         import httpx
@@ -76,6 +90,11 @@ class HttpxTransport:
             http2 = h2_available()
         elif http2 and not h2_available():
             raise ConfigurationError(f"HTTP/2 needs the h2 package: {_INSTALL_HINT}")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) \
+                or max_body_bytes < 1:
+            raise ConfigurationError(
+                f"max_body_bytes must be a positive int, not {max_body_bytes!r}")
+        self.max_body_bytes = max_body_bytes
         self.http2 = http2
         self.pool_size = pool_size
         self._owns_client = client is None
@@ -103,6 +122,8 @@ class HttpxTransport:
         import httpx
 
         headers, content = request.encode()
+        if not request.stream and not any(k.lower() == "accept-encoding" for k in headers):
+            headers["Accept-Encoding"] = ACCEPT_ENCODING  # only what read_body can bound
         timeout = httpx.Timeout(
             connect=request.connect_timeout, read=request.read_timeout,
             # Writing a body counts as reading's twin; waiting for a pooled
@@ -112,11 +133,12 @@ class HttpxTransport:
         try:
             outgoing = self.client.build_request(
                 request.method, request.url, headers=headers, content=content, timeout=timeout)
-            answer = self.client.send(outgoing, stream=request.stream)
+            answer = self.client.send(outgoing, stream=True)  # bodies are read here, in bounds
         except httpx.HTTPError as error:
-            raise _mapped(error, request) from error
+            raise _mapped(error, request) from scrub_chain(error, secrets_of(request))
         except httpx.InvalidURL as error:
-            raise TransportError(f"invalid URL: {describe(request)}") from error
+            raise TransportError(f"invalid URL: {describe(request)}") \
+                from scrub_chain(error, secrets_of(request))
         if request.stream:
             return Response(
                 answer.status_code,
@@ -124,7 +146,14 @@ class HttpxTransport:
                 chunks=_guarded(answer.iter_bytes(CHUNK_SIZE), request),
                 close=answer.close,
             )
-        return Response(answer.status_code, answer.headers, content=answer.content)
+        try:
+            content = read_body(answer.iter_raw(), answer.headers, request,
+                                limit=self.max_body_bytes)
+        except httpx.HTTPError as error:
+            raise _mapped(error, request) from scrub_chain(error, secrets_of(request))
+        finally:
+            answer.close()
+        return Response(answer.status_code, answer.headers, content=content)
 
     def close(self) -> None:
         """Close the pooled connections (of a client this transport made)."""
@@ -171,4 +200,5 @@ def _guarded(chunks: Iterator[bytes], request: Request) -> Iterator[bytes]:
     try:
         yield from chunks
     except httpx.HTTPError as error:
-        raise NoResponseError(f"the answer was cut short: {describe(request)}") from error
+        raise NoResponseError(f"the answer was cut short: {describe(request)}") \
+            from scrub_chain(error, secrets_of(request))

@@ -8,9 +8,20 @@ import requests
 import requests.adapters
 import requests.utils
 import urllib3.exceptions
+import urllib3.response
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
-from arta.transport.base import CHUNK_SIZE, Request, Response, describe
+from arta.redact import scrub_chain
+from arta.transport.base import (
+    ACCEPT_ENCODING,
+    CHUNK_SIZE,
+    DEFAULT_MAX_BODY_BYTES,
+    Request,
+    Response,
+    describe,
+    read_body,
+    secrets_of,
+)
 
 __all__ = ["DEFAULT_POOL_SIZE", "RequestsTransport"]
 
@@ -45,8 +56,12 @@ class RequestsTransport:
       ``max_retries=0`` (requests' default) on it: a retry inside the
       transport would re-send a submit behind the client's back.
 
-    Connect and read timeouts come from each :class:`Request`. urllib3 is
-    told never to retry: retries are the client's business.
+    - ``max_body_bytes``: the largest answer read for a request that is
+      not streamed, after decompression (see :func:`~arta.transport.read_body`).
+
+    Connect and read timeouts come from each :class:`Request`; a body that
+    is not streamed must also arrive whole within a few read timeouts.
+    urllib3 is told never to retry: retries are the client's business.
     """
 
     def __init__(
@@ -56,6 +71,7 @@ class RequestsTransport:
         proxies: Mapping[str, str] | None = None,
         ca_bundle: str | None = None,
         session: requests.Session | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         if pool_size < 1:
             raise ConfigurationError(f"pool_size must be at least 1, not {pool_size!r}")
@@ -73,6 +89,11 @@ class RequestsTransport:
             raise ConfigurationError(
                 "the session has TLS verification turned off; arta always verifies. "
                 "Pass ca_bundle= (a CA file) to trust a private certificate authority")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) \
+                or max_body_bytes < 1:
+            raise ConfigurationError(
+                f"max_body_bytes must be a positive int, not {max_body_bytes!r}")
+        self.max_body_bytes = max_body_bytes
         self.session = session
         self.pool_size = pool_size
         # Proxies are passed per request, not set on the session: requests lets
@@ -85,6 +106,8 @@ class RequestsTransport:
     def handle_request(self, request: Request) -> Response:
         """Send ``request`` through the session, mapping failures to ``TransportError``."""
         headers, content = request.encode()
+        if not request.stream and not any(k.lower() == "accept-encoding" for k in headers):
+            headers["Accept-Encoding"] = ACCEPT_ENCODING  # only what read_body can bound
         proxies = self.proxies
         if proxies and requests.utils.should_bypass_proxies(request.url, no_proxy=None):
             proxies = None
@@ -95,13 +118,13 @@ class RequestsTransport:
                 headers=headers,
                 data=content,
                 timeout=(request.connect_timeout, request.read_timeout),
-                stream=request.stream,
+                stream=True,  # even a small body is read here, within bounds
                 verify=self._verify,
                 proxies=proxies,
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as error:
-            raise _mapped(error, request) from error
+            raise _mapped(error, request) from scrub_chain(error, secrets_of(request))
         if request.stream:
             return Response(
                 answer.status_code,
@@ -109,7 +132,15 @@ class RequestsTransport:
                 chunks=_guarded(answer.iter_content(chunk_size=CHUNK_SIZE), request),
                 close=answer.close,
             )
-        return Response(answer.status_code, answer.headers, content=answer.content)
+        try:
+            content = read_body(_raw_chunks(answer.raw), answer.headers, request,
+                                limit=self.max_body_bytes)
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            scrub_chain(error, secrets_of(request))
+            raise NoResponseError(f"the answer was cut short: {describe(request)}") from error
+        finally:
+            answer.close()
+        return Response(answer.status_code, answer.headers, content=content)
 
     def close(self) -> None:
         """Close the pooled connections (of a session this transport made)."""
@@ -165,9 +196,21 @@ def _classify(error: BaseException, where: str) -> TransportError:
     return NoResponseError(f"the connection was lost before an answer: {where}")
 
 
+def _raw_chunks(raw: urllib3.response.BaseHTTPResponse) -> Iterator[bytes]:
+    """The body's bytes as they arrive, still encoded: each read waits for one network read."""
+    read1 = getattr(raw, "read1", None)  # urllib3 2; 1.26 has only read()
+    while True:
+        data = read1(CHUNK_SIZE, decode_content=False) if read1 is not None \
+            else raw.read(1024, decode_content=False)
+        if not data:
+            return
+        yield data
+
+
 def _guarded(chunks: Iterator[bytes], request: Request) -> Iterator[bytes]:
     """Map failures in the middle of a streamed body to ``NoResponseError``."""
     try:
         yield from chunks
     except requests.exceptions.RequestException as error:
-        raise NoResponseError(f"the answer was cut short: {describe(request)}") from error
+        raise NoResponseError(f"the answer was cut short: {describe(request)}") \
+            from scrub_chain(error, secrets_of(request))
