@@ -17,6 +17,7 @@ from typing import Any
 from arta.config import Settings
 from arta.errors import (
     AuthError,
+    JobNotFoundError,
     ProtocolError,
     QuotaExceededError,
     RateLimitedError,
@@ -262,7 +263,14 @@ def _images(value: Any) -> tuple[Image, ...]:
 
 def parse_job(response: Response, what: str = "status",
               record_id: str | None = None) -> JobState:
-    """Parse a submit or status answer into a :class:`JobState`."""
+    """Parse a submit or status answer into a :class:`JobState`.
+
+    A 404 to a status question means the service knows no such job:
+    :class:`~arta.errors.JobNotFoundError`, which is not worth a retry.
+    """
+    if response.status == 404 and what == "status":
+        raise JobNotFoundError(f"status: the service knows no job {record_id!r} (HTTP 404)",
+                               status=404, record_id=record_id)
     if response.status != 200:
         raise _service_error(response, what, record_id)
     body = _json_body(response, what)

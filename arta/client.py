@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, TypeVar, Union
@@ -11,6 +12,7 @@ from arta.auth import Authenticator, FileTokenStore, Token, TokenStore
 from arta.config import Settings
 from arta.errors import (
     AuthError,
+    GenerationInterrupted,
     InvalidInputError,
     NoResponseError,
     ProtocolError,
@@ -36,6 +38,8 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
     from typing_extensions import Self
 
 __all__ = ["Client"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PathLike = Union[str, "os.PathLike[str]"]
@@ -160,15 +164,26 @@ class Client:
         """Submit, wait until the job ends, and return its :class:`~arta.result.Result`.
 
         ``timeout`` (else the client's) bounds the wait; past it,
-        :class:`~arta.errors.GenerationTimeout` carries the record id.
+        :class:`~arta.errors.GenerationTimeout` carries the record id. Ctrl-C
+        while waiting logs the record id and raises
+        :class:`~arta.errors.GenerationInterrupted` (a ``KeyboardInterrupt``)
+        carrying it: the job is paid for and can be resumed.
         """
         generation = self.submit(
             prompt, style=style, n=n, negative_prompt=negative_prompt,
             guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio, seed=seed,
         )
-        if on_change is not None:
-            on_change(generation)
-        generation.wait(timeout if timeout is not None else self.timeout, on_change, poll_policy)
+        try:
+            if on_change is not None:
+                on_change(generation)
+            generation.wait(timeout if timeout is not None else self.timeout, on_change,
+                            poll_policy)
+        except GenerationInterrupted:
+            raise
+        except KeyboardInterrupt:
+            log.warning("interrupted: job %s goes on at the service; resume it with "
+                        "Client().resume(%r)", generation.record_id, generation.record_id)
+            raise GenerationInterrupted(generation.record_id) from None
         return generation.result()
 
     # -- what a Generation needs (JobSession) -------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from arta import api
-from arta.errors import ArtaError, DownloadError, ProtocolError, ServiceError
+from arta.errors import ArtaError, DownloadError, ProtocolError, SaveError, ServiceError
 from arta.params import GenerationParams
 from arta.retry import TRANSIENT_STATUSES, RetryPolicy, transient
 from arta.transport import RequestsTransport, Transport
@@ -120,10 +120,14 @@ class Result:
         (an image type, the PNG/JPEG/WebP signature, a whole body, at most
         ``max_bytes``) and only then renamed into place. Transient failures
         are retried. Raises :class:`~arta.errors.DownloadError`, carrying the
-        record id, for an image that cannot be had.
+        record id, for an image that cannot be had; its subclass
+        :class:`~arta.errors.SaveError` when the disk refuses the file.
         """
         target = Path(folder)
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise self._save_error(target, error) from None
         paths = [target / self.filename(index, name) for index in range(len(self.images))]
         if len(set(paths)) != len(paths):
             raise ValueError(f"the file name template {name!r} gives two images one name: "
@@ -143,6 +147,8 @@ class Result:
                     done.result()
         except ArtaError as error:
             raise error.with_record_id(self.record_id) from error
+        except OSError as error:  # the disk, not the network: never worth a retry
+            raise self._save_error(target, error) from None
         finally:
             if self.transport is None:
                 transport.close()
@@ -150,6 +156,12 @@ class Result:
             log.warning("job %s: image(s) %s were blurred by the service's content filter",
                         self.record_id, ", ".join(map(str, self.blurred)))
         return paths
+
+    def _save_error(self, folder: Path, error: OSError) -> SaveError:
+        """``error`` as a :class:`SaveError` naming the folder and this job's record id."""
+        reason = error.strerror or str(error)
+        return SaveError(f"could not save the images in {str(folder)!r}: {reason}",
+                         record_id=self.record_id, path=str(folder))
 
     def _download(self, transport: Transport, image: Image, path: Path, max_bytes: int) -> None:
         """Fetch one image to a temp file beside ``path``, check it is whole, rename it."""

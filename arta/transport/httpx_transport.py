@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
-from arta.transport.base import CHUNK_SIZE, Request, Response, describe
+from arta.transport.base import CHUNK_SIZE, Request, Response, connect_failure, describe
 from arta.transport.requests_transport import DEFAULT_POOL_SIZE
 
 if TYPE_CHECKING:
@@ -114,9 +114,10 @@ class HttpxTransport:
                 request.method, request.url, headers=headers, content=content, timeout=timeout)
             answer = self.client.send(outgoing, stream=request.stream)
         except httpx.HTTPError as error:
-            raise _mapped(error, request) from error
-        except httpx.InvalidURL as error:
-            raise TransportError(f"invalid URL: {describe(request)}") from error
+            # Not chained: httpx's message may hold the URL, whose query holds the API key.
+            raise _mapped(error, request) from None
+        except httpx.InvalidURL:
+            raise TransportError(f"invalid URL: {describe(request)}") from None
         if request.stream:
             return Response(
                 answer.status_code,
@@ -156,7 +157,7 @@ def _mapped(error: httpx.HTTPError, request: Request) -> TransportError:
         return ConnectError(f"the proxy refused the connection: {where}")
     if isinstance(error, httpx.ConnectError):
         # Refused, unreachable, DNS, and TLS handshakes (an untrusted certificate).
-        return ConnectError(f"could not connect: {where}")
+        return ConnectError(f"{connect_failure(error)}: {where}")
     if isinstance(error, httpx.TimeoutException):
         return NoResponseError(f"no answer within the {request.read_timeout:g}s read timeout: {where}")
     if isinstance(error, (httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError)):
@@ -170,5 +171,5 @@ def _guarded(chunks: Iterator[bytes], request: Request) -> Iterator[bytes]:
 
     try:
         yield from chunks
-    except httpx.HTTPError as error:
-        raise NoResponseError(f"the answer was cut short: {describe(request)}") from error
+    except httpx.HTTPError:
+        raise NoResponseError(f"the answer was cut short: {describe(request)}") from None

@@ -10,7 +10,7 @@ import requests.utils
 import urllib3.exceptions
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
-from arta.transport.base import CHUNK_SIZE, Request, Response, describe
+from arta.transport.base import CHUNK_SIZE, Request, Response, connect_failure, describe
 
 __all__ = ["DEFAULT_POOL_SIZE", "RequestsTransport"]
 
@@ -101,7 +101,9 @@ class RequestsTransport:
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as error:
-            raise _mapped(error, request) from error
+            # Not chained: requests' own message holds the whole URL, and the
+            # query of the Firebase calls holds the API key.
+            raise _mapped(error, request) from None
         if request.stream:
             return Response(
                 answer.status_code,
@@ -153,7 +155,7 @@ def _classify(error: BaseException, where: str) -> TransportError:
     seen = 0
     while cause is not None and seen < 10:  # a bound, in case a chain loops
         if isinstance(cause, _NEVER_CONNECTED):
-            return ConnectError(f"could not connect: {where}")
+            return ConnectError(f"{connect_failure(error)}: {where}")
         reason = getattr(cause, "reason", None)
         if isinstance(reason, BaseException):
             cause = reason
@@ -169,5 +171,5 @@ def _guarded(chunks: Iterator[bytes], request: Request) -> Iterator[bytes]:
     """Map failures in the middle of a streamed body to ``NoResponseError``."""
     try:
         yield from chunks
-    except requests.exceptions.RequestException as error:
-        raise NoResponseError(f"the answer was cut short: {describe(request)}") from error
+    except requests.exceptions.RequestException:
+        raise NoResponseError(f"the answer was cut short: {describe(request)}") from None
