@@ -12,10 +12,11 @@ import json
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from arta.config import Settings
 from arta.errors import (
+    ArtaError,
     AuthError,
     JobNotFoundError,
     ProtocolError,
@@ -25,7 +26,7 @@ from arta.errors import (
     ServiceError,
 )
 from arta.params import GenerationParams
-from arta.transport import Request, Response
+from arta.transport import Request, Response, Transport
 
 __all__ = [
     "FATAL_REFRESH_ERRORS",
@@ -75,12 +76,58 @@ class TokenGrant:
 
 @dataclass(frozen=True)
 class Image:
-    """One image of a finished job, as the service listed it."""
+    """One image of a finished job, as the service listed it.
+
+    Plain data; :meth:`read` and :meth:`open` fetch its bytes (through the
+    ``transport`` given, else a short-lived one), and Jupyter shows it
+    inline. The fetching lives in :mod:`arta.images`.
+    """
 
     url: str
     name: str
     mime: str
     blurred: bool
+
+    def read(self, transport: Transport | None = None, *,
+             max_bytes: int | None = None) -> bytes:
+        """The image's bytes, in memory: for users who do not want files.
+
+        Checked as :meth:`arta.Result.save` checks a file (an image type,
+        the format's signature, a whole body, at most ``max_bytes``,
+        default 50 MiB); transient failures are retried.
+        """
+        from arta.images import DEFAULT_MAX_IMAGE_BYTES, read_image
+
+        return read_image(self, transport, max_bytes=max_bytes or DEFAULT_MAX_IMAGE_BYTES)
+
+    def open(self, transport: Transport | None = None, *,
+             max_bytes: int | None = None) -> BinaryIO:
+        """The image as a binary stream (``with image.open() as f: ...``), checked as it is read."""
+        from arta.images import DEFAULT_MAX_IMAGE_BYTES, open_image
+
+        return open_image(self, transport, max_bytes=max_bytes or DEFAULT_MAX_IMAGE_BYTES)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """Jupyter's display: the picture inline, fetched once when shown."""
+        from arta.images import image_html
+
+        return {"text/html": image_html(self), "text/plain": repr(self)}
+
+    def _repr_html_(self) -> str:
+        from arta.images import image_html
+
+        return image_html(self)
+
+    def _repr_png_(self) -> bytes | None:
+        """The PNG bytes to show (None for another type, or one too big to show)."""
+        from arta.images import DISPLAY_MAX_BYTES, extension_of
+
+        if extension_of(self.mime) != ".png":
+            return None
+        try:
+            return self.read(max_bytes=DISPLAY_MAX_BYTES)
+        except (ArtaError, OSError):
+            return None
 
 
 @dataclass(frozen=True)

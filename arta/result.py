@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import html
 import logging
 import os
 import re
@@ -20,9 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from arta import api
-from arta.errors import ArtaError, DownloadError, ProtocolError, SaveError, ServiceError
+from arta.errors import ArtaError, DownloadError, ProtocolError, SaveError
+from arta.images import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    checked_response,
+    extension_of,
+    image_html,
+    magic_ok,
+    read_image,
+    whole,
+)
 from arta.params import GenerationParams
-from arta.retry import TRANSIENT_STATUSES, RetryPolicy, transient
+from arta.retry import RetryPolicy, transient
 from arta.transport import RequestsTransport, Transport
 
 __all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DEFAULT_NAME", "Image", "Result"]
@@ -34,36 +44,12 @@ Image = api.Image
 #: The default file name template of :meth:`Result.save`.
 DEFAULT_NAME = "{record_id}-{index}-s{seed}"
 
-#: Largest image accepted from the service.
-DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
-
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
-_MAGIC = {
-    ".png": (b"\x89PNG\r\n\x1a\n",),
-    ".jpg": (b"\xff\xd8\xff",),
-    ".webp": (b"RIFF",),  # then 4 bytes of size, then b"WEBP" (checked below)
-}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def _safe(text: str) -> str:
     """Reduce ``text`` to a plain file name: no folder, no leading dot, no odd characters."""
     return _UNSAFE.sub("_", text).strip("._-")[:120] or "image"
-
-
-def _whole(extension: str, head: bytes, tail: bytes, size: int) -> bool:
-    """True if the image ends as its format says it must (not cut short)."""
-    if extension == ".png":
-        return tail.endswith(b"IEND\xaeB`\x82")
-    if extension == ".jpg":
-        return tail.endswith(b"\xff\xd9")
-    return int.from_bytes(head[4:8], "little") + 8 == size  # WebP: RIFF size + header
-
-
-def _magic_ok(extension: str, head: bytes) -> bool:
-    if not any(head.startswith(magic) for magic in _MAGIC[extension]):
-        return False
-    return extension != ".webp" or head[8:12] == b"WEBP"
 
 
 @dataclass(frozen=True)
@@ -100,7 +86,7 @@ class Result:
         folder.
         """
         image = self.images[index]
-        extension = _EXTENSIONS.get(image.mime.split(";")[0].strip().lower(), ".png")
+        extension = extension_of(image.mime)
         try:
             stem = name.format(record_id=_safe(self.record_id), index=index,
                                seed="" if self.seed is None else self.seed)
@@ -167,15 +153,7 @@ class Result:
         """Fetch one image to a temp file beside ``path``, check it is whole, rename it."""
         extension = path.suffix
         with transport.handle_request(api.image_request(image.url)) as response:
-            if response.status != 200:
-                if response.status in TRANSIENT_STATUSES:
-                    raise ServiceError(f"image {path.name}: HTTP {response.status}",
-                                       status=response.status, retry_after=api.retry_after(response))
-                raise DownloadError(f"image {path.name}: HTTP {response.status}")
-            mime = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if not mime.startswith("image/"):
-                raise DownloadError(
-                    f"image {path.name}: the server sent {mime or 'no type'}, not an image")
+            checked_response(response, path.name)
             # Created as open() creates any file (the umask applies), under a
             # name no other download can take.
             temp = path.with_name(f".arta-{uuid.uuid4().hex}.part")
@@ -190,10 +168,10 @@ class Result:
                         head = head if len(head) >= 16 else (head + chunk)[:16]
                         tail = (tail + chunk)[-16:]
                         file.write(chunk)
-                if not _magic_ok(extension, head):
+                if not magic_ok(extension, head):
                     raise DownloadError(
                         f"image {path.name}: the bytes are not a {extension[1:].upper()} image")
-                if not _whole(extension, head, tail, size):
+                if not whole(extension, head, tail, size):
                     # The right start but no proper end: cut short on the way, worth a retry.
                     raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
                 os.replace(temp, path)
@@ -201,6 +179,22 @@ class Result:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
+
+    def read(self, index: int = 0, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+        """The bytes of image ``index``, in memory and checked as :meth:`save` checks files."""
+        try:
+            return read_image(self.images[index], self.transport, max_bytes=max_bytes,
+                              retry_policy=self.retry_policy)
+        except ArtaError as error:
+            raise error.with_record_id(self.record_id) from error
+
+    def _repr_html_(self) -> str:
+        """The images inline in Jupyter: fetched when shown, each capped in size."""
+        figures = "".join(
+            image_html(image, self.transport, caption=f"{self.record_id[:8]} #{index}"
+                       + ("" if self.seed is None else f" seed {self.seed}"))
+            for index, image in enumerate(self.images))
+        return f"<div>{figures or html.escape(f'job {self.record_id}: no images')}</div>"
 
     def __getstate__(self) -> dict[str, Any]:
         # A live transport does not cross processes; save() opens its own.
