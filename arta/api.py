@@ -1,4 +1,4 @@
-"""The wire protocol (PROTOCOL.md): requests built as data, answers parsed into types.
+"""The wire protocol (docs/protocol.rst): requests built as data, answers parsed into types.
 
 No I/O policy lives here: no retries, no sleeping, no token caching. The
 callers above send what this module builds through a transport and hand the
@@ -46,7 +46,7 @@ __all__ = [
     "submit_request",
 ]
 
-#: Refresh answers after which only a new sign-up helps (PROTOCOL.md section 2).
+#: Refresh answers after which only a new sign-up helps (docs/protocol.rst section 2).
 FATAL_REFRESH_ERRORS = frozenset(
     {"INVALID_REFRESH_TOKEN", "TOKEN_EXPIRED", "USER_DISABLED", "USER_NOT_FOUND",
      "INVALID_GRANT_TYPE", "MISSING_REFRESH_TOKEN"}
@@ -132,7 +132,7 @@ class Image:
 
 @dataclass(frozen=True)
 class JobState:
-    """One answer of submit or status (PROTOCOL.md sections 4 and 5)."""
+    """One answer of submit or status (docs/protocol.rst sections 4 and 5)."""
 
     record_id: str
     status: str
@@ -148,32 +148,32 @@ _JSON = {"Accept": "application/json"}
 
 
 def signup_request(settings: Settings) -> Request:
-    """PROTOCOL.md section 1: make a new anonymous Firebase account."""
+    """docs/protocol.rst section 1: make a new anonymous Firebase account."""
     return Request("POST", settings.signup_url, headers=_JSON,
                    json={"clientType": "CLIENT_TYPE_ANDROID"})
 
 
 def refresh_request(settings: Settings, refresh_token: str) -> Request:
-    """PROTOCOL.md section 2: trade a refresh token for a new ID token."""
+    """docs/protocol.rst section 2: trade a refresh token for a new ID token."""
     return Request("POST", settings.refresh_url, headers=_JSON,
                    form={"grant_type": "refresh_token", "refresh_token": refresh_token})
 
 
 def submit_request(settings: Settings, id_token: str, params: GenerationParams) -> Request:
-    """PROTOCOL.md section 4: start a job (multipart, as the Android app sends it)."""
+    """docs/protocol.rst section 4: start a job (multipart, as the Android app sends it)."""
     return Request("POST", settings.submit_url,
                    headers={**_JSON, "Authorization": id_token},
                    multipart=params.form())
 
 
 def status_request(settings: Settings, id_token: str, record_id: str) -> Request:
-    """PROTOCOL.md section 5: ask how a job is doing."""
+    """docs/protocol.rst section 5: ask how a job is doing."""
     return Request("GET", settings.status_url(record_id),
                    headers={**_JSON, "Authorization": id_token})
 
 
 def image_request(url: str) -> Request:
-    """PROTOCOL.md section 6: fetch one image, streamed."""
+    """docs/protocol.rst section 6: fetch one image, streamed."""
     return Request("GET", url, headers={"Accept": "image/*"}, stream=True)
 
 

@@ -204,7 +204,7 @@ class NoResponseError(TransportError):
 
 
 class ProtocolError(ArtaError):
-    """The service answered, but not in the shape PROTOCOL.md describes."""
+    """The service answered, but not in the shape docs/protocol.rst describes."""
 
 
 class SubmitOutcomeUnknown(ArtaError):

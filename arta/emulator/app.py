@@ -6,7 +6,7 @@ behind HTTP, and a test transport may call :meth:`EmulatorApp.handle`
 directly.
 
 Every route answers exactly the paths a client reaches when it puts the
-emulator's URL in front of the original host and path (PROTOCOL.md
+emulator's URL in front of the original host and path (docs/protocol.rst
 sections 1-6): ``/www.googleapis.com/identitytoolkit/...``,
 ``/securetoken.googleapis.com/...``, ``/api/v1/text2image...``. A job's
 status is computed from the clock, not by a background thread, so an idle
@@ -107,7 +107,7 @@ def _firebase_error(
     status: str = "INVALID_ARGUMENT",
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """The error envelope every Google API answers with (PROTOCOL.md section 1)."""
+    """The error envelope every Google API answers with (docs/protocol.rst section 1)."""
     return json_response(
         code,
         {
