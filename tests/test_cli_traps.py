@@ -185,6 +185,12 @@ def test_no_traceback_shows_the_firebase_key(tmp_path: Path) -> None:
                               ARTA_HOME=str(tmp_path)))
     assert "arta.errors.ConnectError: the connection was refused" in done.stderr
     assert "key=" not in done.stderr and arta.config.API_KEY not in done.stderr
+    debug = subprocess.run(  # urllib3 logs each request line, query included, at DEBUG
+        [sys.executable, "-m", "arta", "-vv", "generate", "a fox", "--emulator", "-o",
+         str(tmp_path / "o")], capture_output=True, text=True, timeout=60, check=False,
+        env=_env(ARTA_HOME=str(tmp_path / "h")))
+    assert debug.returncode == 0 and "signupNewUser?key=REDACTED" in debug.stderr
+    assert arta.config.API_KEY not in debug.stderr
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:

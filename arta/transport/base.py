@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import re
 import socket
 import ssl
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
@@ -33,6 +35,7 @@ __all__ = [
     "Transport",
     "connect_failure",
     "describe",
+    "redact_keys_in",
 ]
 
 #: ``(connect, read)`` seconds; a float sets both.
@@ -263,3 +266,28 @@ def connect_failure(error: BaseException) -> str:
         if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
             return "the network is unreachable (offline?)"
     return "could not connect"
+
+
+_KEY_IN_QUERY = re.compile(r"([?&]key=)[^&\s\"']+")
+
+
+class _RedactKeys(logging.Filter):
+    """Replace the value of ``key=`` in a URL query by ``REDACTED`` in a log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _KEY_IN_QUERY.sub(r"\1REDACTED", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def redact_keys_in(logger_name: str) -> None:
+    """Keep API keys out of what an HTTP library logs (urllib3 and httpx log whole URLs).
+
+    The Firebase calls carry the key in their query; at DEBUG, urllib3 would
+    print it in every request line.
+    """
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _RedactKeys) for f in logger.filters):
+        logger.addFilter(_RedactKeys())

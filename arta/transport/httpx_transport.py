@@ -14,7 +14,14 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
-from arta.transport.base import CHUNK_SIZE, Request, Response, connect_failure, describe
+from arta.transport.base import (
+    CHUNK_SIZE,
+    Request,
+    Response,
+    connect_failure,
+    describe,
+    redact_keys_in,
+)
 from arta.transport.requests_transport import DEFAULT_POOL_SIZE
 
 if TYPE_CHECKING:
@@ -23,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["HttpxTransport"]
 
 _INSTALL_HINT = "pip install 'arta[httpx]' (or 'arta[http2]' for HTTP/2)"
+
+
+redact_keys_in("httpx")  # its INFO request lines hold whole URLs
 
 
 def _require_httpx() -> None:

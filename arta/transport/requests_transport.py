@@ -10,13 +10,22 @@ import requests.utils
 import urllib3.exceptions
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
-from arta.transport.base import CHUNK_SIZE, Request, Response, connect_failure, describe
+from arta.transport.base import (
+    CHUNK_SIZE,
+    Request,
+    Response,
+    connect_failure,
+    describe,
+    redact_keys_in,
+)
 
 __all__ = ["DEFAULT_POOL_SIZE", "RequestsTransport"]
 
 #: Connections kept open per host: the number of threads that may share one
 #: client before a request has to open a fresh connection.
 DEFAULT_POOL_SIZE = 32  # as many as arta.aio's default thread pool
+
+redact_keys_in("urllib3.connectionpool")  # its DEBUG request lines hold whole URLs
 
 # urllib3 raises these when no connection was made at all (refused,
 # unreachable, DNS, connect timeout): nothing can have been sent.
