@@ -1,4 +1,4 @@
-"""The wire protocol (PROTOCOL.md): requests built as data, answers parsed into types.
+"""The wire protocol (docs/protocol.rst): requests built as data, answers parsed into types.
 
 No I/O policy lives here: no retries, no sleeping, no token caching. The
 callers above send what this module builds through a transport and hand the
@@ -13,11 +13,13 @@ import math
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from arta.config import Settings
 from arta.errors import (
+    ArtaError,
     AuthError,
+    JobNotFoundError,
     MalformedResponse,
     ProtocolError,
     QuotaExceededError,
@@ -27,7 +29,7 @@ from arta.errors import (
 )
 from arta.params import GenerationParams
 from arta.redact import printable
-from arta.transport import Request, Response
+from arta.transport import Request, Response, Transport
 
 __all__ = [
     "FATAL_REFRESH_ERRORS",
@@ -48,7 +50,7 @@ __all__ = [
     "submit_request",
 ]
 
-#: Refresh answers after which only a new sign-up helps (PROTOCOL.md section 2).
+#: Refresh answers after which only a new sign-up helps (docs/protocol.rst section 2).
 FATAL_REFRESH_ERRORS = frozenset(
     {"INVALID_REFRESH_TOKEN", "TOKEN_EXPIRED", "USER_DISABLED", "USER_NOT_FOUND",
      "INVALID_GRANT_TYPE", "MISSING_REFRESH_TOKEN"}
@@ -87,17 +89,63 @@ class TokenGrant:
 
 @dataclass(frozen=True)
 class Image:
-    """One image of a finished job, as the service listed it."""
+    """One image of a finished job, as the service listed it.
+
+    Plain data; :meth:`read` and :meth:`open` fetch its bytes (through the
+    ``transport`` given, else a short-lived one), and Jupyter shows it
+    inline. The fetching lives in :mod:`arta.images`.
+    """
 
     url: str
     name: str
     mime: str
     blurred: bool
 
+    def read(self, transport: Transport | None = None, *,
+             max_bytes: int | None = None) -> bytes:
+        """The image's bytes, in memory: for users who do not want files.
+
+        Checked as :meth:`arta.Result.save` checks a file (an image type,
+        the format's signature, a whole body, at most ``max_bytes``,
+        default 50 MiB); transient failures are retried.
+        """
+        from arta.images import DEFAULT_MAX_IMAGE_BYTES, read_image
+
+        return read_image(self, transport, max_bytes=max_bytes or DEFAULT_MAX_IMAGE_BYTES)
+
+    def open(self, transport: Transport | None = None, *,
+             max_bytes: int | None = None) -> BinaryIO:
+        """The image as a binary stream (``with image.open() as f: ...``), checked as it is read."""
+        from arta.images import DEFAULT_MAX_IMAGE_BYTES, open_image
+
+        return open_image(self, transport, max_bytes=max_bytes or DEFAULT_MAX_IMAGE_BYTES)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """Jupyter's display: the picture inline, fetched once when shown."""
+        from arta.images import image_html
+
+        return {"text/html": image_html(self), "text/plain": repr(self)}
+
+    def _repr_html_(self) -> str:
+        from arta.images import image_html
+
+        return image_html(self)
+
+    def _repr_png_(self) -> bytes | None:
+        """The PNG bytes to show (None for another type, or one too big to show)."""
+        from arta.images import DISPLAY_MAX_BYTES, extension_of
+
+        if extension_of(self.mime) != ".png":
+            return None
+        try:
+            return self.read(max_bytes=DISPLAY_MAX_BYTES)
+        except (ArtaError, OSError):
+            return None
+
 
 @dataclass(frozen=True)
 class JobState:
-    """One answer of submit or status (PROTOCOL.md sections 4 and 5)."""
+    """One answer of submit or status (docs/protocol.rst sections 4 and 5)."""
 
     record_id: str
     status: str
@@ -113,32 +161,32 @@ _JSON = {"Accept": "application/json"}
 
 
 def signup_request(settings: Settings) -> Request:
-    """PROTOCOL.md section 1: make a new anonymous Firebase account."""
+    """docs/protocol.rst section 1: make a new anonymous Firebase account."""
     return Request("POST", settings.signup_url, headers=_JSON,
                    json={"clientType": "CLIENT_TYPE_ANDROID"})
 
 
 def refresh_request(settings: Settings, refresh_token: str) -> Request:
-    """PROTOCOL.md section 2: trade a refresh token for a new ID token."""
+    """docs/protocol.rst section 2: trade a refresh token for a new ID token."""
     return Request("POST", settings.refresh_url, headers=_JSON,
                    form={"grant_type": "refresh_token", "refresh_token": refresh_token})
 
 
 def submit_request(settings: Settings, id_token: str, params: GenerationParams) -> Request:
-    """PROTOCOL.md section 4: start a job (multipart, as the Android app sends it)."""
+    """docs/protocol.rst section 4: start a job (multipart, as the Android app sends it)."""
     return Request("POST", settings.submit_url,
                    headers={**_JSON, "Authorization": id_token},
                    multipart=params.form())
 
 
 def status_request(settings: Settings, id_token: str, record_id: str) -> Request:
-    """PROTOCOL.md section 5: ask how a job is doing."""
+    """docs/protocol.rst section 5: ask how a job is doing."""
     return Request("GET", settings.status_url(record_id),
                    headers={**_JSON, "Authorization": id_token})
 
 
 def image_request(url: str) -> Request:
-    """PROTOCOL.md section 6: fetch one image, streamed."""
+    """docs/protocol.rst section 6: fetch one image, streamed."""
     return Request("GET", url, headers={"Accept": "image/*"}, stream=True)
 
 
@@ -303,7 +351,14 @@ def _images(value: Any) -> tuple[Image, ...]:
 
 def parse_job(response: Response, what: str = "status",
               record_id: str | None = None) -> JobState:
-    """Parse a submit or status answer into a :class:`JobState`."""
+    """Parse a submit or status answer into a :class:`JobState`.
+
+    A 404 to a status question means the service knows no such job:
+    :class:`~arta.errors.JobNotFoundError`, which is not worth a retry.
+    """
+    if response.status == 404 and what == "status":
+        raise JobNotFoundError(f"status: the service knows no job {record_id!r} (HTTP 404)",
+                               status=404, record_id=record_id)
     if response.status != 200:
         raise _service_error(response, what, record_id)
     body = _json_body(response, what)

@@ -1,7 +1,7 @@
 """Tokens: obtained once, shared by every thread and process, refreshed at half-life.
 
 Firebase allows 100 new anonymous accounts per hour per IP address
-(PROTOCOL.md section 1), so a token is a shared resource, not a per-process
+(docs/protocol.rst section 1), so a token is a shared resource, not a per-process
 one. A :class:`TokenStore` keeps it; :class:`Authenticator` decides when to
 sign up or refresh, double-checked under the store's lock:
 

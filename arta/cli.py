@@ -1,8 +1,13 @@
 """The ``arta`` command: generate images, follow jobs, run batches, manage the token.
 
 Exit codes: 0 done; 1 a generation failed (or an image could not be saved);
-2 usage or bad input; 3 auth or quota; 4 timeout; 5 the service or network
-failed; 130 interrupted.
+2 usage or bad input (nothing was sent); 3 auth or quota; 4 timeout; 5 the
+service or network failed; 6 no such job (``status`` of an unknown record
+id); 130 interrupted; 141 stdout was closed early (``arta ... | head -1``).
+
+Global flags (``-v``, ``-q``) work before or after the command. Every error
+after a submit names the record id and, unless the job cannot give images
+any more, the ``arta status ID --wait -o DIR`` command that saves them.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from arta import __version__
@@ -28,10 +35,13 @@ from arta.errors import (
     ArtaError,
     AuthError,
     ConfigurationError,
+    ConnectError,
     DownloadError,
     GenerationFailed,
     GenerationTimeout,
     InvalidInputError,
+    JobNotFoundError,
+    SaveError,
 )
 from arta.generation import Generation, PollPolicy
 from arta.params import DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_LENGTH
@@ -45,18 +55,33 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_TIMEOUT, EXIT_SERVICE = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
-EXIT_CODES_HELP = ("Exit codes: 0 done, 1 a generation failed, 2 usage or bad input, "
-                   "3 auth or quota, 4 timeout, 5 service or network error, 130 interrupted.")
+EXIT_NOT_FOUND, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 6, 130, 141
+EXIT_CODES_HELP = ("Exit codes: 0 done, 1 a generation failed (or its images could not be "
+                   "saved), 2 usage or bad input, 3 auth or quota, 4 timeout, 5 service or "
+                   "network error, 6 no such job, 130 interrupted.")
+
+
+def _global_flags(*, on_command: bool) -> argparse.ArgumentParser:
+    """``-v``/``-q``, for the top parser and, defaulting to nothing, for each command.
+
+    A command's copy must not set a default: argparse would overwrite what
+    ``arta -v generate`` set before the command with it.
+    """
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("-v", "--verbose", action="count",
+                       default=argparse.SUPPRESS if on_command else 0,
+                       help="log what the client does (-vv: debug)")
+    flags.add_argument("-q", "--quiet", action="store_true",
+                       default=argparse.SUPPRESS if on_command else False,
+                       help="no progress on stderr")
+    return flags
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log what the client does (-vv: debug)")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    parser = argparse.ArgumentParser(prog="arta", parents=[common], epilog=EXIT_CODES_HELP,
+    parser = argparse.ArgumentParser(prog="arta", parents=[_global_flags(on_command=False)],
+                                     epilog=EXIT_CODES_HELP,
                                      description="Generate images with the ARTA service.")
+    common = _global_flags(on_command=True)
     parser.add_argument("--version", action="version", version=f"arta {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -95,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: DIR/arta-manifest.jsonl)")
     _add_job_options(batch)
 
-    commands.add_parser("styles", parents=[common], help="list the styles and their aliases")
+    styles = commands.add_parser("styles", parents=[common],
+                                 help="list the styles and their aliases")
+    styles.add_argument("--json", action="store_true",
+                        help="one JSON object per style, sorted by name")
 
     token = commands.add_parser("token", parents=[common],
                                 help="show or clear the shared token (never printed unless asked)")
@@ -187,6 +215,20 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _check_writable(folder: str) -> None:
+    """Fail before the submit if images could not be saved in ``folder``: a paid job must
+    not be lost at the last step. Creates the folder, as saving would."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".arta-check-"):
+            pass
+    except OSError as error:
+        raise InvalidInputError(
+            f"cannot save images in {folder!r} ({error.strerror or error}); nothing was sent"
+        ) from None
+
+
 @contextlib.contextmanager
 def _client(args: argparse.Namespace) -> Iterator[Client]:
     options = _client_options(args)
@@ -209,8 +251,12 @@ def _print_json(record: dict[str, Any]) -> None:
 def _job_json(generation: Generation, files: Sequence[str] = (),
               error: ArtaError | None = None) -> dict[str, Any]:
     blurred = [i for i, image in enumerate(generation.images) if image.blurred]
+    params = generation.params  # None for a job picked up by record id
     return {"record_id": generation.record_id, "status": generation.status.value,
-            "seed": generation.seed, "files": list(files), "blurred": blurred,
+            "prompt": params.prompt if params else None,
+            "style": params.style if params else None,
+            "seed": generation.seed, "images": [image.url for image in generation.images],
+            "files": list(files), "blurred": blurred,
             "error": None if error is None else f"{type(error).__name__}: {error}"}
 
 
@@ -229,10 +275,18 @@ def _wait(generation: Generation, client: Client, args: argparse.Namespace) -> N
         try:
             generation.wait(client.timeout, on_change=show)
         except KeyboardInterrupt:
+            if getattr(args, "emulator", False):
+                raise _Interrupted(
+                    f"interrupted; job {generation.record_id} ran in this command's "
+                    "emulator, which stops with it: there is nothing to resume") from None
             raise _Interrupted(
                 f"interrupted; job {generation.record_id} goes on at the service. Resume it "
-                f"with: arta status {generation.record_id} --wait -o "
-                f"{shlex.quote(args.output or '.')}") from None
+                f"with: {_status_command(generation.record_id, args)}") from None
+
+
+def _status_command(record_id: str, args: argparse.Namespace) -> str:
+    """The command that waits for a job and saves its images where this command would."""
+    return f"arta status {record_id} --wait -o {shlex.quote(args.output or '.')}"
 
 
 def _follow(generation: Generation, client: Client, args: argparse.Namespace, *,
@@ -255,12 +309,16 @@ def _follow(generation: Generation, client: Client, args: argparse.Namespace, *,
         return EXIT_OK
     if args.command == "status":
         print(f"{generation.record_id} {generation.status}")
+        if generation.done and save_to is None and not args.quiet:
+            print("arta: the images were not saved; add -o DIR to save them",
+                  file=sys.stderr)
     for path in files:
         print(path)  # (Result.save has warned of blurred images on stderr)
     return EXIT_OK
 
 
 def _generate(args: argparse.Namespace) -> int:
+    _check_writable(args.output or ".")
     with _client(args) as client:
         generation = client.submit(
             args.prompt, style=args.style, n=args.n, negative_prompt=args.negative_prompt,
@@ -271,9 +329,17 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        _check_writable(args.output)
     with _client(args) as client:
-        return _follow(client.resume(args.record_id), client, args, wait=args.wait,
-                       save_to=args.output)
+        try:
+            generation = client.resume(args.record_id)
+        except ArtaError as error:
+            if args.json:
+                _print_json({"record_id": args.record_id, "status": None,
+                             "error": f"{type(error).__name__}: {error}"})
+            raise
+        return _follow(generation, client, args, wait=args.wait, save_to=args.output)
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -320,13 +386,19 @@ def _styles(args: argparse.Namespace) -> int:
     for alias, style in sorted(STYLE_ALIASES.items()):
         if alias != style:
             aliases[style].append(alias)
+    if args.json:
+        for style in sorted(STYLES):
+            _print_json({"name": style, "aliases": aliases[style]})
+        return EXIT_OK
     for style in STYLES:
         print(f"{style:<22} {', '.join(aliases[style])}")
     return EXIT_OK
 
 
 def _token(args: argparse.Namespace) -> int:
-    store = FileTokenStore(Settings.resolve().token_file)
+    # Only the token file matters here: an endpoint that is never called must
+    # not make the command fail.
+    store = FileTokenStore(Settings.resolve(env={**os.environ, "ARTA_ENDPOINT": ""}).token_file)
     if args.clear:
         with store.lock():
             store.clear()  # the token and any temporary copy of it
@@ -373,6 +445,8 @@ _COMMANDS = {"generate": _generate, "status": _status, "batch": _batch, "styles"
 
 
 def _exit_code(error: ArtaError) -> int:
+    if isinstance(error, JobNotFoundError):
+        return EXIT_NOT_FOUND
     if isinstance(error, (InvalidInputError, ConfigurationError)):
         return EXIT_USAGE
     if isinstance(error, AuthError):
@@ -384,24 +458,52 @@ def _exit_code(error: ArtaError) -> int:
     return EXIT_SERVICE
 
 
-def _cli_hint(error: ArtaError, args: argparse.Namespace) -> str:
-    """The command that picks the job up again, for an error the job survives."""
-    if error.record_id is None or isinstance(error, GenerationFailed):
-        return ""
-    output = shlex.quote(getattr(args, "output", None) or ".")
-    return f"; or run: arta status {error.record_id} --wait -o {output}"
+def _hint(error: ArtaError, args: argparse.Namespace) -> str | None:
+    """What the user can do next, in this command's terms (library errors carry no CLI syntax)."""
+    emulated = getattr(args, "emulator", False)
+    if isinstance(error, ConnectError) and not emulated and error.record_id is None:
+        return ("cannot reach the service. To try arta offline, add --emulator; to use "
+                "another service (or a running `arta emulator`), set ARTA_ENDPOINT")
+    if error.record_id is None or not error.resumable:
+        return None
+    if emulated:
+        return (f"job {error.record_id} ran in this command's emulator, which stopped with "
+                "it: there is nothing to resume")
+    if isinstance(error, SaveError):
+        return (f"the job is done and kept at the service; once {error.path} can be written, "
+                f"save its images with: {_status_command(error.record_id, args)}")
+    return f"resume with: {_status_command(error.record_id, args)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``arta`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`arta ... --json | head -1`): stop quietly. As
+        # the Python docs advise, point stdout at devnull so that the flush at
+        # exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="arta: %(levelname)s: %(message)s")
     install_log_redaction()  # urllib3's DEBUG lines carry the sign-up URL and its key
     try:
         return _COMMANDS[args.command](args)
+    except BrokenPipeError:
+        raise
     except ArtaError as error:
-        print(f"arta: error: {error}{_cli_hint(error, args)}", file=sys.stderr)
+        print(f"arta: error: {error}", file=sys.stderr)
+        hint = _hint(error, args)
+        if hint:
+            print(f"arta: {hint}", file=sys.stderr)
         return _exit_code(error)
     except (ValueError, OSError) as error:  # e.g. an unreadable batch file
         print(f"arta: error: {error}", file=sys.stderr)

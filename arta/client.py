@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -50,6 +51,8 @@ if TYPE_CHECKING:  # typing.Self and Unpack are newer than 3.9; only the type ch
     from typing_extensions import Self, Unpack
 
 __all__ = ["Client", "ClientOptions", "ConnectionOptions", "split_options"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PathLike = Union[str, "os.PathLike[str]"]

@@ -121,21 +121,21 @@ class Settings:
 
     @property
     def signup_url(self) -> str:
-        """PROTOCOL.md section 1: anonymous sign-up."""
+        """docs/protocol.rst section 1: anonymous sign-up."""
         return self.urls.get("signup") or self._google(_SIGNUP)
 
     @property
     def refresh_url(self) -> str:
-        """PROTOCOL.md section 2: token refresh."""
+        """docs/protocol.rst section 2: token refresh."""
         return self.urls.get("refresh") or self._google(_REFRESH)
 
     @property
     def submit_url(self) -> str:
-        """PROTOCOL.md section 4: submit a generation."""
+        """docs/protocol.rst section 4: submit a generation."""
         return self.urls.get("submit") or (self.endpoint or _IMAGE_SERVICE) + _SUBMIT_PATH
 
     def status_url(self, record_id: str) -> str:
-        """PROTOCOL.md section 5: the status of one job."""
+        """docs/protocol.rst section 5: the status of one job."""
         template = self.urls.get("status") or self.submit_url + "/{record_id}/status"
         return template.format(record_id=quote(record_id, safe=""))
 

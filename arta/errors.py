@@ -15,6 +15,7 @@
     ├── ServiceError                          the service answered an HTTP error
     │   ├── RateLimitedError                  429
     │   └── RejectedError                     4xx that retrying will not fix (e.g. 422)
+    │       └── JobNotFoundError              404 on status: no job has that record id
     ├── TransportError                        no usable answer from the network
     │   ├── ConnectError                      never connected: nothing was sent
     │   └── NoResponseError                   sent, but no answer came
@@ -24,10 +25,15 @@
     ├── GenerationFailed                      the service says the job FAILED
     ├── GenerationTimeout                     the wait outlived its timeout
     ├── GenerationCancelled                   the caller stopped the wait
-    └── DownloadError                         an image could not be saved
+    └── DownloadError                         an image could not be fetched or saved
+        └── SaveError                         ...because the disk refused it (OSError)
+
+    KeyboardInterrupt
+    └── GenerationInterrupted                 Ctrl-C during a wait; carries the record_id
 
 Errors raised after a job was submitted carry its ``record_id`` and say how
-to resume it, so nothing already paid for is ever lost.
+to resume it, so nothing already paid for is ever lost (except for a job the
+service failed, or a record id it does not know: nothing is left to resume).
 """
 
 from __future__ import annotations
@@ -43,18 +49,21 @@ __all__ = [
     "DownloadError",
     "GenerationCancelled",
     "GenerationFailed",
+    "GenerationInterrupted",
     "GenerationTimeout",
     "InvalidAspectRatioError",
     "InvalidInputError",
     "InvalidParameterError",
     "InvalidPromptError",
     "InvalidStyleError",
+    "JobNotFoundError",
     "MalformedResponse",
     "NoResponseError",
     "ProtocolError",
     "QuotaExceededError",
     "RateLimitedError",
     "RejectedError",
+    "SaveError",
     "ServiceError",
     "SubmitOutcomeUnknown",
     "TokenStoreError",
@@ -67,16 +76,26 @@ def resume_hint(record_id: str) -> str:
     return f"resume with Client().resume({record_id!r})"
 
 
+def _with_id(message: str, record_id: str, resumable: bool) -> str:
+    if not resumable:
+        return f"{message} (record_id {record_id})"
+    return f"{message} (record_id {record_id}; {resume_hint(record_id)})"
+
+
 class ArtaError(Exception):
     """Base of every error raised by ``arta``.
 
     ``record_id`` is set on every error raised after a submit: the job exists
-    on the service and can be picked up again with ``Client.resume(record_id)``.
+    on the service and can be picked up again with ``Client.resume(record_id)``,
+    unless ``resumable`` is False (the job failed, or never existed).
     """
+
+    #: Whether the job named by ``record_id`` can still give images.
+    resumable = True
 
     def __init__(self, message: str, *, record_id: str | None = None) -> None:
         if record_id is not None:
-            message = f"{message} (record_id {record_id}; {resume_hint(record_id)})"
+            message = _with_id(message, record_id, self.resumable)
         super().__init__(message)
         self.record_id = record_id
 
@@ -85,7 +104,7 @@ class ArtaError(Exception):
         if self.record_id is not None:
             return self
         error = copy.copy(self)
-        error.args = (f"{self} (record_id {record_id}; {resume_hint(record_id)})",)
+        error.args = (_with_id(str(self), record_id, self.resumable),)
         error.record_id = record_id
         error.__cause__ = self
         return error
@@ -168,6 +187,12 @@ class RejectedError(ServiceError):
     """The service refused the request itself (a 4xx that retrying will not fix)."""
 
 
+class JobNotFoundError(RejectedError):
+    """The service knows no job of that record id (HTTP 404 on status): nothing to resume."""
+
+    resumable = False
+
+
 class TransportError(ArtaError):
     """The network gave no usable answer."""
 
@@ -181,7 +206,7 @@ class NoResponseError(TransportError):
 
 
 class ProtocolError(ArtaError):
-    """The service answered, but not in the shape PROTOCOL.md describes."""
+    """The service answered, but not in the shape docs/protocol.rst describes."""
 
 
 class MalformedResponse(ProtocolError):
@@ -207,7 +232,12 @@ class SubmitOutcomeUnknown(ArtaError):
 
 
 class GenerationFailed(ArtaError):
-    """The service ended the job FAILED; ``error_code``/``error_details`` say why."""
+    """The service ended the job FAILED; ``error_code``/``error_details`` say why.
+
+    Not resumable: asking again gives the same failure. Submit it anew.
+    """
+
+    resumable = False
 
     def __init__(
         self,
@@ -235,3 +265,31 @@ class GenerationCancelled(ArtaError):
 
 class DownloadError(ArtaError):
     """An image of a finished job could not be fetched or saved."""
+
+
+class SaveError(DownloadError):
+    """The images could not be written (the folder is read-only, a file, full...).
+
+    The job is DONE and paid for: ``record_id`` picks it up again to save
+    it elsewhere; ``path`` is where the save failed.
+    """
+
+    def __init__(self, message: str, *, record_id: str | None = None,
+                 path: str | None = None) -> None:
+        super().__init__(message, record_id=record_id)
+        self.path = path
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C while waiting for a job: still a ``KeyboardInterrupt``, carrying ``record_id``.
+
+    The job goes on at the service; ``Client().resume(record_id)`` picks it up.
+    """
+
+    def __init__(self, record_id: str) -> None:
+        super().__init__(f"interrupted while waiting for job {record_id}; "
+                         f"{resume_hint(record_id)}")
+        self.record_id = record_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.record_id,)

@@ -1,6 +1,6 @@
 """The parameters of one generation, validated before anything is sent.
 
-The service's own bounds are unknown (PROTOCOL.md section 8), so the limits
+The service's own bounds are unknown (docs/protocol.rst section 8), so the limits
 here are documented choices: wide enough for everything the Android app
 offers, narrow enough to catch mistakes before they cost a request.
 """
@@ -75,7 +75,7 @@ def _check_prompt(name: str, value: object, *, required: bool) -> str:
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """What to draw: the form fields of one submit (PROTOCOL.md section 4).
+    """What to draw: the form fields of one submit (docs/protocol.rst section 4).
 
     Build with :meth:`create`, which validates every field and fills in a
     random seed, so that a job is fully described (and repeatable) before it

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 
 __all__ = ["REDACTED", "RedactingFilter", "install_log_redaction", "printable", "redact",
-           "scrub_chain"]
+           "redact_logger", "scrub_chain"]
 
 #: What a secret is replaced with.
 REDACTED = "REDACTED"
@@ -142,3 +142,15 @@ def install_log_redaction(logger: logging.Logger | None = None) -> RedactingFilt
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(installed)
     return installed
+
+
+def redact_logger(name: str) -> None:
+    """Put a :class:`RedactingFilter` on the logger ``name`` itself, once.
+
+    For an HTTP library's own logger (urllib3's, httpx's), whose request
+    lines hold whole URLs: a filter there applies to what that logger logs,
+    however the application has configured its handlers.
+    """
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())

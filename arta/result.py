@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import html
 import ipaddress
 import logging
 import os
@@ -31,7 +32,16 @@ from arta.errors import (
     InvalidInputError,
     MalformedResponse,
     ProtocolError,
+    SaveError,
     ServiceError,
+)
+from arta.images import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    extension_of,
+    image_html,
+    magic_ok,
+    read_image,
+    whole,
 )
 from arta.params import GenerationParams
 from arta.redact import printable
@@ -47,15 +57,6 @@ Image = api.Image
 #: The default file name template of :meth:`Result.save`.
 DEFAULT_NAME = "{record_id}-{index}-s{seed}"
 
-#: Largest image accepted from the service.
-DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
-
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
-_MAGIC = {
-    ".png": (b"\x89PNG\r\n\x1a\n",),
-    ".jpg": (b"\xff\xd8\xff",),
-    ".webp": (b"RIFF",),  # then 4 bytes of size, then b"WEBP" (checked below)
-}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _EC2_METADATA_V6 = ipaddress.IPv6Address("fd00:ec2::254")
 
@@ -126,21 +127,6 @@ def _metadata_address(host: str) -> bool:
     return address.is_link_local or address == _EC2_METADATA_V6
 
 
-def _whole(extension: str, head: bytes, tail: bytes, size: int) -> bool:
-    """True if the image ends as its format says it must (not cut short)."""
-    if extension == ".png":
-        return tail.endswith(b"IEND\xaeB`\x82")
-    if extension == ".jpg":
-        return tail.endswith(b"\xff\xd9")
-    return int.from_bytes(head[4:8], "little") + 8 == size  # WebP: RIFF size + header
-
-
-def _magic_ok(extension: str, head: bytes) -> bool:
-    if not any(head.startswith(magic) for magic in _MAGIC[extension]):
-        return False
-    return extension != ".webp" or head[8:12] == b"WEBP"
-
-
 def _default_transport() -> Transport:
     """Where a result that lost its client (it was pickled) downloads: the process's default client.
 
@@ -187,7 +173,7 @@ class Result:
         around a digest of the whole, so two jobs never share a name.
         """
         image = self.images[index]
-        extension = _EXTENSIONS.get(image.mime.split(";")[0].strip().lower(), ".png")
+        extension = extension_of(image.mime)
         try:
             stem = name.format(record_id=_fit(_safe(self.record_id), 100), index=index,
                                seed="" if self.seed is None else self.seed)
@@ -239,16 +225,20 @@ class Result:
         images, or more than it asked for, or an image URL that is not
         http(s) or points at a cloud-metadata address, is refused before
         any download. Raises :class:`~arta.errors.DownloadError` (or
-        :class:`~arta.errors.ProtocolError`), carrying the record id.
+        :class:`~arta.errors.ProtocolError`), carrying the record id; its
+        subclass :class:`~arta.errors.SaveError` when the disk refuses the file.
 
         Ctrl-C (``KeyboardInterrupt``) returns at once: the downloads stop
         at their next chunk and remove their temporary files.
         """
         self._check_images()
         target = Path(folder)
-        target.mkdir(parents=True, exist_ok=True)
-        paths = self._paths(target, name)
-        _remove_stale_parts(target)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            paths = self._paths(target, name)
+            _remove_stale_parts(target)
+        except OSError as error:
+            raise self._save_error(target, error) from None
         transport = self.transport or _default_transport()
         policy = self.retry_policy or RetryPolicy()
         stop = threading.Event()
@@ -261,13 +251,15 @@ class Result:
 
             policy.call(attempt, retry_on=transient)
 
-        if len(paths) == 1:  # one image: no thread to start (Ctrl-C lands in the download)
-            try:
+        try:
+            if len(paths) == 1:  # one image: no thread to start (Ctrl-C lands in the download)
                 fetch(self.images[0], paths[0])
-            except ArtaError as error:
-                raise error.with_record_id(self.record_id) from error
-        else:
-            self._fetch_all(fetch, paths, stop)
+            else:
+                self._fetch_all(fetch, paths, stop)
+        except ArtaError as error:
+            raise error.with_record_id(self.record_id) from error
+        except OSError as error:  # the disk, not the network: never worth a retry
+            raise self._save_error(target, error) from None
         if self.blurred:
             log.warning("job %s: image(s) %s were blurred by the service's content filter",
                         self.record_id, ", ".join(map(str, self.blurred)))
@@ -282,13 +274,17 @@ class Result:
             for done in [pool.submit(fetch, image, path)
                          for image, path in zip(self.images, paths)]:
                 done.result()
-        except ArtaError as error:
-            raise error.with_record_id(self.record_id) from error
         finally:
             # On any way out (an error, Ctrl-C), the other downloads stop at their
             # next chunk and clean up; this thread does not wait for them.
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _save_error(self, folder: Path, error: OSError) -> SaveError:
+        """``error`` as a :class:`SaveError` naming the folder and this job's record id."""
+        reason = error.strerror or str(error)
+        return SaveError(f"could not save the images in {str(folder)!r}: {reason}",
+                         record_id=self.record_id, path=str(folder))
 
     def _download(self, transport: Transport, image: Image, path: Path, max_bytes: int,
                   overwrite: bool = False, stop: threading.Event | None = None) -> None:
@@ -325,10 +321,10 @@ class Result:
                         head = head if len(head) >= 16 else (head + chunk)[:16]
                         tail = (tail + chunk)[-16:]
                         file.write(chunk)
-                if not _magic_ok(extension, head):
+                if not magic_ok(extension, head):
                     raise DownloadError(
                         f"image {path.name}: the bytes are not a {extension[1:].upper()} image")
-                if not _whole(extension, head, tail, size):
+                if not whole(extension, head, tail, size):
                     # The right start but no proper end: cut short on the way, worth a retry.
                     raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
                 _place(temp, path, overwrite)
@@ -336,6 +332,22 @@ class Result:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
+
+    def read(self, index: int = 0, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+        """The bytes of image ``index``, in memory and checked as :meth:`save` checks files."""
+        try:
+            return read_image(self.images[index], self.transport, max_bytes=max_bytes,
+                              retry_policy=self.retry_policy)
+        except ArtaError as error:
+            raise error.with_record_id(self.record_id) from error
+
+    def _repr_html_(self) -> str:
+        """The images inline in Jupyter: fetched when shown, each capped in size."""
+        figures = "".join(
+            image_html(image, self.transport, caption=f"{self.record_id[:8]} #{index}"
+                       + ("" if self.seed is None else f" seed {self.seed}"))
+            for index, image in enumerate(self.images))
+        return f"<div>{figures or html.escape(f'job {self.record_id}: no images')}</div>"
 
     def __getstate__(self) -> dict[str, Any]:
         # A live transport does not cross processes; save() opens its own.

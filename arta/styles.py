@@ -28,7 +28,7 @@ __all__ = [
     "resolve_style",
 ]
 
-#: Every style display name seen accepted by the service (PROTOCOL.md section 7).
+#: Every style display name seen accepted by the service (docs/protocol.rst section 7).
 STYLES: tuple[str, ...] = (
     "Flux", "Medieval", "Vincent Van Gogh", "F Dev", "Low Poly",
     "Dreamshaper-xl", "Anima-pencil-xl", "Biomech", "Trash Polka", "No Style",

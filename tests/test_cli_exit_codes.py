@@ -53,6 +53,7 @@ def test_a_failed_generation_exits_1(emulator: Emulator, tmp_path: Path) -> None
     assert record["status"] == "FAILED" and record["error"].startswith("GenerationFailed")
     line = _one_error_line(done.stderr)
     assert "GENERATION_FAILED" in line and record["record_id"] in line
+    assert "resum" not in done.stderr  # a failed job cannot be resumed: no hint says so
 
 
 def test_auth_and_quota_exit_3(tmp_path: Path) -> None:
@@ -68,7 +69,8 @@ def test_a_timeout_exits_4_and_says_how_to_resume(emulator: Emulator, tmp_path: 
                     emulator=emulator, home=tmp_path)
     assert done.returncode == 4
     record_id = json.loads(done.stdout)["record_id"]
-    assert f"arta status {record_id} --wait" in _one_error_line(done.stderr)
+    assert record_id in _one_error_line(done.stderr)
+    assert f"arta: resume with: arta status {record_id} --wait -o .\n" in done.stderr
 
 
 def test_ctrl_c_exits_130_and_names_the_running_job(emulator: Emulator, tmp_path: Path) -> None:
@@ -85,12 +87,17 @@ def test_ctrl_c_exits_130_and_names_the_running_job(emulator: Emulator, tmp_path
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130
     record_id = emulator.app.last_record_id()
-    assert f"Resume it with: arta status {record_id} --wait" in stderr and "Traceback" not in stderr
+    assert f"Resume it with: arta status {record_id} --wait -o ." in stderr
+    assert "Traceback" not in stderr
 
 
-def test_an_unknown_record_id_exits_5(emulator: Emulator, tmp_path: Path) -> None:
-    done = arta_cli("status", "no-such-job", emulator=emulator, home=tmp_path)
-    assert done.returncode == 5 and "HTTP 404" in _one_error_line(done.stderr)
+def test_an_unknown_record_id_exits_6_no_such_job(emulator: Emulator, tmp_path: Path) -> None:
+    done = arta_cli("status", "no-such-job", "--json", emulator=emulator, home=tmp_path)
+    assert done.returncode == 6
+    line = _one_error_line(done.stderr)
+    assert "knows no job 'no-such-job'" in line and "resume" not in done.stderr
+    record = json.loads(done.stdout)
+    assert record["record_id"] == "no-such-job" and record["error"].startswith("JobNotFoundError")
 
 
 @pytest.mark.parametrize("args", [["batch", "/no/such/file.txt"], ["batch", "x", "--workers", "0"],

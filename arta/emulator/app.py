@@ -14,7 +14,7 @@ directly. It is a facade over small parts, one job each:
 - :mod:`~arta.emulator.injection`: the fault plan, drawn once per request.
 
 Every route answers exactly the paths a client reaches when it puts the
-emulator's URL in front of the original host and path (PROTOCOL.md
+emulator's URL in front of the original host and path (docs/protocol.rst
 sections 1-6): ``/www.googleapis.com/identitytoolkit/...``,
 ``/securetoken.googleapis.com/...``, ``/api/v1/text2image...``.
 """

@@ -1,6 +1,6 @@
 """Firebase's part of the service: anonymous sign-up, token refresh, and checking ID tokens.
 
-Sign-up and refresh answer Google's error envelope (PROTOCOL.md section 1);
+Sign-up and refresh answer Google's error envelope (docs/protocol.rst section 1);
 the image service's requests carry the ID tokens issued here, so checking
 them (:meth:`FirebaseService.authenticate`) lives here too.
 """
@@ -35,7 +35,7 @@ def firebase_error(
     status: str = "INVALID_ARGUMENT",
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """The error envelope every Google API answers with (PROTOCOL.md section 1)."""
+    """The error envelope every Google API answers with (docs/protocol.rst section 1)."""
     return json_response(
         code,
         {

@@ -1,7 +1,7 @@
 """Decode HTML form bodies: ``application/x-www-form-urlencoded`` and ``multipart/form-data``.
 
 The Android app and the Go client send multipart, the old Python provider
-url-encoded (PROTOCOL.md section 4), so the emulator takes both. Multipart
+url-encoded (docs/protocol.rst section 4), so the emulator takes both. Multipart
 is parsed with the :mod:`email` package, since :mod:`cgi` is gone in
 Python 3.13.
 """

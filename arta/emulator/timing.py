@@ -12,7 +12,7 @@ pixels on its longer side, and ``noise`` is drawn uniformly from
 ``[1 - noise, 1 + noise]``.
 
 The defaults are a plausible model, NOT measurements of the real ARTA
-service (whose sizes and speeds are unknown, PROTOCOL.md section 8):
+service (whose sizes and speeds are unknown, docs/protocol.rst section 8):
 
 - ``long_side`` 1024: the usual output of SDXL- and Flux-class models,
   so 1:1 is 1.05 megapixels, 16:9 0.59 and 9:21 0.45;

@@ -1,7 +1,7 @@
 """Firebase-shaped ID tokens: issue HS256 JWTs, verify them, revoke them.
 
 Real Firebase ID tokens are RS256 JWTs signed by Google; a client never
-checks the signature (PROTOCOL.md section 3), it only reads ``exp``. So the
+checks the signature (docs/protocol.rst section 3), it only reads ``exp``. So the
 emulator signs with HMAC-SHA256 and a secret of its own, which is enough to
 tell its tokens from forged or stale ones, with the standard library alone.
 

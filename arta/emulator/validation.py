@@ -4,7 +4,7 @@ Every field is checked, and every invalid one is reported in one 422
 answer (``{"detail": [{"loc": ["body", field], "msg": ..., "type":
 "value_error"}, ...]}``), so that a client's error mapping can be tested
 against all of them. The bounds of ``images_num``, ``cfg_scale`` and
-``steps`` are unknown for the real service (PROTOCOL.md section 8); the
+``steps`` are unknown for the real service (docs/protocol.rst section 8); the
 ones here are what the Android app offers, exported so tests can use them.
 """
 

@@ -8,7 +8,10 @@ transport (and the in-process one, which has no wire) sends the same thing.
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
+import ssl
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
@@ -36,6 +39,7 @@ __all__ = [
     "Response",
     "Timeout",
     "Transport",
+    "connect_failure",
     "describe",
     "read_body",
     "secrets_of",
@@ -322,3 +326,40 @@ def read_body(raw: Iterator[bytes], headers: Mapping[str, str], request: Request
     if decoder is not None:
         add(decoder.flush())
     return b"".join(parts)
+    return f"{request.method} {request.url.split('?', 1)[0]}"
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it wraps (``reason``, ``args[0]``, cause, context), at most 20."""
+    todo: list[BaseException] = [error]
+    seen: set[int] = set()
+    while todo and len(seen) < 20:  # a bound, in case a chain loops
+        cause = todo.pop(0)
+        if id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        yield cause
+        reason = getattr(cause, "reason", None)
+        first = cause.args[0] if cause.args else None
+        todo += [c for c in (reason, first, cause.__cause__, cause.__context__)
+                 if isinstance(c, BaseException)]
+
+
+def connect_failure(error: BaseException) -> str:
+    """Why no connection was made, in a user's words: DNS, refused, TLS, unreachable.
+
+    Transports wrap the socket's error in two or three layers of their own;
+    the user needs the bottom one to know whether they are offline.
+    """
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLError):
+            return "the TLS handshake failed (certificate not trusted?)"
+        if isinstance(cause, socket.gaierror) or type(cause).__name__ == "NameResolutionError":
+            return "the DNS lookup failed (offline, or no such host?)"
+        if isinstance(cause, ConnectionRefusedError):
+            return "the connection was refused (nothing listens there)"
+        if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "the network is unreachable (offline?)"
+    return "could not connect"
+
+

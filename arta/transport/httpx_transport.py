@@ -14,13 +14,14 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
-from arta.redact import scrub_chain
+from arta.redact import redact_logger, scrub_chain
 from arta.transport.base import (
     ACCEPT_ENCODING,
     CHUNK_SIZE,
     DEFAULT_MAX_BODY_BYTES,
     Request,
     Response,
+    connect_failure,
     describe,
     read_body,
     secrets_of,
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["HttpxTransport"]
 
 _INSTALL_HINT = "pip install 'arta[httpx]' (or 'arta[http2]' for HTTP/2)"
+
+
+redact_logger("httpx")  # its INFO request lines hold whole URLs
 
 
 def _require_httpx() -> None:
@@ -185,7 +189,7 @@ def _mapped(error: httpx.HTTPError, request: Request) -> TransportError:
         return ConnectError(f"the proxy refused the connection: {where}")
     if isinstance(error, httpx.ConnectError):
         # Refused, unreachable, DNS, and TLS handshakes (an untrusted certificate).
-        return ConnectError(f"could not connect: {where}")
+        return ConnectError(f"{connect_failure(error)}: {where}")
     if isinstance(error, httpx.TimeoutException):
         return NoResponseError(f"no answer within the {request.read_timeout:g}s read timeout: {where}")
     if isinstance(error, (httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError)):

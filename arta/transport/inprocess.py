@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SERVICE_HOSTS", "App", "HasApp", "InProcessTransport"]
 
-#: The hosts of the real service (PROTOCOL.md): a request to one of them goes
+#: The hosts of the real service (docs/protocol.rst): a request to one of them goes
 #: to the app as ``/{host}/{path}``, the way a client reaches the emulator
 #: through ``ARTA_ENDPOINT``. So a client with no endpoint set works too.
 SERVICE_HOSTS: frozenset[str] = frozenset({

@@ -11,13 +11,14 @@ import urllib3.exceptions
 import urllib3.response
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
-from arta.redact import scrub_chain
+from arta.redact import redact_logger, scrub_chain
 from arta.transport.base import (
     ACCEPT_ENCODING,
     CHUNK_SIZE,
     DEFAULT_MAX_BODY_BYTES,
     Request,
     Response,
+    connect_failure,
     describe,
     read_body,
     secrets_of,
@@ -28,6 +29,8 @@ __all__ = ["DEFAULT_POOL_SIZE", "RequestsTransport"]
 #: Connections kept open per host: the number of threads that may share one
 #: client before a request has to open a fresh connection.
 DEFAULT_POOL_SIZE = 16  # the I/O threads of a client's poll loop
+
+redact_logger("urllib3.connectionpool")  # its DEBUG request lines hold whole URLs
 
 # urllib3 raises these when no connection was made at all (refused,
 # unreachable, DNS, connect timeout): nothing can have been sent.
@@ -184,7 +187,7 @@ def _classify(error: BaseException, where: str) -> TransportError:
     seen = 0
     while cause is not None and seen < 10:  # a bound, in case a chain loops
         if isinstance(cause, _NEVER_CONNECTED):
-            return ConnectError(f"could not connect: {where}")
+            return ConnectError(f"{connect_failure(error)}: {where}")
         reason = getattr(cause, "reason", None)
         if isinstance(reason, BaseException):
             cause = reason

@@ -1,0 +1,207 @@
+"""Test your own code against the emulator: ``mock_arta()``, and the ``arta_emulator`` fixture.
+
+With pytest, nothing to import: installing ``arta`` registers a plugin
+(:mod:`arta.pytest_plugin`) whose ``arta_emulator`` fixture runs each test
+against a fresh emulator::
+
+    import arta
+
+    def test_my_pipeline(arta_emulator, tmp_path):
+        arta.generate("a red dragon").save(tmp_path)      # your code, unchanged
+        assert arta_emulator.stats()["submits"] == 1
+
+    def test_my_pipeline_survives_a_flaky_service(arta_emulator):
+        arta_emulator.set_faults("status:503=0.3", fault_seed=1)
+        arta_emulator.inject("submit", "503")               # the next submit fails
+        arta.generate("a red dragon")
+
+Without pytest (unittest, a script), :func:`mock_arta` does the same as a
+context manager or a decorator, in the manner of moto's ``mock_aws``::
+
+    @mock_arta()
+    def check_pipeline():
+        arta.generate("a red dragon")
+
+Either way, for its duration: an :class:`~arta.emulator.Emulator` serves on
+loopback with fast timings; ``ARTA_ENDPOINT`` points at it and
+``ARTA_HOME`` at a throw-away folder (your real token file is never
+touched); the process's default client (what ``arta.generate`` and
+``arta.aio`` use) polls fast and is swapped with
+:func:`arta.set_default_client`; and a guard makes any connection to a
+non-loopback address fail with :class:`UnexpectedNetworkAccess`.
+Everything is restored afterwards, so each test gets a fresh service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from arta.client import Client
+from arta.defaults import set_default_client
+from arta.emulator import Emulator, FaultPlan
+from arta.generation import PollPolicy
+from arta.retry import RetryPolicy
+
+__all__ = ["FAST_POLL", "FAST_RETRY", "MockArta", "UnexpectedNetworkAccess", "mock_arta"]
+
+#: Polls for an emulator whose jobs last a fraction of a second.
+FAST_POLL = PollPolicy(first_delay=0.02, growth=1.5, max_delay=0.1, jitter=0.01)
+
+#: Retries that do not wait out the emulator's ``Retry-After: 1`` in full.
+FAST_RETRY = RetryPolicy(attempts=4, first_delay=0.01, max_delay=0.05, jitter=0.01,
+                         max_retry_after=0.05)
+
+_ENV = ("ARTA_ENDPOINT", "ARTA_HOME", "FIREBASE_AUTH_EMULATOR_HOST")
+
+
+class UnexpectedNetworkAccess(AssertionError):
+    """Code under test tried to reach a non-loopback address while the emulator stood in."""
+
+
+def _loopback(host: Any) -> bool:
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return str(host) == "localhost"
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Fail any connection to a non-loopback address (all threads), until the block ends."""
+    real = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            raise UnexpectedNetworkAccess(
+                f"a connection to {address[0]} while arta's emulator stands in for the "
+                "service: only loopback is allowed")
+        real(self, address)
+
+    socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        socket.socket.connect = real  # type: ignore[method-assign]
+
+
+class MockArta(contextlib.ContextDecorator):
+    """What :func:`mock_arta` returns and the ``arta_emulator`` fixture yields.
+
+    Inside the block: :attr:`emulator` (the running
+    :class:`~arta.emulator.Emulator`; its test hooks are on
+    ``emulator.app``), :attr:`url`, :attr:`home` (the throw-away
+    ``ARTA_HOME``) and :attr:`client` (the default client, also what
+    ``arta.generate`` uses). Faults: :meth:`inject` and :meth:`set_faults`.
+    """
+
+    def __init__(self, *, queue_seconds: float | tuple[float, float] = 0.05,
+                 progress_seconds: float | tuple[float, float] = 0.1,
+                 faults: FaultPlan | str | None = None, fault_seed: int | None = None,
+                 home: str | os.PathLike[str] | None = None, allow_network: bool = False,
+                 **emulator_options: Any) -> None:
+        self._options = dict(queue_seconds=queue_seconds, progress_seconds=progress_seconds,
+                             faults=faults, fault_seed=fault_seed, **emulator_options)
+        self._home = home
+        self._allow_network = allow_network
+        self._stack: contextlib.ExitStack | None = None
+        self.emulator: Emulator | None = None
+        self.client: Client | None = None
+        self.home: Path | None = None
+
+    def __enter__(self) -> MockArta:  # noqa: PYI034 (typing.Self is 3.11+)
+        if self._stack is not None:
+            raise RuntimeError("mock_arta() is already active; it does not nest")
+        stack = contextlib.ExitStack()
+        try:
+            self._start(stack)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def _start(self, stack: contextlib.ExitStack) -> None:
+        self.emulator = stack.enter_context(Emulator(**self._options))
+        if self._home is None:
+            self.home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arta-")))
+        else:
+            self.home = Path(self._home)
+        saved = {name: os.environ.get(name) for name in _ENV}
+        stack.callback(_restore_env, saved)
+        os.environ.pop("FIREBASE_AUTH_EMULATOR_HOST", None)
+        os.environ["ARTA_ENDPOINT"] = self.emulator.url
+        os.environ["ARTA_HOME"] = str(self.home)
+        self.client = stack.enter_context(Client(
+            self.emulator.url, home=self.home, poll_policy=FAST_POLL, retry_policy=FAST_RETRY,
+            timeout=60))
+        previous = set_default_client(self.client)
+        stack.callback(set_default_client, previous)
+        if not self._allow_network:
+            stack.enter_context(_loopback_only())
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def _running(self) -> Emulator:
+        if self.emulator is None or self._stack is None:
+            raise RuntimeError("mock_arta() is not active: use it in a `with` block")
+        return self.emulator
+
+    @property
+    def url(self) -> str:
+        """The emulator's base URL (also in ``ARTA_ENDPOINT`` meanwhile)."""
+        return self._running().url
+
+    def stats(self) -> dict[str, float]:
+        """The emulator's counters: ``signups``, ``submits``, ``polls``, ``downloads``, ..."""
+        return self._running().stats()
+
+    def fault_counts(self) -> dict[str, int]:
+        """The faults injected so far, by ``"endpoint:fault"``."""
+        return self._running().fault_counts()
+
+    def inject(self, endpoint: str, fault: str, times: int = 1) -> None:
+        """Make the next ``times`` requests to ``endpoint`` suffer ``fault`` (e.g. "503")."""
+        self._running().app.inject(endpoint, fault, times)
+
+    def set_faults(self, faults: FaultPlan | str | None, *,
+                   fault_seed: int | None = None) -> None:
+        """Put a random fault plan in force, e.g. ``"status:503=0.2"`` (None: no faults)."""
+        self._running().app.set_faults(faults, fault_seed=fault_seed)
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def mock_arta(*, queue_seconds: float | tuple[float, float] = 0.05,
+              progress_seconds: float | tuple[float, float] = 0.1,
+              faults: FaultPlan | str | None = None, fault_seed: int | None = None,
+              home: str | os.PathLike[str] | None = None, allow_network: bool = False,
+              **emulator_options: Any) -> MockArta:
+    """Stand the emulator in for the service: a context manager, or a decorator.
+
+    ``queue_seconds``/``progress_seconds`` time each job; ``faults`` and
+    ``fault_seed`` are an :class:`~arta.emulator.Emulator`'s, as is any other
+    keyword; ``home`` is the ``ARTA_HOME`` to use (default: a temporary
+    folder, deleted after); ``allow_network`` lifts the loopback guard.
+    As a decorator, each call of the function gets a fresh emulator.
+    """
+    return MockArta(queue_seconds=queue_seconds, progress_seconds=progress_seconds,
+                    faults=faults, fault_seed=fault_seed, home=home,
+                    allow_network=allow_network, **emulator_options)
