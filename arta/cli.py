@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -44,10 +45,10 @@ from arta.errors import (
     SaveError,
 )
 from arta.generation import Generation, PollPolicy
-from arta.params import DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_LENGTH
+from arta.params import MAX_PROMPT_LENGTH, GenerationParams
 from arta.progress import StatusLine
 from arta.redact import install_log_redaction
-from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
+from arta.styles import ASPECT_RATIOS, STYLE_ALIASES, STYLES
 
 if TYPE_CHECKING:
     from arta.emulator import FaultPlan
@@ -88,15 +89,21 @@ def _parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", parents=[common], epilog=EXIT_CODES_HELP,
                               help="generate images for a prompt and save them")
     gen.add_argument("prompt", help=f"what to draw (at most {MAX_PROMPT_LENGTH} characters)")
-    gen.add_argument("--style", "-s", default=DEFAULT_STYLE,
-                     help=f"style name or alias (default {DEFAULT_STYLE}; see `arta styles`)")
-    gen.add_argument("-n", type=int, default=1, help="number of images, 1 to 4 (default 1)")
-    gen.add_argument("--aspect-ratio", "-a", default="1:1", help=", ".join(ASPECT_RATIOS))
+    # The defaults are GenerationParams' own: written once, shown in --help.
+    default = {field.name: field.default for field in dataclasses.fields(GenerationParams)}
+    gen.add_argument("--style", "-s", default=default["style"],
+                     help=f"style name or alias (default {default['style']}; see `arta styles`)")
+    gen.add_argument("-n", type=int, default=default["n"],
+                     help=f"number of images, 1 to 4 (default {default['n']})")
+    gen.add_argument("--aspect-ratio", "-a", default=default["aspect_ratio"],
+                     help=f"{', '.join(ASPECT_RATIOS)} (default {default['aspect_ratio']})")
     gen.add_argument("--seed", type=int, default=None, help="seed for a repeatable image")
-    gen.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT,
-                     help=f"what to avoid (default {DEFAULT_NEGATIVE_PROMPT!r})")
-    gen.add_argument("--steps", type=int, default=30, help="inference steps (default 30)")
-    gen.add_argument("--guidance", type=float, default=7, help="guidance scale (default 7)")
+    gen.add_argument("--negative-prompt", default=default["negative_prompt"],
+                     help=f"what to avoid (default {default['negative_prompt']!r})")
+    gen.add_argument("--steps", type=int, default=default["steps"],
+                     help=f"inference steps (default {default['steps']})")
+    gen.add_argument("--guidance", type=float, default=default["guidance_scale"],
+                     help=f"guidance scale (default {default['guidance_scale']:g})")
     _add_job_options(gen)
     gen.add_argument("--emulator", action="store_true",
                      help="run against an emulator of the service started in this process "

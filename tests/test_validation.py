@@ -74,3 +74,20 @@ def test_the_largest_allowed_values_are_accepted(client: arta.Client) -> None:
                              seed=2**32 - 1, style="dreamshaper_xl", aspect_ratio="9:21")
     assert len(result.images) == 4
     assert result.seed == 2**32 - 1
+
+
+def test_the_parameters_are_written_once_and_every_entry_point_shows_them() -> None:
+    import dataclasses
+    import inspect
+
+    import arta.aio
+    from arta.params import GenerationOptions
+
+    fields = [f.name for f in dataclasses.fields(arta.GenerationParams) if f.name != "prompt"]
+    assert list(GenerationOptions.__annotations__) == fields
+    defaults = inspect.signature(arta.GenerationParams.create).parameters
+    for entry in (arta.generate, arta.Client.submit, arta.Client.generate, arta.aio.generate,
+                  arta.aio.AsyncClient.submit, arta.aio.AsyncClient.generate):
+        shown = inspect.signature(entry).parameters
+        for name in fields:  # help() and IDEs see each keyword with its one default
+            assert shown[name].default == defaults[name].default, (entry, name)
