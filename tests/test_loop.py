@@ -189,3 +189,21 @@ def test_the_window_grows_halves_once_per_round_and_recovers() -> None:
     for _ in range(1000):
         window.accepted()
     assert window.size == 32  # never above the asked concurrency
+
+
+def test_the_window_finds_a_per_user_limit_and_no_job_fails(tmp_path: Path) -> None:
+    """AIMD against --max-jobs-per-user: the cap shrinks on 429 and recovers; nothing fails."""
+    with Emulator(queue_seconds=0, progress_seconds=0.3, max_jobs_per_user=4) as emulator, \
+            arta.Client(emulator.url, home=tmp_path, poll_policy=FAST_POLL) as client:
+        sizes: list[float] = []
+        outcomes = []
+        for outcome in client.map([f"fox {i}" for i in range(24)], concurrency=16):
+            outcomes.append(outcome)
+            sizes.append(client.window.size)
+        stats = emulator.stats()
+    assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes if not o.ok]
+    assert stats["rejected_429"] > 0 and client.window.rejections == stats["rejected_429"]
+    assert stats["max_in_flight_per_user"] <= 4 and stats["duplicate_submits"] == 0
+    assert stats["submits"] == 24  # each job taken once, whatever 429s it met on the way
+    assert min(sizes) < 16  # it shrank below the asked concurrency...
+    assert sizes[-1] >= 1  # ...and never to nothing
