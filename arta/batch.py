@@ -1,132 +1,62 @@
-"""``arta batch``: many prompts, several worker processes, one token, nothing lost.
+"""``arta batch``: many prompts, one token, nothing lost, nothing paid twice unknowingly.
 
-The manifest is the batch's memory: a JSONL file, append-only, each line
-flushed and fsynced before the work goes on. A job's record id is written
-the moment its submit is answered, so a batch killed at any point and run
-again resumes: finished jobs are skipped, submitted ones are picked up by
-record id (never submitted twice), the rest are submitted.
+The batch's memory is its :class:`~arta.manifest.Manifest`. Before each
+submit an ``intent`` (the parameters and the seed) is fsynced; the record id
+is written the moment the service answers; the end of the job (``done``
+with its files, or ``failed`` with the error and the record id) after the
+images are saved. A batch killed at any point and run again resumes:
 
-Manifest lines (the last line of a job wins)::
-
-    {"job": "12:3f2a9c...", "line": 12, "event": "submitted", "record_id": "...", "seed": 42}
-    {"job": "12:3f2a9c...", "line": 12, "event": "done", "record_id": "...", "files": [...]}
-    {"job": "12:3f2a9c...", "line": 12, "event": "failed", "record_id": "...", "error": "..."}
-
-A job's key is its line number and a digest of its parameters, so an edited
-input line is a new job, not a stale match.
+- finished jobs are skipped;
+- jobs with a record id are picked up by it (never submitted twice);
+- a job with an intent and no record id was perhaps taken by the service
+  just before the kill: it is submitted again with the same seed, and
+  counted as *possibly resubmitted*;
+- jobs the service FAILED, and the rest, are submitted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
-
-import filelock
 
 from arta.client import Client
 from arta.errors import (
     ArtaError,
+    DownloadError,
+    GenerationFailed,
     InvalidInputError,
     SubmitOutcomeUnknown,
 )
+from arta.jobfile import FIELDS, BatchJob, read_jobs
+from arta.manifest import JobState, Manifest, ManifestError
 from arta.params import GenerationParams
 
-__all__ = ["BatchJob", "Manifest", "Outcome", "read_jobs", "run_batch", "running"]
+__all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Manifest",
+           "Outcome", "Task", "check_folder", "plan", "read_jobs", "run_batch", "running"]
 
 log = logging.getLogger(__name__)
 
-#: The keys a JSONL line may hold: the parameters of ``arta.generate``.
-FIELDS = ("prompt", "style", "n", "negative_prompt", "guidance_scale", "steps",
-          "aspect_ratio", "seed")
+#: What "possibly resubmitted" means, for the summary line.
+POSSIBLY_RESUBMITTED_NOTE = (
+    " (an earlier run was stopped between their submit and its answer; each was sent again "
+    "with the same seed, so the service can tell a duplicate)")
 
 
-@dataclasses.dataclass(frozen=True)
-class BatchJob:
-    """One line of the input: where it came from and what to generate."""
-
-    line: int
-    params: dict[str, Any]
-
-    @property
-    def key(self) -> str:
-        """The job's identity in the manifest: its line and a digest of its parameters."""
-        digest = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()
-        return f"{self.line}:{digest[:12]}"
-
-
-def read_jobs(path: str | os.PathLike[str]) -> list[BatchJob]:
-    """Read and validate every job of a batch file, before anything is sent.
-
-    A ``.jsonl``/``.ndjson`` file, or one whose first line starts with ``{``,
-    holds one JSON object of generate's parameters per line; any other file
-    holds one prompt per line. Blank lines and lines starting with ``#`` are
-    skipped. A bad line raises :class:`~arta.errors.InvalidInputError`
-    naming it.
-    """
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    entries = [(number, text.strip()) for number, text in enumerate(lines, 1)
-               if text.strip() and not text.lstrip().startswith("#")]
-    is_jsonl = Path(path).suffix in (".jsonl", ".ndjson") or (
-        bool(entries) and entries[0][1].startswith("{"))
-    jobs = []
-    for number, text in entries:
-        try:
-            params = _parse_line(text) if is_jsonl else {"prompt": text}
-            GenerationParams.create(**{"seed": 0, **params})  # validate, before any request
-        except (InvalidInputError, ValueError, TypeError) as error:
-            raise InvalidInputError(f"{path}, line {number}: {error}") from None
-        jobs.append(BatchJob(number, params))
-    if not jobs:
-        raise InvalidInputError(f"{path} holds no prompts")
-    return jobs
-
-
-def _parse_line(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    if not isinstance(value, dict) or "prompt" not in value:
-        raise ValueError('expected a JSON object with a "prompt"')
-    unknown = sorted(set(value) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
-    return value
-
-
-class Manifest:
-    """The append-only JSONL record of a batch, safe to share between processes."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._lock = filelock.FileLock(str(self.path) + ".lock")
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Add one line, durably: flushed and fsynced before returning."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = (json.dumps(record, sort_keys=True) + "\n").encode()
-        with self._lock, open(self.path, "ab") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-
-    def latest(self) -> dict[str, dict[str, Any]]:
-        """The last record of every job, by key (a line torn by a kill is skipped)."""
-        latest: dict[str, dict[str, Any]] = {}
-        with contextlib.suppress(FileNotFoundError), open(self.path, encoding="utf-8") as file:
-            for number, text in enumerate(file, 1):
-                try:
-                    record = json.loads(text)
-                    latest[record["job"]] = record
-                except (ValueError, KeyError, TypeError):
-                    log.warning("%s, line %d: not a whole record (cut short by a kill?); skipped",
-                                self.path, number)
-        return latest
+def check_folder(folder: str | os.PathLike[str]) -> None:
+    """Make sure images can be written in ``folder`` before anything is paid for."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InvalidInputError(f"cannot write in the output folder {folder}: "
+                                f"{error.strerror or error}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,19 +69,126 @@ class Outcome:
     files: tuple[str, ...] = ()
     blurred: tuple[int, ...] = ()
     error: str | None = None
+    prompt: str | None = None
+    seed: int | None = None
+    #: Submitted again with the seed of an earlier run's unanswered submit.
+    possibly_resubmitted: bool = False
+    #: The manifest could not be written: the run must stop.
+    manifest_error: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """A plain dict for ``--json``."""
         return dataclasses.asdict(self)
 
 
-def _resumable(record: dict[str, Any] | None) -> str | None:
-    """The record id to pick a job up by, or None to submit it (again)."""
-    if record is None or not record.get("record_id"):
-        return None
-    # A job the service FAILED is submitted anew; anything else that has a
-    # record id (submitted, timed out, interrupted) is still on the service.
-    return None if record.get("error_type") == "GenerationFailed" else str(record["record_id"])
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A job to work on in this run: submit it (with ``seed``) or resume it by ``record_id``."""
+
+    job: BatchJob
+    record_id: str | None = None
+    seed: int | None = None
+    possibly_resubmitted: bool = False
+
+    def params(self) -> GenerationParams:
+        """The submit's parameters, with the seed fixed (written in the intent before the submit)."""
+        seed = self.seed if self.seed is not None else self.job.params.get("seed")
+        return GenerationParams.create(**{**self.job.params, "seed": seed})
+
+
+@dataclasses.dataclass
+class BatchReport:
+    """What a run did: every job's outcome, and how many jobs may have been paid twice."""
+
+    outcomes: list[Outcome]
+    possibly_resubmitted: int = 0
+
+    def count(self, event: str) -> int:
+        """How many outcomes are ``event``."""
+        return sum(outcome.event == event for outcome in self.outcomes)
+
+    @property
+    def manifest_error(self) -> str | None:
+        """The first manifest failure of the run, if any."""
+        return next((o.error for o in self.outcomes if o.manifest_error), None)
+
+
+def plan(jobs: Sequence[BatchJob], states: dict[str, JobState]) -> tuple[list[Outcome], list[Task]]:
+    """Split ``jobs`` into those done by an earlier run and the tasks of this one."""
+    skipped: list[Outcome] = []
+    tasks: list[Task] = []
+    for job in jobs:
+        state = states.get(job.key)
+        if state is None:
+            tasks.append(Task(job))
+        elif state.event == "done":
+            skipped.append(Outcome(job.line, "skipped", state.record_id, state.files,
+                                   state.blurred, prompt=job.prompt, seed=state.seed))
+        elif state.error_type == GenerationFailed.__name__:
+            tasks.append(Task(job))  # the service failed it: a new job, a new seed
+        elif state.record_id is not None:
+            tasks.append(Task(job, record_id=state.record_id, seed=state.seed))
+        else:
+            # An intent with no answer recorded: the submit may have reached the
+            # service. Send it again with the same seed, and say so.
+            maybe = state.event == "intent" or state.error_type == SubmitOutcomeUnknown.__name__
+            tasks.append(Task(job, seed=state.seed, possibly_resubmitted=maybe))
+    return skipped, tasks
+
+
+class JobRecorder:
+    """Writes one job's records into the manifest."""
+
+    def __init__(self, manifest: Manifest, task: Task) -> None:
+        self.manifest = manifest
+        self.task = task
+        self.base = {"job": task.job.key, "line": task.job.line}
+
+    def intent(self, params: GenerationParams) -> None:
+        """Before the submit: the parameters and the seed, fsynced."""
+        self.manifest.append({**self.base, "event": "intent", "seed": params.seed,
+                              "params": params.as_dict(),
+                              "possibly_resubmitted": self.task.possibly_resubmitted})
+
+    def submitted(self, record_id: str, seed: int | None) -> None:
+        """The service answered the submit with ``record_id``."""
+        self.manifest.append({**self.base, "event": "submitted", "record_id": record_id,
+                              "seed": seed})
+
+    def done(self, record_id: str, seed: int | None, files: Sequence[str],
+             blurred: Sequence[int]) -> Outcome:
+        """The images are saved."""
+        self.manifest.append({**self.base, "event": "done", "record_id": record_id,
+                              "seed": seed, "files": list(files), "blurred": list(blurred)})
+        return self.outcome("done", record_id, seed, files=tuple(files), blurred=tuple(blurred))
+
+    def failed(self, error: ArtaError, record_id: str | None, seed: int | None) -> Outcome:
+        """The job ended in ``error``; record it (if the manifest still can be written)."""
+        text = f"{type(error).__name__}: {error}"
+        try:
+            self.manifest.append({**self.base, "event": "failed", "record_id": record_id,
+                                  "seed": seed, "error_type": type(error).__name__,
+                                  "error": str(error)})
+        except ManifestError as manifest_error:
+            return self.outcome("failed", record_id, seed, error=f"{text}; and {manifest_error}",
+                                manifest_error=True)
+        return self.outcome("failed", record_id, seed, error=text,
+                            manifest_error=isinstance(error, ManifestError))
+
+    def outcome(self, event: str, record_id: str | None, seed: int | None,
+                **fields: Any) -> Outcome:
+        """This job's outcome."""
+        return Outcome(self.task.job.line, event, record_id, prompt=self.task.job.prompt,
+                       seed=seed, possibly_resubmitted=self.task.possibly_resubmitted, **fields)
+
+
+def save_images(result: Any, output: str | os.PathLike[str]) -> list[str]:
+    """Save a result's images as ``arta generate`` names them; a local fault is a DownloadError."""
+    try:
+        return [str(path) for path in result.save(output)]
+    except OSError as error:  # disk full, ulimit -f, a read-only folder
+        raise DownloadError(f"the images could not be saved in {output}: "
+                            f"{error.strerror or error}", record_id=result.record_id) from error
 
 
 # -- the worker processes ----------------------------------------------------
@@ -164,33 +201,30 @@ def _start_worker(client_options: dict[str, Any], manifest: str, output: str) ->
     _worker.update(client=Client(**client_options), manifest=Manifest(manifest), output=output)
 
 
-def _run_job(task: tuple[BatchJob, str | None]) -> Outcome:
-    job, record_id = task
+def _run_task(task: Task) -> Outcome:
+    """One job, start to end, in a worker process."""
     client: Client = _worker["client"]
-    manifest: Manifest = _worker["manifest"]
-    base = {"job": job.key, "line": job.line}
+    recorder = JobRecorder(_worker["manifest"], task)
+    record_id, seed = task.record_id, task.seed
     try:
         if record_id is None:
-            generation = client.submit(**job.params)
+            params = task.params()
+            seed = params.seed
+            recorder.intent(params)  # before the submit: a kill after it is known
+            generation = client.submit(**params.as_dict())
             record_id = generation.record_id
-            manifest.append({**base, "event": "submitted", "record_id": record_id,
-                             "seed": generation.seed})
+            recorder.submitted(record_id, seed)
         else:
             generation = client.resume(record_id)
         generation.wait(client.timeout)
         result = generation.result()
-        files = tuple(str(p) for p in result.save(
-            _worker["output"], name=f"{job.line:04d}-{{record_id}}-{{index}}"))
-        manifest.append({**base, "event": "done", "record_id": record_id, "files": list(files),
-                         "blurred": result.blurred})
-        return Outcome(job.line, "done", record_id, files, tuple(result.blurred))
+        seed = result.seed if result.seed is not None else seed
+        files = save_images(result, _worker["output"])
+        return recorder.done(record_id, seed, files, result.blurred)
     except ArtaError as error:
-        record_id = error.record_id or record_id
         if isinstance(error, SubmitOutcomeUnknown):
             record_id = None
-        manifest.append({**base, "event": "failed", "record_id": record_id,
-                         "error_type": type(error).__name__, "error": str(error)})
-        return Outcome(job.line, "failed", record_id, error=f"{type(error).__name__}: {error}")
+        return recorder.failed(error, error.record_id or record_id, seed)
 
 
 def run_batch(
@@ -201,42 +235,38 @@ def run_batch(
     workers: int = 4,
     client_options: dict[str, Any] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
-) -> list[Outcome]:
-    """Run every job not yet done, in ``workers`` processes; return every job's outcome.
+    on_plan: Callable[[list[Outcome]], object] | None = None,
+) -> BatchReport:
+    """Run every job not yet done, in ``workers`` processes; report every job's outcome.
 
     Each worker makes a :class:`~arta.client.Client` from ``client_options``
-    (its ``timeout`` bounds each job's wait).
-    Jobs the manifest records as done are skipped (their outcome is
-    ``"skipped"``); submitted ones are resumed by record id. ``on_outcome``
-    is called in this process as each job ends.
+    (its ``timeout`` bounds each job's wait). ``on_outcome`` is called in
+    this process as each job ends, ``on_plan`` once with the jobs an earlier
+    run finished. The caller holds the manifest's
+    :class:`~arta.manifest.RunLock`.
     """
-    latest = manifest.latest()
-    outcomes: list[Outcome] = []
-    tasks = []
-    for job in jobs:
-        record = latest.get(job.key)
-        if record is not None and record.get("event") == "done":
-            outcomes.append(Outcome(job.line, "skipped", record.get("record_id"),
-                                    tuple(record.get("files", ()))))
-        else:
-            tasks.append((job, _resumable(record)))
+    skipped, tasks = plan(jobs, manifest.states())
+    if on_plan is not None:
+        on_plan(skipped)
+    report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
     if not tasks:
-        return outcomes
+        return report
     # spawn, not fork: a forked child would inherit this process's threads and sockets.
     context = multiprocessing.get_context("spawn")
     with context.Pool(min(workers, len(tasks)), initializer=_start_worker,
                       initargs=(client_options or {}, str(manifest.path), str(output))) as pool:
-        for outcome in pool.imap_unordered(_run_job, tasks):
-            outcomes.append(outcome)
+        for outcome in pool.imap_unordered(_run_task, tasks):
+            report.outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
-    return sorted(outcomes, key=lambda o: o.line)
+    report.outcomes.sort(key=lambda o: o.line)
+    return report
 
 
 def running(manifest: Manifest, jobs: list[BatchJob]) -> Iterator[tuple[int, str]]:
     """(line, record id) of every job submitted and not finished: what a resume picks up."""
-    latest = manifest.latest()
+    states = manifest.states()
     for job in jobs:
-        record = latest.get(job.key)
-        if record is not None and record.get("event") == "submitted":
-            yield job.line, str(record["record_id"])
+        state = states.get(job.key)
+        if state is not None and state.record_id is not None and state.event == "submitted":
+            yield job.line, state.record_id

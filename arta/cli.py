@@ -9,19 +9,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
+import math
+import os
 import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from arta import __version__
 from arta.auth import FileTokenStore
-from arta.batch import Manifest, Outcome, read_jobs, run_batch, running
+from arta.batch import (
+    POSSIBLY_RESUBMITTED_NOTE,
+    BatchJob,
+    BatchReport,
+    Outcome,
+    check_folder,
+    read_jobs,
+    run_batch,
+    running,
+)
 from arta.client import Client
 from arta.config import Settings
 from arta.errors import (
@@ -33,9 +46,10 @@ from arta.errors import (
     InvalidInputError,
 )
 from arta.generation import Generation, PollPolicy
+from arta.manifest import MANIFEST_NAME, Manifest, ManifestError, RunLock
 from arta.params import DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_LENGTH
-from arta.progress import StatusLine
-from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
+from arta.progress import BatchProgress, StatusLine
+from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES, resolve_style
 
 if TYPE_CHECKING:
     from arta.emulator import FaultPlan
@@ -86,11 +100,16 @@ def _parser() -> argparse.ArgumentParser:
         help="generate for every line of a file, in parallel; run again to resume")
     batch.add_argument("file", help="one prompt per line, or JSONL: one object of "
                                     "generate's parameters per line")
-    batch.add_argument("--workers", "-w", type=int, default=4,
+    batch.add_argument("--workers", "-w", type=_positive_int, default=4,
                        help="worker processes (default 4)")
     batch.add_argument("--manifest", "-m", default=None, metavar="PATH",
                        help="the JSONL record that makes the batch resumable "
                             "(default: DIR/arta-manifest.jsonl)")
+    batch.add_argument("--gallery", action="store_true",
+                       help="after the run, write DIR/index.html: a contact sheet of the images")
+    batch.add_argument("--emulator", action="store_true",
+                       help="run against an emulator of the service started in this process "
+                            "(offline; a throw-away token store)")
     _add_job_options(batch)
 
     commands.add_parser("styles", parents=[common], help="list the styles and their aliases")
@@ -124,15 +143,38 @@ def _parser() -> argparse.ArgumentParser:
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default=None, metavar="DIR",
                         help="folder to save the images in (generate and batch: default .)")
-    parser.add_argument("--timeout", type=float, default=None,
+    parser.add_argument("--timeout", type=_positive_seconds, default=None,
                         help="give up waiting for a job after this many seconds")
-    parser.add_argument("--poll-interval", type=float, default=None, metavar="S",
+    parser.add_argument("--poll-interval", type=_positive_seconds, default=None, metavar="S",
                         help="ask about a job every S seconds (default: 2 s, then every "
                              "1.5 s growing to 3 s)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per job on stdout, for scripts")
     parser.add_argument("--endpoint", default=None,
                         help="base URL of the service (default: ARTA_ENDPOINT, else the real one)")
+
+
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds above 0 (``nan``, ``inf``, ``-5`` and ``0`` are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, "
+                                         f"not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _seconds(text: str) -> tuple[float, float]:
@@ -257,41 +299,95 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise InvalidInputError("--workers must be at least 1")
     jobs = read_jobs(args.file)
     output = args.output or "."
-    manifest = Manifest(args.manifest or f"{output}/arta-manifest.jsonl")
-    counts = {"done": 0, "failed": 0}
-    total = len(jobs)
-    with StatusLine(sys.stderr, enabled=not args.quiet) as line:
+    check_folder(output)
+    manifest = Manifest(args.manifest or os.path.join(output, MANIFEST_NAME))
+    try:
+        lock = RunLock(manifest.path)
+        lock.acquire()
+    except ManifestError as error:  # another run holds it: nothing was sent
+        print(f"arta: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with _client(args) as client:
+            options = {**_client_options(args), "endpoint": client.settings.endpoint,
+                       "home": str(client.settings.home)}
+            report = _run_batch(args, jobs, manifest, output, options)
+    finally:
+        lock.release()
+    if args.gallery:
+        _write_gallery(output, jobs, report)
+    return _batch_summary(args, jobs, manifest, report)
+
+
+def _run_batch(args: argparse.Namespace, jobs: list[BatchJob], manifest: Manifest,
+               output: str, options: dict[str, Any]) -> BatchReport:
+    """Run the batch with a progress display; Ctrl-C names the jobs still running."""
+    with BatchProgress(sys.stderr, len(jobs), enabled=not args.quiet) as progress:
+        ended = {"done": 0, "failed": 0}
+        workers = args.workers
+
         def report(outcome: Outcome) -> None:
-            counts[outcome.event] += 1
+            ended["done" if outcome.event in ("done", "skipped") else "failed"] += 1
             if args.json:
                 _print_json(outcome.as_json())
             elif outcome.event == "failed":
-                print(f"arta: line {outcome.line}: {outcome.error}", file=sys.stderr)
-            line.update(f"batch: {counts['done']}/{total} done, {counts['failed']} failed")
+                progress.message(f"arta: line {outcome.line}: {outcome.error}")
+            left = len(jobs) - ended["done"] - ended["failed"]
+            progress.update(done=ended["done"], failed=ended["failed"],
+                            in_flight=min(workers, left), queued=max(0, left - workers))
 
-        line.update(f"batch: starting {args.workers} workers for {total} jobs")
+        def planned(skipped: list[Outcome]) -> None:
+            for outcome in skipped:
+                report(outcome)
+
         try:
-            outcomes = run_batch(jobs, manifest, output, workers=args.workers, on_outcome=report,
-                                 client_options=_client_options(args))
+            result = run_batch(jobs, manifest, output, workers=workers, client_options=options,
+                               on_outcome=report, on_plan=planned)
         except KeyboardInterrupt:
             pending = "".join(f"\n  line {number}: {record_id}"
                               for number, record_id in running(manifest, jobs))
             raise _Interrupted(
                 f"interrupted; these jobs go on at the service:{pending or ' none'}\n"
                 f"Resume the batch with: {shlex.join(['arta', *sys.argv[1:]])}") from None
-    skipped = sum(o.event == "skipped" for o in outcomes)
-    failed = sum(o.event == "failed" for o in outcomes)
+    return result
+
+
+def _write_gallery(output: str, jobs: list[BatchJob], report: BatchReport) -> None:
+    """The ``--gallery`` contact sheet (arta.gallery), from every job's outcome."""
+    gallery = importlib.import_module("arta.gallery")
+    by_line = {job.line: job for job in jobs}
+    entries = [gallery.GalleryEntry(
+        prompt=by_line[o.line].prompt, style=resolve_style(by_line[o.line].params.get(
+            "style", DEFAULT_STYLE)), seed=o.seed, files=[Path(f) for f in o.files],
+        error=o.error, record_id=o.record_id) for o in report.outcomes]
+    path = gallery.write_gallery(Path(output), entries)
+    print(f"arta: gallery: {path}", file=sys.stderr)
+
+
+def _batch_summary(args: argparse.Namespace, jobs: list[BatchJob], manifest: Manifest,
+                   report: BatchReport) -> int:
+    """The last word of a batch, on stderr (and as a JSON record under ``--json``); its exit code."""
+    total, failed = len(jobs), report.count("failed")
+    summary = {"event": "summary", "total": total, "done": total - failed,
+               "skipped": report.count("skipped"), "failed": failed,
+               "possibly_resubmitted": report.possibly_resubmitted,
+               "manifest": str(manifest.path)}
     if args.json:
-        for outcome in outcomes:
-            if outcome.event == "skipped":
-                _print_json(outcome.as_json())
+        _print_json(summary)
+    if report.manifest_error is not None:
+        unrecorded = "".join(f"\n  line {o.line}: {o.record_id}" for o in report.outcomes
+                             if o.manifest_error and o.record_id)
+        print(f"arta: error: {report.manifest_error}\nNo job was submitted without its record. "
+              f"Jobs submitted but not recorded (resume each with `arta status ID --wait -o "
+              f"{shlex.quote(args.output or '.')}`):{unrecorded or ' none'}", file=sys.stderr)
     if not args.quiet:
-        print(f"arta: batch: {total - failed} of {total} done ({skipped} from an earlier run), "
-              f"{failed} failed; manifest {manifest.path}", file=sys.stderr)
+        resubmitted = report.possibly_resubmitted
+        print(f"arta: batch: {total - failed} of {total} done ({summary['skipped']} from an "
+              f"earlier run), {failed} failed, {resubmitted} possibly resubmitted"
+              f"{POSSIBLY_RESUBMITTED_NOTE if resubmitted else ''}; manifest {manifest.path}",
+              file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 
