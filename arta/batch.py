@@ -235,19 +235,20 @@ def run_batch(
     workers: int = 4,
     client_options: dict[str, Any] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
-    on_plan: Callable[[list[Outcome]], object] | None = None,
+    on_plan: Callable[[list[Outcome], list[Task]], object] | None = None,
 ) -> BatchReport:
     """Run every job not yet done, in ``workers`` processes; report every job's outcome.
 
     Each worker makes a :class:`~arta.client.Client` from ``client_options``
     (its ``timeout`` bounds each job's wait). ``on_outcome`` is called in
-    this process as each job ends, ``on_plan`` once with the jobs an earlier
-    run finished. The caller holds the manifest's
+    this process as each job ends, ``on_plan`` once before any request
+    with the jobs an earlier run finished and the tasks of this run. The
+    caller holds the manifest's
     :class:`~arta.manifest.RunLock`.
     """
     skipped, tasks = plan(jobs, manifest.states())
     if on_plan is not None:
-        on_plan(skipped)
+        on_plan(skipped, tasks)
     report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
     if not tasks:
         return report

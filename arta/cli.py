@@ -30,6 +30,7 @@ from arta.batch import (
     BatchJob,
     BatchReport,
     Outcome,
+    Task,
     check_folder,
     read_jobs,
     run_batch,
@@ -338,9 +339,14 @@ def _run_batch(args: argparse.Namespace, jobs: list[BatchJob], manifest: Manifes
             progress.update(done=ended["done"], failed=ended["failed"],
                             in_flight=min(workers, left), queued=max(0, left - workers))
 
-        def planned(skipped: list[Outcome]) -> None:
+        def planned(skipped: list[Outcome], tasks: list[Task]) -> None:
             for outcome in skipped:
                 report(outcome)
+            again = sum(task.possibly_resubmitted for task in tasks)
+            if again:  # said before the submits, so that even a killed run has said it
+                progress.message(
+                    f"arta: batch: warning: {again} job(s) may have been submitted by an "
+                    f"earlier run that was stopped before the answer{POSSIBLY_RESUBMITTED_NOTE}")
 
         try:
             result = run_batch(jobs, manifest, output, workers=workers, client_options=options,

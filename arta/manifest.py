@@ -167,7 +167,7 @@ def _parse_record(raw: bytes) -> dict[str, Any] | None:
         return None
     checks: dict[str, Callable[[Any], bool]] = {
         "job": lambda v: isinstance(v, str),
-        "event": lambda v: v in _EVENTS,
+        "event": lambda v: isinstance(v, str) and v in _EVENTS,
         "line": _is_int,
         "record_id": lambda v: v is None or (isinstance(v, str) and bool(v)),
         "seed": lambda v: v is None or _is_int(v),

@@ -19,7 +19,7 @@ import collections
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
     from typing_extensions import Self
@@ -93,18 +93,20 @@ class BatchProgress:
     Call :meth:`update` with the counts whenever they change (from any
     thread); a background thread draws. ``window`` is the span, in seconds,
     the rate is measured over; ``every`` is how often the plain line is
-    written when ``stream`` is not a terminal.
+    written when ``stream`` is not a terminal; ``clock`` tells the time.
     """
 
     def __init__(self, stream: TextIO, total: int, *, enabled: bool = True,
-                 window: float = 60.0, every: float = 5.0, width: int = 24) -> None:
+                 window: float = 60.0, every: float = 5.0, width: int = 24,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
         self.total = total
         self.enabled = enabled
         self.tty = enabled and stream.isatty()
         self.window, self.every, self.width = window, every, width
         self.counts = {"done": 0, "in_flight": 0, "queued": total, "failed": 0}
-        self.started = time.monotonic()
+        self.clock = clock
+        self.started = clock()
         self._ends: collections.deque[float] = collections.deque()  # when each job ended
         self._lock = threading.Lock()
         self._draw_lock = threading.Lock()
@@ -113,7 +115,7 @@ class BatchProgress:
 
     def update(self, *, done: int, in_flight: int, queued: int, failed: int) -> None:
         """The counts now; jobs that ended since the last call feed the rate."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             ended = done + failed - self.counts["done"] - self.counts["failed"]
             self._ends.extend([now] * max(0, ended))
@@ -122,7 +124,7 @@ class BatchProgress:
 
     def rate(self, now: float | None = None) -> float | None:
         """Jobs ended a minute, over the recent window (None before the first ends)."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         with self._lock:
             while self._ends and self._ends[0] < now - self.window:
                 self._ends.popleft()
@@ -133,7 +135,7 @@ class BatchProgress:
 
     def text(self, now: float | None = None) -> str:
         """The progress as one line of text: counts, rate, time left."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         rate = self.rate(now)
         with self._lock:
             c = dict(self.counts)
