@@ -465,6 +465,14 @@ def _exit_code(error: ArtaError) -> int:
     return EXIT_SERVICE
 
 
+def _cli_hint(error: ArtaError, args: argparse.Namespace) -> str:
+    """The command that picks the job up again, for an error the job survives."""
+    if error.record_id is None or isinstance(error, GenerationFailed):
+        return ""
+    output = shlex.quote(getattr(args, "output", None) or ".")
+    return f"; or run: arta status {error.record_id} --wait -o {output}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``arta`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = _parser().parse_args(argv)
@@ -473,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ArtaError as error:
-        print(f"arta: error: {error}", file=sys.stderr)
+        print(f"arta: error: {error}{_cli_hint(error, args)}", file=sys.stderr)
         return _exit_code(error)
     except (ValueError, OSError) as error:  # e.g. an unreadable batch file
         print(f"arta: error: {error}", file=sys.stderr)
