@@ -1,10 +1,17 @@
-"""``arta batch``: many prompts, one token, nothing lost, nothing paid twice unknowingly.
+"""``arta batch``: thousands of jobs in flight from one process, nothing lost, nothing paid twice unknowingly.
+
+The jobs run on the client's engine (:meth:`arta.Client.run`): ``concurrency``
+jobs in flight, a waiting job costing a heap entry in the poll loop, not a
+thread. The images of each finished job are saved on a small pool of
+threads, off the loop. With ``workers`` > 1, that many processes split the
+jobs and the concurrency between them (one shared token file: one sign-up).
 
 The batch's memory is its :class:`~arta.manifest.Manifest`. Before each
 submit an ``intent`` (the parameters and the seed) is fsynced; the record id
-is written the moment the service answers; the end of the job (``done``
-with its files, or ``failed`` with the error and the record id) after the
-images are saved. A batch killed at any point and run again resumes:
+is written the moment the service answers, before any poll; the end of the
+job (``done`` with its files, or ``failed`` with the error and the record
+id) after the images are saved. A batch killed at any point and run again
+resumes:
 
 - finished jobs are skipped;
 - jobs with a record id are picked up by it (never submitted twice);
@@ -16,215 +23,133 @@ images are saved. A batch killed at any point and run again resumes:
 
 from __future__ import annotations
 
-import dataclasses
+import concurrent.futures
 import logging
 import multiprocessing
 import os
-import tempfile
+import queue
+import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, Callable
 
-from arta.client import Client
-from arta.errors import (
-    ArtaError,
-    DownloadError,
-    GenerationFailed,
-    InvalidInputError,
-    SubmitOutcomeUnknown,
+from arta.batchplan import (
+    POSSIBLY_RESUBMITTED_NOTE,
+    BatchReport,
+    JobRecorder,
+    Outcome,
+    Task,
+    check_folder,
+    plan,
+    save_images,
 )
+from arta.client import Client
+from arta.errors import ArtaError, SubmitOutcomeUnknown
+from arta.generation import Generation
 from arta.jobfile import FIELDS, BatchJob, read_jobs
-from arta.manifest import JobState, Manifest, ManifestError
-from arta.params import GenerationParams
+from arta.manifest import Manifest, ManifestError
+from arta.result import Result
+from arta.runner import Job, JobRun
+from arta.runner import Outcome as RunOutcome
 
 __all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Manifest",
            "Outcome", "Task", "check_folder", "plan", "read_jobs", "run_batch", "running"]
 
 log = logging.getLogger(__name__)
 
-#: What "possibly resubmitted" means, for the summary line.
-POSSIBLY_RESUBMITTED_NOTE = (
-    " (an earlier run was stopped between their submit and its answer; each was sent again "
-    "with the same seed, so the service can tell a duplicate)")
+#: Threads that save images (downloads are short; the jobs' waits are in the poll loop).
+SAVE_THREADS = 4
+
+Counts = dict[str, int]
 
 
-def check_folder(folder: str | os.PathLike[str]) -> None:
-    """Make sure images can be written in ``folder`` before anything is paid for."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise InvalidInputError(f"cannot write in the output folder {folder}: "
-                                f"{error.strerror or error}") from None
+class _Share:
+    """One process's share of a batch: its tasks through ``client.run``, saves on a small pool."""
 
+    def __init__(self, client: Client, manifest: Manifest, output: str | os.PathLike[str],
+                 tasks: Sequence[Task], concurrency: int, emit: Callable[[Outcome], None],
+                 on_counts: Callable[[Counts], None]) -> None:
+        self.client, self.manifest, self.output = client, manifest, output
+        self.tasks, self.concurrency = tasks, concurrency
+        self._emit, self._on_counts = emit, on_counts
+        self._lock = threading.Lock()
+        self._ended = {"done": 0, "failed": 0}
+        self._saving = 0
+        self._run: JobRun | None = None
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """How one job of this run ended (also the ``--json`` output of a job)."""
-
-    line: int
-    event: str  # "done", "failed" or "skipped"
-    record_id: str | None = None
-    files: tuple[str, ...] = ()
-    blurred: tuple[int, ...] = ()
-    error: str | None = None
-    prompt: str | None = None
-    seed: int | None = None
-    #: Submitted again with the seed of an earlier run's unanswered submit.
-    possibly_resubmitted: bool = False
-    #: The manifest could not be written: the run must stop.
-    manifest_error: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        """A plain dict for ``--json``."""
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """A job to work on in this run: submit it (with ``seed``) or resume it by ``record_id``."""
-
-    job: BatchJob
-    record_id: str | None = None
-    seed: int | None = None
-    possibly_resubmitted: bool = False
-
-    def params(self) -> GenerationParams:
-        """The submit's parameters, with the seed fixed (written in the intent before the submit)."""
-        seed = self.seed if self.seed is not None else self.job.params.get("seed")
-        return GenerationParams.create(**{**self.job.params, "seed": seed})
-
-
-@dataclasses.dataclass
-class BatchReport:
-    """What a run did: every job's outcome, and how many jobs may have been paid twice."""
-
-    outcomes: list[Outcome]
-    possibly_resubmitted: int = 0
-
-    def count(self, event: str) -> int:
-        """How many outcomes are ``event``."""
-        return sum(outcome.event == event for outcome in self.outcomes)
-
-    @property
-    def manifest_error(self) -> str | None:
-        """The first manifest failure of the run, if any."""
-        return next((o.error for o in self.outcomes if o.manifest_error), None)
-
-
-def plan(jobs: Sequence[BatchJob], states: dict[str, JobState]) -> tuple[list[Outcome], list[Task]]:
-    """Split ``jobs`` into those done by an earlier run and the tasks of this one."""
-    skipped: list[Outcome] = []
-    tasks: list[Task] = []
-    for job in jobs:
-        state = states.get(job.key)
-        if state is None:
-            tasks.append(Task(job))
-        elif state.event == "done":
-            skipped.append(Outcome(job.line, "skipped", state.record_id, state.files,
-                                   state.blurred, prompt=job.prompt, seed=state.seed))
-        elif state.error_type == GenerationFailed.__name__:
-            tasks.append(Task(job))  # the service failed it: a new job, a new seed
-        elif state.record_id is not None:
-            tasks.append(Task(job, record_id=state.record_id, seed=state.seed))
-        else:
-            # An intent with no answer recorded: the submit may have reached the
-            # service. Send it again with the same seed, and say so.
-            maybe = state.event == "intent" or state.error_type == SubmitOutcomeUnknown.__name__
-            tasks.append(Task(job, seed=state.seed, possibly_resubmitted=maybe))
-    return skipped, tasks
-
-
-class JobRecorder:
-    """Writes one job's records into the manifest."""
-
-    def __init__(self, manifest: Manifest, task: Task) -> None:
-        self.manifest = manifest
-        self.task = task
-        self.base = {"job": task.job.key, "line": task.job.line}
-
-    def intent(self, params: GenerationParams) -> None:
-        """Before the submit: the parameters and the seed, fsynced."""
-        self.manifest.append({**self.base, "event": "intent", "seed": params.seed,
-                              "params": params.as_dict(),
-                              "possibly_resubmitted": self.task.possibly_resubmitted})
-
-    def submitted(self, record_id: str, seed: int | None) -> None:
-        """The service answered the submit with ``record_id``."""
-        self.manifest.append({**self.base, "event": "submitted", "record_id": record_id,
-                              "seed": seed})
-
-    def done(self, record_id: str, seed: int | None, files: Sequence[str],
-             blurred: Sequence[int]) -> Outcome:
-        """The images are saved."""
-        self.manifest.append({**self.base, "event": "done", "record_id": record_id,
-                              "seed": seed, "files": list(files), "blurred": list(blurred)})
-        return self.outcome("done", record_id, seed, files=tuple(files), blurred=tuple(blurred))
-
-    def failed(self, error: ArtaError, record_id: str | None, seed: int | None) -> Outcome:
-        """The job ended in ``error``; record it (if the manifest still can be written)."""
-        text = f"{type(error).__name__}: {error}"
+    def run(self) -> None:
+        """Run every task; each outcome is emitted once its images are saved (or it failed)."""
+        jobs = (Job(None if task.record_id else task.params(), task.record_id,
+                    tag=JobRecorder(self.manifest, task)) for task in self.tasks)
+        self._run = run = self.client.run(jobs, concurrency=self.concurrency,
+                                          on_submitting=self._submitting,
+                                          on_submitted=self._submitted)
+        saver = concurrent.futures.ThreadPoolExecutor(SAVE_THREADS, thread_name_prefix="arta-save")
         try:
-            self.manifest.append({**self.base, "event": "failed", "record_id": record_id,
-                                  "seed": seed, "error_type": type(error).__name__,
-                                  "error": str(error)})
-        except ManifestError as manifest_error:
-            return self.outcome("failed", record_id, seed, error=f"{text}; and {manifest_error}",
-                                manifest_error=True)
-        return self.outcome("failed", record_id, seed, error=text,
-                            manifest_error=isinstance(error, ManifestError))
+            for outcome in run:
+                if outcome.result is not None:
+                    with self._lock:
+                        self._saving += 1
+                    saver.submit(self._save, outcome.job.tag, outcome.result)
+                else:
+                    self._end(self._failed(outcome))
+        except BaseException:
+            run.close()
+            saver.shutdown(wait=True, cancel_futures=True)
+            raise
+        saver.shutdown(wait=True)
+        self._counts()
 
-    def outcome(self, event: str, record_id: str | None, seed: int | None,
-                **fields: Any) -> Outcome:
-        """This job's outcome."""
-        return Outcome(self.task.job.line, event, record_id, prompt=self.task.job.prompt,
-                       seed=seed, possibly_resubmitted=self.task.possibly_resubmitted, **fields)
+    def counts(self) -> Counts:
+        """Queued, in flight (saving included), done and failed, in this share."""
+        run = self._run
+        with self._lock:
+            done, failed, saving = self._ended["done"], self._ended["failed"], self._saving
+        in_flight = (run.counts["in_flight"] if run is not None else 0) + saving
+        queued = max(0, len(self.tasks) - in_flight - done - failed)
+        return {"queued": queued, "in_flight": in_flight, "done": done, "failed": failed}
 
+    def _submitting(self, job: Job) -> None:
+        assert job.params is not None
+        job.tag.intent(job.params)  # fsynced before the submit: a kill after it is known
+        self._counts()
 
-def save_images(result: Any, output: str | os.PathLike[str]) -> list[str]:
-    """Save a result's images as ``arta generate`` names them; a local fault is a DownloadError."""
-    try:
-        return [str(path) for path in result.save(output)]
-    except OSError as error:  # disk full, ulimit -f, a read-only folder
-        raise DownloadError(f"the images could not be saved in {output}: "
-                            f"{error.strerror or error}", record_id=result.record_id) from error
+    def _submitted(self, job: Job, generation: Generation) -> None:
+        try:
+            job.tag.submitted(generation.record_id, generation.seed)
+        except ManifestError as error:
+            raise error.with_record_id(generation.record_id) from error
 
+    def _save(self, recorder: JobRecorder, result: Result) -> None:
+        try:
+            files = save_images(result, self.output)
+            outcome = recorder.done(result.record_id, result.seed, files, result.blurred)
+        except ArtaError as error:
+            outcome = recorder.failed(error, result.record_id, result.seed)
+        except Exception as error:  # noqa: BLE001 - a bug must not lose a paid job's outcome
+            outcome = recorder.failed(ArtaError(f"{type(error).__name__}: {error}",
+                                                record_id=result.record_id),
+                                      result.record_id, result.seed)
+        with self._lock:
+            self._saving -= 1
+        self._end(outcome)
 
-# -- the worker processes ----------------------------------------------------
+    def _failed(self, outcome: RunOutcome) -> Outcome:
+        recorder: JobRecorder = outcome.job.tag
+        error = outcome.error or ArtaError("the job ended without a result")
+        seed = outcome.job.params.seed if outcome.job.params is not None else recorder.task.seed
+        record_id = None if isinstance(error, SubmitOutcomeUnknown) else outcome.record_id
+        return recorder.failed(error, record_id, seed)
 
-_worker: dict[str, Any] = {}
+    def _end(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._ended["done" if outcome.event == "done" else "failed"] += 1
+            self._emit(outcome)
+        if outcome.manifest_error and self._run is not None:
+            self._run.close()  # no record can be kept: stop submitting
+        self._counts()
 
-
-def _start_worker(client_options: dict[str, Any], manifest: str, output: str) -> None:
-    """Pool initializer: one client per worker process; the token file is shared."""
-    _worker.update(client=Client(**client_options), manifest=Manifest(manifest), output=output)
-
-
-def _run_task(task: Task) -> Outcome:
-    """One job, start to end, in a worker process."""
-    client: Client = _worker["client"]
-    recorder = JobRecorder(_worker["manifest"], task)
-    record_id, seed = task.record_id, task.seed
-    try:
-        if record_id is None:
-            params = task.params()
-            seed = params.seed
-            recorder.intent(params)  # before the submit: a kill after it is known
-            generation = client.submit(**params.as_dict())
-            record_id = generation.record_id
-            recorder.submitted(record_id, seed)
-        else:
-            generation = client.resume(record_id)
-        generation.wait(client.timeout)
-        result = generation.result()
-        seed = result.seed if result.seed is not None else seed
-        files = save_images(result, _worker["output"])
-        return recorder.done(record_id, seed, files, result.blurred)
-    except ArtaError as error:
-        if isinstance(error, SubmitOutcomeUnknown):
-            record_id = None
-        return recorder.failed(error, error.record_id or record_id, seed)
+    def _counts(self) -> None:
+        self._on_counts(self.counts())
 
 
 def run_batch(
@@ -232,36 +157,112 @@ def run_batch(
     manifest: Manifest,
     output: str | os.PathLike[str],
     *,
-    workers: int = 4,
+    client: Client | None = None,
     client_options: dict[str, Any] | None = None,
+    concurrency: int = 64,
+    workers: int = 1,
     on_outcome: Callable[[Outcome], None] | None = None,
     on_plan: Callable[[list[Outcome], list[Task]], object] | None = None,
+    on_counts: Callable[[Counts], None] | None = None,
 ) -> BatchReport:
-    """Run every job not yet done, in ``workers`` processes; report every job's outcome.
+    """Run every job not yet done, ``concurrency`` in flight; report every job's outcome.
 
-    Each worker makes a :class:`~arta.client.Client` from ``client_options``
-    (its ``timeout`` bounds each job's wait). ``on_outcome`` is called in
-    this process as each job ends, ``on_plan`` once before any request
-    with the jobs an earlier run finished and the tasks of this run. The
-    caller holds the manifest's
-    :class:`~arta.manifest.RunLock`.
+    With ``workers`` == 1 the jobs run in this process on ``client`` (else
+    one made from ``client_options``); with more, each worker process makes
+    its client from ``client_options`` and runs its share of the jobs and of
+    the concurrency. ``on_plan`` is called once before any request with the
+    jobs an earlier run finished and the tasks of this run, ``on_outcome``
+    in this process as each job ends, ``on_counts`` with the whole batch's
+    counts (queued, in flight, done, failed) as they change. The caller
+    holds the manifest's :class:`~arta.manifest.RunLock`.
     """
     skipped, tasks = plan(jobs, manifest.states())
     if on_plan is not None:
         on_plan(skipped, tasks)
     report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
-    if not tasks:
-        return report
-    # spawn, not fork: a forked child would inherit this process's threads and sockets.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(tasks)), initializer=_start_worker,
-                      initargs=(client_options or {}, str(manifest.path), str(output))) as pool:
-        for outcome in pool.imap_unordered(_run_task, tasks):
-            report.outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+    emit = _collector(report, on_outcome)
+    counts = on_counts or (lambda counts: None)
+    if tasks and (workers <= 1 or len(tasks) == 1):
+        owned = client is None
+        client = client or Client(**(client_options or {}))
+        try:
+            _Share(client, manifest, output, tasks, concurrency, emit, counts).run()
+        finally:
+            if owned:
+                client.close()
+    elif tasks:
+        _run_processes(tasks, manifest, output, min(workers, len(tasks)), concurrency,
+                       client_options or {}, emit, counts)
     report.outcomes.sort(key=lambda o: o.line)
     return report
+
+
+def _collector(report: BatchReport,
+               on_outcome: Callable[[Outcome], None] | None) -> Callable[[Outcome], None]:
+    def emit(outcome: Outcome) -> None:
+        report.outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return emit
+
+
+# -- several processes -------------------------------------------------------
+
+
+def _run_processes(tasks: list[Task], manifest: Manifest, output: str | os.PathLike[str],
+                   workers: int, concurrency: int, client_options: dict[str, Any],
+                   emit: Callable[[Outcome], None], on_counts: Callable[[Counts], None]) -> None:
+    """Split the tasks and the concurrency over ``workers`` processes; relay what they say."""
+    # spawn, not fork: a forked child would inherit this process's threads and sockets.
+    context = multiprocessing.get_context("spawn")
+    channel: Any = context.Queue()
+    shares = [(tasks[i::workers], max(1, concurrency // workers + (i < concurrency % workers)))
+              for i in range(workers)]
+    processes = [context.Process(target=_worker, name=f"arta-batch-{i}", daemon=True,
+                                 args=(i, share, client_options, str(manifest.path), str(output),
+                                       share_concurrency, channel))
+                 for i, (share, share_concurrency) in enumerate(shares)]
+    for process in processes:
+        process.start()
+    counts: dict[int, Counts] = {}
+    running = set(range(workers))
+    try:
+        while running:
+            try:
+                kind, index, value = channel.get(timeout=0.5)
+            except queue.Empty:
+                dead = {i for i in running if processes[i].exitcode is not None}
+                for i in dead:
+                    log.error("batch worker %d ended (exit code %s) before its jobs; run the "
+                              "batch again to finish them", i, processes[i].exitcode)
+                running -= dead
+                continue
+            if kind == "outcome":
+                emit(value)
+            elif kind == "counts":
+                counts[index] = value
+                on_counts({key: sum(c[key] for c in counts.values()) for key in value})
+            else:
+                running.discard(index)
+    finally:
+        for process in processes:
+            process.join(timeout=None if not running else 0)
+            if process.is_alive():
+                process.terminate()
+        channel.close()
+
+
+def _worker(index: int, tasks: list[Task], client_options: dict[str, Any], manifest: str,
+            output: str, concurrency: int, channel: Any) -> None:
+    """A worker process: its share of the batch, reported on ``channel``."""
+    try:
+        with Client(**client_options) as client:
+            _Share(client, Manifest(manifest), output, tasks, concurrency,
+                   emit=lambda outcome: channel.put(("outcome", index, outcome)),
+                   on_counts=lambda counts: channel.put(("counts", index, counts))).run()
+    except KeyboardInterrupt:  # Ctrl-C reached the whole group: the parent tells the user
+        return
+    channel.put(("end", index, None))
 
 
 def running(manifest: Manifest, jobs: list[BatchJob]) -> Iterator[tuple[int, str]]:

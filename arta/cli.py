@@ -101,8 +101,11 @@ def _parser() -> argparse.ArgumentParser:
         help="generate for every line of a file, in parallel; run again to resume")
     batch.add_argument("file", help="one prompt per line, or JSONL: one object of "
                                     "generate's parameters per line")
-    batch.add_argument("--workers", "-w", type=_positive_int, default=4,
-                       help="worker processes (default 4)")
+    batch.add_argument("--concurrency", "-c", type=_positive_int, default=64, metavar="N",
+                       help="jobs in flight at once, at most (default 64; fewer while the "
+                            "service says it is busy)")
+    batch.add_argument("--workers", "-w", type=_positive_int, default=1,
+                       help="processes sharing the jobs and the concurrency (default 1)")
     batch.add_argument("--manifest", "-m", default=None, metavar="PATH",
                        help="the JSONL record that makes the batch resumable "
                             "(default: DIR/arta-manifest.jsonl)")
@@ -314,7 +317,7 @@ def _batch(args: argparse.Namespace) -> int:
         with _client(args) as client:
             options = {**_client_options(args), "endpoint": client.settings.endpoint,
                        "home": str(client.settings.home)}
-            report = _run_batch(args, jobs, manifest, output, options)
+            report = _run_batch(args, jobs, manifest, output, client, options)
     finally:
         lock.release()
     if args.gallery:
@@ -323,41 +326,43 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace, jobs: list[BatchJob], manifest: Manifest,
-               output: str, options: dict[str, Any]) -> BatchReport:
+               output: str, client: Client, options: dict[str, Any]) -> BatchReport:
     """Run the batch with a progress display; Ctrl-C names the jobs still running."""
     with BatchProgress(sys.stderr, len(jobs), enabled=not args.quiet) as progress:
-        ended = {"done": 0, "failed": 0}
-        workers = args.workers
+        skipped = 0
 
         def report(outcome: Outcome) -> None:
-            ended["done" if outcome.event in ("done", "skipped") else "failed"] += 1
             if args.json:
                 _print_json(outcome.as_json())
             elif outcome.event == "failed":
                 progress.message(f"arta: line {outcome.line}: {outcome.error}")
-            left = len(jobs) - ended["done"] - ended["failed"]
-            progress.update(done=ended["done"], failed=ended["failed"],
-                            in_flight=min(workers, left), queued=max(0, left - workers))
 
-        def planned(skipped: list[Outcome], tasks: list[Task]) -> None:
-            for outcome in skipped:
+        def planned(done: list[Outcome], tasks: list[Task]) -> None:
+            nonlocal skipped
+            skipped = len(done)
+            for outcome in done:
                 report(outcome)
+            progress.update(done=skipped, in_flight=0, queued=len(tasks), failed=0)
             again = sum(task.possibly_resubmitted for task in tasks)
             if again:  # said before the submits, so that even a killed run has said it
                 progress.message(
                     f"arta: batch: warning: {again} job(s) may have been submitted by an "
                     f"earlier run that was stopped before the answer{POSSIBLY_RESUBMITTED_NOTE}")
 
+        def counted(counts: dict[str, int]) -> None:
+            progress.update(done=skipped + counts["done"], in_flight=counts["in_flight"],
+                            queued=counts["queued"], failed=counts["failed"])
+
         try:
-            result = run_batch(jobs, manifest, output, workers=workers, client_options=options,
-                               on_outcome=report, on_plan=planned)
+            return run_batch(jobs, manifest, output, client=client, client_options=options,
+                             concurrency=args.concurrency, workers=args.workers,
+                             on_outcome=report, on_plan=planned, on_counts=counted)
         except KeyboardInterrupt:
             pending = "".join(f"\n  line {number}: {record_id}"
                               for number, record_id in running(manifest, jobs))
             raise _Interrupted(
                 f"interrupted; these jobs go on at the service:{pending or ' none'}\n"
                 f"Resume the batch with: {shlex.join(['arta', *sys.argv[1:]])}") from None
-    return result
 
 
 def _write_gallery(output: str, jobs: list[BatchJob], report: BatchReport) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import png_size
+from conftest import FAST_POLL, png_size
 
 import arta
-from arta.batch import Manifest, read_jobs
+from arta.batch import Manifest, read_jobs, run_batch
 from arta.cli import main
 from arta.emulator import Emulator
 
@@ -71,7 +71,8 @@ def _check_all_done(tmp_path: Path, prompts: int) -> None:
 def test_a_batch_with_workers_makes_one_sign_up_and_a_rerun_sends_nothing(
     batch_emulator: Emulator, tmp_path: Path,
 ) -> None:
-    command, env = _batch(tmp_path, batch_emulator, 12, "--workers", "3", "--json")
+    command, env = _batch(tmp_path, batch_emulator, 12, "--workers", "2", "--concurrency", "8",
+                          "--json")
     done = _run(command, env)
     assert done.returncode == 0, done.stderr
     _check_all_done(tmp_path, 12)
@@ -91,7 +92,7 @@ def test_a_batch_with_workers_makes_one_sign_up_and_a_rerun_sends_nothing(
 
 def test_a_second_run_on_the_same_manifest_is_refused_at_once(tmp_path: Path) -> None:
     with Emulator(queue_seconds=0, progress_seconds=1.5) as emulator:
-        command, env = _batch(tmp_path, emulator, 3, "--workers", "3")
+        command, env = _batch(tmp_path, emulator, 3)
         first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True)
         owner = tmp_path / "out" / ".arta-manifest.jsonl.owner"
@@ -116,18 +117,18 @@ def _possibly_resubmitted(stderr: str) -> int:
 def test_sigkill_at_random_moments_never_loses_a_job_nor_pays_twice_unknowingly(
     batch_emulator: Emulator, tmp_path: Path,
 ) -> None:
-    prompts = 12
-    command, env = _batch(tmp_path, batch_emulator, prompts, "--workers", "3")
+    prompts = 30
+    command, env = _batch(tmp_path, batch_emulator, prompts, "--concurrency", "64")
     chance = random.Random(os.environ.get("ARTA_TEST_SEED", "kill"))
     said = 0
-    for _ in range(10):
+    for _ in range(12):
         with open(tmp_path / "stderr.txt", "w+") as stderr:
             batch = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
                                      start_new_session=True)
             try:
-                batch.wait(timeout=chance.uniform(0.5, 2.5))
+                batch.wait(timeout=chance.uniform(0.3, 1.5))
             except subprocess.TimeoutExpired:
-                os.killpg(batch.pid, signal.SIGKILL)  # the batch and all its workers
+                os.killpg(batch.pid, signal.SIGKILL)
                 batch.wait(timeout=30)
             stderr.seek(0)
             said += _possibly_resubmitted(stderr.read())
@@ -169,7 +170,7 @@ def _tiny_files() -> None:
 def test_images_that_cannot_be_saved_are_recorded_and_a_rerun_saves_them(
     batch_emulator: Emulator, tmp_path: Path,
 ) -> None:
-    command, env = _batch(tmp_path, batch_emulator, 3, "--workers", "2")
+    command, env = _batch(tmp_path, batch_emulator, 3)
     limited = _run(command, env, preexec_fn=_tiny_files)
     assert limited.returncode == 1, limited.stderr
     assert "Traceback" not in limited.stderr
@@ -192,7 +193,7 @@ def test_batch_with_its_own_emulator_reads_prompts_as_written(tmp_path: Path) ->
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes("\ufeffa fox\fin snow\na cat\u2028at noon\u0085\n".encode())
     done = subprocess.run(
-        [sys.executable, "-m", "arta.cli", "batch", str(prompts), "--emulator", "-w", "2",
+        [sys.executable, "-m", "arta.cli", "batch", str(prompts), "--emulator",
          "-o", str(tmp_path / "out"), "--json", "--poll-interval", "0.05"],
         capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT), "ARTA_HOME": str(tmp_path / "home")})
@@ -230,7 +231,7 @@ def test_bad_lines_are_refused_before_anything_is_sent(tmp_path: Path) -> None:
 
 def test_gallery_is_a_contact_sheet_of_the_batch(batch_emulator: Emulator, tmp_path: Path) -> None:
     pytest.importorskip("arta.gallery")
-    command, env = _batch(tmp_path, batch_emulator, 2, "--workers", "2", "--gallery")
+    command, env = _batch(tmp_path, batch_emulator, 2, "--gallery")
     done = _run(command, env)
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "out" / "index.html").read_text()
@@ -238,3 +239,19 @@ def test_gallery_is_a_contact_sheet_of_the_batch(batch_emulator: Emulator, tmp_p
         assert f"a fox, variation {i}" in page
     for image in (tmp_path / "out").glob("*.png"):
         assert image.name in page
+
+
+def test_the_progress_counts_add_up_as_jobs_run_side_by_side(emulator: Emulator,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("".join(f"a fox {i}\n" for i in range(10)))
+    jobs = read_jobs(tmp_path / "p.txt")
+    emulator.app.inject("submit", "fail", times=1)
+    seen: list[dict[str, int]] = []
+    with arta.Client(emulator.url, home=tmp_path / "home", poll_policy=FAST_POLL) as client:
+        report = run_batch(jobs, Manifest(tmp_path / "out" / "m.jsonl"), tmp_path / "out",
+                           client=client, concurrency=4, on_counts=seen.append)
+    assert (report.count("done"), report.count("failed")) == (9, 1)
+    assert seen[-1] == {"queued": 0, "in_flight": 0, "done": 9, "failed": 1}
+    assert all(sum(counts.values()) == 10 for counts in seen)
+    assert max(counts["in_flight"] for counts in seen) > 1  # jobs at once, from one thread
+    assert [c["done"] + c["failed"] for c in seen] == sorted(c["done"] + c["failed"] for c in seen)
