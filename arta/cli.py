@@ -9,33 +9,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import math
-import os
 import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from arta import __version__
 from arta.auth import FileTokenStore
-from arta.batch import (
-    POSSIBLY_RESUBMITTED_NOTE,
-    BatchJob,
-    BatchReport,
-    Outcome,
-    Task,
-    check_folder,
-    read_jobs,
-    run_batch,
-    running,
-)
+from arta.cli_batch import BatchCommand, add_batch_arguments
 from arta.client import Client
 from arta.config import Settings
 from arta.errors import (
@@ -47,10 +34,10 @@ from arta.errors import (
     InvalidInputError,
 )
 from arta.generation import Generation, PollPolicy
-from arta.manifest import MANIFEST_NAME, Manifest, ManifestError, RunLock
+from arta.manifest import ManifestError
 from arta.params import DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_LENGTH
-from arta.progress import BatchProgress, StatusLine
-from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES, resolve_style
+from arta.progress import StatusLine
+from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
 
 if TYPE_CHECKING:
     from arta.emulator import FaultPlan
@@ -101,16 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         help="generate for every line of a file, in parallel; run again to resume")
     batch.add_argument("file", help="one prompt per line, or JSONL: one object of "
                                     "generate's parameters per line")
-    batch.add_argument("--concurrency", "-c", type=_positive_int, default=64, metavar="N",
-                       help="jobs in flight at once, at most (default 64; fewer while the "
-                            "service says it is busy)")
-    batch.add_argument("--workers", "-w", type=_positive_int, default=1,
-                       help="processes sharing the jobs and the concurrency (default 1)")
-    batch.add_argument("--manifest", "-m", default=None, metavar="PATH",
-                       help="the JSONL record that makes the batch resumable "
-                            "(default: DIR/arta-manifest.jsonl)")
-    batch.add_argument("--gallery", action="store_true",
-                       help="after the run, write DIR/index.html: a contact sheet of the images")
+    add_batch_arguments(batch)
     batch.add_argument("--emulator", action="store_true",
                        help="run against an emulator of the service started in this process "
                             "(offline; a throw-away token store)")
@@ -167,17 +145,6 @@ def _positive_seconds(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, "
                                          f"not {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """A whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
 
@@ -303,103 +270,22 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    jobs = read_jobs(args.file)
-    output = args.output or "."
-    check_folder(output)
-    manifest = Manifest(args.manifest or os.path.join(output, MANIFEST_NAME))
+    command = BatchCommand(args)  # reads and checks every job, and the output folder
     try:
-        lock = RunLock(manifest.path)
-        lock.acquire()
-    except ManifestError as error:  # another run holds it: nothing was sent
+        command.lock()
+    except ManifestError as error:  # another run holds the manifest: nothing was sent
         print(f"arta: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:
         with _client(args) as client:
             options = {**_client_options(args), "endpoint": client.settings.endpoint,
                        "home": str(client.settings.home)}
-            report = _run_batch(args, jobs, manifest, output, client, options)
+            command.run(client, options)
+    except KeyboardInterrupt:
+        raise _Interrupted(command.interrupted()) from None
     finally:
-        lock.release()
-    if args.gallery:
-        _write_gallery(output, jobs, report)
-    return _batch_summary(args, jobs, manifest, report)
-
-
-def _run_batch(args: argparse.Namespace, jobs: list[BatchJob], manifest: Manifest,
-               output: str, client: Client, options: dict[str, Any]) -> BatchReport:
-    """Run the batch with a progress display; Ctrl-C names the jobs still running."""
-    with BatchProgress(sys.stderr, len(jobs), enabled=not args.quiet) as progress:
-        skipped = 0
-
-        def report(outcome: Outcome) -> None:
-            if args.json:
-                _print_json(outcome.as_json())
-            elif outcome.event == "failed":
-                progress.message(f"arta: line {outcome.line}: {outcome.error}")
-
-        def planned(done: list[Outcome], tasks: list[Task]) -> None:
-            nonlocal skipped
-            skipped = len(done)
-            for outcome in done:
-                report(outcome)
-            progress.update(done=skipped, in_flight=0, queued=len(tasks), failed=0)
-            again = sum(task.possibly_resubmitted for task in tasks)
-            if again:  # said before the submits, so that even a killed run has said it
-                progress.message(
-                    f"arta: batch: warning: {again} job(s) may have been submitted by an "
-                    f"earlier run that was stopped before the answer{POSSIBLY_RESUBMITTED_NOTE}")
-
-        def counted(counts: dict[str, int]) -> None:
-            progress.update(done=skipped + counts["done"], in_flight=counts["in_flight"],
-                            queued=counts["queued"], failed=counts["failed"])
-
-        try:
-            return run_batch(jobs, manifest, output, client=client, client_options=options,
-                             concurrency=args.concurrency, workers=args.workers,
-                             on_outcome=report, on_plan=planned, on_counts=counted)
-        except KeyboardInterrupt:
-            pending = "".join(f"\n  line {number}: {record_id}"
-                              for number, record_id in running(manifest, jobs))
-            raise _Interrupted(
-                f"interrupted; these jobs go on at the service:{pending or ' none'}\n"
-                f"Resume the batch with: {shlex.join(['arta', *sys.argv[1:]])}") from None
-
-
-def _write_gallery(output: str, jobs: list[BatchJob], report: BatchReport) -> None:
-    """The ``--gallery`` contact sheet (arta.gallery), from every job's outcome."""
-    gallery = importlib.import_module("arta.gallery")
-    by_line = {job.line: job for job in jobs}
-    entries = [gallery.GalleryEntry(
-        prompt=by_line[o.line].prompt, style=resolve_style(by_line[o.line].params.get(
-            "style", DEFAULT_STYLE)), seed=o.seed, files=[Path(f) for f in o.files],
-        error=o.error, record_id=o.record_id) for o in report.outcomes]
-    path = gallery.write_gallery(Path(output), entries)
-    print(f"arta: gallery: {path}", file=sys.stderr)
-
-
-def _batch_summary(args: argparse.Namespace, jobs: list[BatchJob], manifest: Manifest,
-                   report: BatchReport) -> int:
-    """The last word of a batch, on stderr (and as a JSON record under ``--json``); its exit code."""
-    total, failed = len(jobs), report.count("failed")
-    summary = {"event": "summary", "total": total, "done": total - failed,
-               "skipped": report.count("skipped"), "failed": failed,
-               "possibly_resubmitted": report.possibly_resubmitted,
-               "manifest": str(manifest.path)}
-    if args.json:
-        _print_json(summary)
-    if report.manifest_error is not None:
-        unrecorded = "".join(f"\n  line {o.line}: {o.record_id}" for o in report.outcomes
-                             if o.manifest_error and o.record_id)
-        print(f"arta: error: {report.manifest_error}\nNo job was submitted without its record. "
-              f"Jobs submitted but not recorded (resume each with `arta status ID --wait -o "
-              f"{shlex.quote(args.output or '.')}`):{unrecorded or ' none'}", file=sys.stderr)
-    if not args.quiet:
-        resubmitted = report.possibly_resubmitted
-        print(f"arta: batch: {total - failed} of {total} done ({summary['skipped']} from an "
-              f"earlier run), {failed} failed, {resubmitted} possibly resubmitted"
-              f"{POSSIBLY_RESUBMITTED_NOTE if resubmitted else ''}; manifest {manifest.path}",
-              file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+        command.unlock()
+    return EXIT_OK if command.finish() else EXIT_FAILED
 
 
 def _styles(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import arta
 from arta.batch import Manifest, read_jobs, run_batch
 from arta.cli import main
 from arta.emulator import Emulator
+from arta.manifest import ManifestError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +80,7 @@ def test_a_batch_with_workers_makes_one_sign_up_and_a_rerun_sends_nothing(
     *records, summary = (json.loads(line) for line in done.stdout.splitlines())
     assert len(records) == 12 and {r["event"] for r in records} == {"done"}
     assert summary == {"event": "summary", "total": 12, "done": 12, "skipped": 0, "failed": 0,
-                       "possibly_resubmitted": 0,
+                       "not_started": 0, "possibly_resubmitted": 0,
                        "manifest": str(tmp_path / "out" / "arta-manifest.jsonl")}
     assert {r["prompt"] for r in records} == {f"a fox, variation {i}" for i in range(12)}
     stats = batch_emulator.stats()
@@ -90,22 +91,25 @@ def test_a_batch_with_workers_makes_one_sign_up_and_a_rerun_sends_nothing(
         {"skipped", "summary"}
 
 
-def test_a_second_run_on_the_same_manifest_is_refused_at_once(tmp_path: Path) -> None:
-    with Emulator(queue_seconds=0, progress_seconds=1.5) as emulator:
-        command, env = _batch(tmp_path, emulator, 3)
-        first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
-        owner = tmp_path / "out" / ".arta-manifest.jsonl.owner"
+def test_a_second_run_on_the_same_manifest_is_refused_at_once(batch_emulator: Emulator,
+                                                               tmp_path: Path) -> None:
+    batch_emulator.app.set_faults("submit:stuck=1")  # the first run lasts until stopped
+    command, env = _batch(tmp_path, batch_emulator, 3)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
         deadline = time.monotonic() + 60
-        while not owner.exists() and time.monotonic() < deadline and first.poll() is None:
+        while batch_emulator.stats()["submits"] < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
         second = _run(command, env)
-        assert first.wait(timeout=120) == 0, first.communicate()[1]
         assert second.returncode == 2
         assert re.search(rf"another arta batch \(pid {first.pid} on \S+, started", second.stderr)
-        stats = emulator.stats()
+        stats = batch_emulator.stats()
         assert (stats["submits"], stats["duplicate_submits"]) == (3, 0)
-    assert not owner.exists()  # the first run let go at its end
+    finally:
+        first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=60) == 130
+    assert not (tmp_path / "out" / ".arta-manifest.jsonl.owner").exists()  # let go at its end
 
 
 def _possibly_resubmitted(stderr: str) -> int:
@@ -255,3 +259,33 @@ def test_the_progress_counts_add_up_as_jobs_run_side_by_side(emulator: Emulator,
     assert all(sum(counts.values()) == 10 for counts in seen)
     assert max(counts["in_flight"] for counts in seen) > 1  # jobs at once, from one thread
     assert [c["done"] + c["failed"] for c in seen] == sorted(c["done"] + c["failed"] for c in seen)
+
+
+class _FillingManifest(Manifest):
+    """A manifest on a disk that fills up after ``room`` records."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        super().__init__(path)
+        self.room = room
+        self.intents = 0
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self.room <= 0:
+            raise ManifestError(f"the manifest {self.path} could not be written: No space left")
+        self.room -= 1
+        self.intents += record["event"] == "intent"
+        super().append(record)
+
+
+def test_no_job_is_submitted_once_the_manifest_cannot_be_written(emulator: Emulator,
+                                                                 tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("".join(f"a fox {i}\n" for i in range(40)))
+    manifest = _FillingManifest(tmp_path / "out" / "m.jsonl", room=9)
+    with arta.Client(emulator.url, home=tmp_path / "home", poll_policy=FAST_POLL) as client:
+        report = run_batch(read_jobs(tmp_path / "p.txt"), manifest, tmp_path / "out",
+                           client=client, concurrency=4)
+    assert report.manifest_error is not None and "No space left" in report.manifest_error
+    # Every submit the service saw had its intent on disk first, and the run stopped.
+    assert emulator.stats()["submits"] <= manifest.intents < 40
+    unrecorded = [o for o in report.outcomes if o.manifest_error and o.record_id]
+    assert all(o.record_id in emulator.app.jobs() for o in unrecorded)
