@@ -137,7 +137,7 @@ class BatchCommand:
         entries = [gallery.GalleryEntry(
             prompt=by_line[o.line].prompt,
             style=resolve_style(by_line[o.line].params.get("style", DEFAULT_STYLE)),
-            seed=o.seed, files=[Path(f) for f in o.files], error=o.error,
+            seed=o.seed, files=[Path(f).resolve() for f in o.files], error=o.error,
             record_id=o.record_id) for o in self.report.outcomes]
         path = gallery.write_gallery(Path(self.output), entries)
         print(f"arta: gallery: {path}", file=sys.stderr)

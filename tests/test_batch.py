@@ -235,14 +235,18 @@ def test_bad_lines_are_refused_before_anything_is_sent(tmp_path: Path) -> None:
 
 def test_gallery_is_a_contact_sheet_of_the_batch(batch_emulator: Emulator, tmp_path: Path) -> None:
     pytest.importorskip("arta.gallery")
-    command, env = _batch(tmp_path, batch_emulator, 2, "--gallery")
+    batch_emulator.app.inject("submit", "fail", times=1)
+    command, env = _batch(tmp_path, batch_emulator, 3, "--gallery")
     done = _run(command, env)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # one job failed
     page = (tmp_path / "out" / "index.html").read_text()
-    for i in range(2):
+    for i in range(3):
         assert f"a fox, variation {i}" in page
-    for image in (tmp_path / "out").glob("*.png"):
-        assert image.name in page
+    images = list((tmp_path / "out").glob("*.png"))
+    assert len(images) == 2
+    for image in images:  # linked relative to the page: it opens from the file system
+        assert f'href="{image.name}"' in page
+    assert "GENERATION_FAILED" in page or "GenerationFailed" in page
 
 
 def test_the_progress_counts_add_up_as_jobs_run_side_by_side(emulator: Emulator,
