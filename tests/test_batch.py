@@ -151,7 +151,8 @@ def test_sigkill_at_random_moments_never_loses_a_job_nor_pays_twice_unknowingly(
 
 @pytest.mark.parametrize("flag", [["--poll-interval", "nan"], ["--timeout", "-5"],
                                   ["--timeout", "nan"], ["--timeout", "inf"],
-                                  ["--poll-interval", "0"], ["--workers", "0"]])
+                                  ["--poll-interval", "0"], ["--workers", "0"],
+                                  ["--concurrency", "0"], ["--concurrency", "many"]])
 def test_every_flag_is_checked_before_any_request(emulator: Emulator, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str],
