@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from arta import __version__
 from arta.auth import FileTokenStore
-from arta.batch import Manifest, Outcome, read_jobs, run_batch, running
+from arta.cli_batch import BatchCommand, add_batch_arguments
 from arta.client import Client
 from arta.config import Settings
 from arta.errors import (
@@ -45,6 +46,7 @@ from arta.errors import (
     SaveError,
 )
 from arta.generation import Generation, PollPolicy
+from arta.manifest import ManifestError
 from arta.params import MAX_PROMPT_LENGTH, GenerationParams
 from arta.progress import StatusLine
 from arta.redact import install_log_redaction
@@ -120,11 +122,10 @@ def _parser() -> argparse.ArgumentParser:
         help="generate for every line of a file, in parallel; run again to resume")
     batch.add_argument("file", help="one prompt per line, or JSONL: one object of "
                                     "generate's parameters per line")
-    batch.add_argument("--workers", "-w", type=int, default=4,
-                       help="worker processes (default 4)")
-    batch.add_argument("--manifest", "-m", default=None, metavar="PATH",
-                       help="the JSONL record that makes the batch resumable "
-                            "(default: DIR/arta-manifest.jsonl)")
+    add_batch_arguments(batch)
+    batch.add_argument("--emulator", action="store_true",
+                       help="run against an emulator of the service started in this process "
+                            "(offline; a throw-away token store)")
     _add_job_options(batch)
 
     styles = commands.add_parser("styles", parents=[common],
@@ -168,15 +169,27 @@ def _parser() -> argparse.ArgumentParser:
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default=None, metavar="DIR",
                         help="folder to save the images in (generate and batch: default .)")
-    parser.add_argument("--timeout", type=float, default=None,
+    parser.add_argument("--timeout", type=_positive_seconds, default=None,
                         help="give up waiting for a job after this many seconds")
-    parser.add_argument("--poll-interval", type=float, default=None, metavar="S",
+    parser.add_argument("--poll-interval", type=_positive_seconds, default=None, metavar="S",
                         help="ask about a job every S seconds (default: 2 s, then every "
                              "1.5 s growing to 3 s)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per job on stdout, for scripts")
     parser.add_argument("--endpoint", default=None,
                         help="base URL of the service (default: ARTA_ENDPOINT, else the real one)")
+
+
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds above 0 (``nan``, ``inf``, ``-5`` and ``0`` are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, "
+                                         f"not {text!r}")
+    return value
 
 
 def _seconds(text: str) -> tuple[float, float]:
@@ -350,42 +363,22 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise InvalidInputError("--workers must be at least 1")
-    jobs = read_jobs(args.file)
-    output = args.output or "."
-    manifest = Manifest(args.manifest or f"{output}/arta-manifest.jsonl")
-    counts = {"done": 0, "failed": 0}
-    total = len(jobs)
-    with StatusLine(sys.stderr, enabled=not args.quiet) as line:
-        def report(outcome: Outcome) -> None:
-            counts[outcome.event] += 1
-            if args.json:
-                _print_json(outcome.as_json())
-            elif outcome.event == "failed":
-                print(f"arta: line {outcome.line}: {outcome.error}", file=sys.stderr)
-            line.update(f"batch: {counts['done']}/{total} done, {counts['failed']} failed")
-
-        line.update(f"batch: starting {args.workers} workers for {total} jobs")
-        try:
-            outcomes = run_batch(jobs, manifest, output, workers=args.workers, on_outcome=report,
-                                 client_options=_client_options(args))
-        except KeyboardInterrupt:
-            pending = "".join(f"\n  line {number}: {record_id}"
-                              for number, record_id in running(manifest, jobs))
-            raise _Interrupted(
-                f"interrupted; these jobs go on at the service:{pending or ' none'}\n"
-                f"Resume the batch with: {shlex.join(['arta', *sys.argv[1:]])}") from None
-    skipped = sum(o.event == "skipped" for o in outcomes)
-    failed = sum(o.event == "failed" for o in outcomes)
-    if args.json:
-        for outcome in outcomes:
-            if outcome.event == "skipped":
-                _print_json(outcome.as_json())
-    if not args.quiet:
-        print(f"arta: batch: {total - failed} of {total} done ({skipped} from an earlier run), "
-              f"{failed} failed; manifest {manifest.path}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+    command = BatchCommand(args)  # reads and checks every job, and the output folder
+    try:
+        command.lock()
+    except ManifestError as error:  # another run holds the manifest: nothing was sent
+        print(f"arta: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with _client(args) as client:
+            options = {**_client_options(args), "endpoint": client.settings.endpoint,
+                       "home": str(client.settings.home)}
+            command.run(client, options)
+    except KeyboardInterrupt:
+        raise _Interrupted(command.interrupted()) from None
+    finally:
+        command.unlock()
+    return EXIT_OK if command.finish() else EXIT_FAILED
 
 
 def _styles(args: argparse.Namespace) -> int:
