@@ -396,9 +396,15 @@ def _styles(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    # Only the token file matters here: an endpoint that is never called must
-    # not make the command fail.
-    store = FileTokenStore(Settings.resolve(env={**os.environ, "ARTA_ENDPOINT": ""}).token_file)
+    # The endpoint only names the token file here (one per sign-up service):
+    # an unusable one, never called, must not make the command fail.
+    try:
+        settings = Settings.resolve()
+    except ConfigurationError as error:
+        print(f"arta: {error}; showing the token of the real service", file=sys.stderr)
+        settings = Settings.resolve(env={**os.environ, "ARTA_ENDPOINT": "",
+                                         "FIREBASE_AUTH_EMULATOR_HOST": ""})
+    store = FileTokenStore(settings.token_file)
     if args.clear:
         with store.lock():
             store.clear()  # the token and any temporary copy of it

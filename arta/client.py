@@ -14,6 +14,7 @@ from arta.config import Settings
 from arta.errors import (
     AuthError,
     ConfigurationError,
+    GenerationInterrupted,
     InvalidInputError,
     NoResponseError,
     ProtocolError,
@@ -216,13 +217,23 @@ class Client:
 
         ``timeout`` (else the client's) bounds the wait; past it,
         :class:`~arta.errors.GenerationTimeout` carries the record id. Every
-        argument is checked before the submit.
+        argument is checked before the submit. Ctrl-C while waiting logs the
+        record id and raises :class:`~arta.errors.GenerationInterrupted` (a
+        ``KeyboardInterrupt``) carrying it: the job is paid for and can be resumed.
         """
         check_wait_options(timeout, on_change, poll_policy)
         generation = self.submit(prompt, **options)
-        if on_change is not None:
-            on_change(generation)
-        generation.wait(timeout if timeout is not None else self.timeout, on_change, poll_policy)
+        try:
+            if on_change is not None:
+                on_change(generation)
+            generation.wait(timeout if timeout is not None else self.timeout, on_change,
+                            poll_policy)
+        except GenerationInterrupted:
+            raise
+        except KeyboardInterrupt:
+            log.warning("interrupted: job %s goes on at the service; resume it with "
+                        "Client().resume(%r)", generation.record_id, generation.record_id)
+            raise GenerationInterrupted(generation.record_id) from None
         return generation.result()
 
     def map(self, items: Iterable[str | Mapping[str, Any] | GenerationParams], *,

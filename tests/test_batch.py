@@ -182,7 +182,7 @@ def test_images_that_cannot_be_saved_are_recorded_and_a_rerun_saves_them(
     states = Manifest(tmp_path / "out" / "arta-manifest.jsonl").states()
     assert len(states) == 3
     for state in states.values():
-        assert (state.event, state.error_type) == ("failed", "DownloadError"), limited.stderr
+        assert (state.event, state.error_type) == ("failed", "SaveError"), limited.stderr
         assert state.record_id in batch_emulator.app.jobs()
     assert limited.stderr.count("File too large") == 3, limited.stderr
     assert "0 of 3 done (0 from an earlier run), 3 failed" in limited.stderr
