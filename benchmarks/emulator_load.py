@@ -31,7 +31,6 @@ import argparse
 import multiprocessing
 import os
 import random
-import statistics
 import subprocess
 import sys
 import threading
@@ -267,7 +266,7 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, default=None,
                         help="source tree of an emulator to compare against, in the same run")
     args = parser.parse_args()
-    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda text: print(text, file=sys.stderr, flush=True)
     baseline = None
     if args.compare:
         log(f"before: {args.compare}")
