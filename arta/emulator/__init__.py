@@ -31,16 +31,30 @@ or, as a pytest fixture shared by a whole session::
         arta_emulator.app.reset()        # zero counters, forget jobs
         return arta_emulator
 
-From a shell, ``arta emulator --port 8765`` serves it until Ctrl-C.
+From a shell, ``arta emulator --port 8765`` serves it until Ctrl-C
+(``--queue-seconds``, ``--progress-seconds``, ``--capacity``,
+``--max-jobs-per-user``, ``--faults``, ``--fault-seed``; ``--port 0`` picks a
+free port, and the first line printed is the URL).
 
 What a test can check or provoke:
 
 - ``emu.stats()`` (also ``GET {url}/emulator/stats``): ``signups``,
   ``refreshes``, ``submits``, ``duplicate_submits`` (a submit whose fields,
   seed included, repeat an earlier one), ``polls``, ``downloads``,
-  ``faults``, ``rejected_tokens`` (401s answered). ``POST
+  ``faults``, ``rejected_tokens`` (401s answered), ``rejected_429``
+  (submits refused by ``max_jobs_per_user``), ``max_in_flight_per_user``
+  (the most unfinished jobs one account ever had at once) and
+  ``busy_slot_seconds`` (the time the slots were busy so far, summed; with
+  ``capacity=K`` utilisation is ``busy_slot_seconds / (K * wall time)``).
+  All are whole numbers but ``busy_slot_seconds``. ``POST
   {url}/emulator/reset`` or ``emu.app.reset()`` zeroes them and forgets
   accounts and jobs.
+- ``GET {url}/emulator/jobs/{record_id}`` (or ``emu.app.job_timeline(id)``):
+  a job's ``{"record_id", "status", "submitted_at", "started_at",
+  "finished_at", "params"}``, Unix times, planned (so possibly in the
+  future); ``finished_at`` is null for a job that never ends; 404 for an
+  unknown id. A benchmark in another process measures with it how late a
+  client noticed a job's end.
 - ``emu.app.revoke_tokens()``: every ID token issued so far now gets 401
   (refresh tokens still work), to test a client's 401 recovery.
 - ``emu.app.set_token_lifetime(seconds)``: tokens issued from then on
@@ -54,7 +68,32 @@ What a test can check or provoke:
 - Slow or random timelines: ``queue_seconds`` and ``progress_seconds`` take
   seconds or a ``(min, max)`` range; :func:`parse_seconds` reads ``"2"`` or
   ``"0-3"`` into one, as the ``--queue-seconds``/``--progress-seconds``
-  flags do.
+  flags do. ``queue_seconds`` is a fixed delay before a job may take a slot.
+- ``Emulator(clock=...)``: a fake time source, moved by the test instead of
+  sleeping; every timeline is computed from it.
+
+A service with a capacity, and jobs that take as long as their work:
+
+- ``capacity=K`` (``--capacity K``): at most K jobs ``IN_PROGRESS`` at once;
+  the others wait ``IN_QUEUE`` and take a slot in submit order (FIFO), so
+  queue time comes from the load. A job gets its slot when it is submitted
+  (start = the later of its queue delay and the earliest free slot), so its
+  whole timeline is known at once; a ``stuck`` job holds its slot forever.
+- ``max_jobs_per_user=M`` (``--max-jobs-per-user M``): a submit from an
+  account that has M unfinished jobs gets 429 ``{"detail": ...}`` with
+  ``Retry-After``: the whole seconds until that account's earliest
+  unfinished job ends (at least 1).
+- ``progress_seconds=None`` (or ``timing=TimingModel(...)``; the default of
+  ``arta emulator`` without ``--progress-seconds``): a job computes for a
+  per-style base plus a cost per step x image x megapixel of its aspect
+  ratio (at 1024 pixels on the long side), times ±10% noise: 8-20 s for 30
+  steps, one or two images, any ratio. :class:`TimingModel` documents the
+  constants; they are a plausible model, not measurements of the real
+  service. ``emu.app.set_speed(2.0)`` makes every job submitted from then
+  on twice as slow (flat or modelled), ``set_speed(1.0)`` restores it.
+
+Both capacity options default to unlimited; ``Emulator()`` in Python keeps
+``queue_seconds=1.0, progress_seconds=2.0``, fast enough for tests.
 
 Faults, to prove that a client survives a flaky service. A plan is a spec
 of ``ENDPOINT:FAULT=PROBABILITY`` parts::
@@ -93,6 +132,10 @@ request(s), before any random one; ``fault_counts()`` counts them by
 ``last_record_id()``/``jobs()`` find the job of a submit whose answer was
 lost; ``set_job_status(record_id, "CANCELLED_BY_ADMIN", error_code=None,
 error_details=None)`` makes a job answer any status from then on.
+
+It serves a few thousand requests a second (status polls cost it about
+150 µs of CPU each; ``benchmarks/emulator_load.py`` measures it), keep-alive
+connections included, and logs nothing.
 
 The service logic, :class:`EmulatorApp`, opens no socket: its
 ``handle(Request) -> Response`` can be called in-process. It marks the

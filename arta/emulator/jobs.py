@@ -16,7 +16,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from arta.emulator.counters import Counters
 from arta.emulator.forms import FormError, parse_form
@@ -26,6 +26,9 @@ from arta.emulator.timing import TimingModel, draw_seconds
 from arta.emulator.validation import GenerationRequest, ValidationFailed, validate_text2image
 
 __all__ = ["Job", "JobService", "check_duration"]
+
+# A submit whose fields, seed included, repeat an earlier one is a duplicate.
+_KEY_FIELDS = tuple(field.name for field in fields(GenerationRequest))
 
 
 def check_duration(
@@ -171,7 +174,8 @@ class JobService:
             retry_after = self.schedule.retry_after(user, now)
             if retry_after is None:
                 job = self._create(generation, user, now, blur, final_status)
-                job = replace(job, error_code=error_code, error_details=error_details)
+                if error_code is not None:
+                    job = replace(job, error_code=error_code, error_details=error_details)
                 self.jobs[job.record_id] = job
         if retry_after is not None:
             self._counters.add("rejected_429")
@@ -188,7 +192,7 @@ class JobService:
     ) -> Job:
         """Draw a new job's seed and durations and give it its slot; under the lock."""
         # Same fields, seed included, as sent: a client that re-sent a POST.
-        key = tuple(asdict(generation).values())
+        key = tuple(getattr(generation, name) for name in _KEY_FIELDS)
         if key in self._submitted:
             self._counters.add("duplicate_submits")
         self._submitted.add(key)

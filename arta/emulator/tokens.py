@@ -35,6 +35,7 @@ __all__ = [
 FIREBASE_ISSUER_PREFIX = "https://securetoken.google.com/"
 
 _HEADER = {"alg": "HS256", "typ": "JWT"}
+_CACHE_SIZE = 4096  # tokens whose signature was checked; a client holds one at a time
 
 
 class TokenRejected(Exception):
@@ -87,6 +88,11 @@ class TokenAuthority:
     then on. :meth:`revoke_all` invalidates every token issued so far by
     replacing the signing secret, while remembering the old ones, so that a
     revoked token can be told from a forged one. Thread-safe.
+
+    Every status poll carries a token, and checking one (two JSON decodes
+    and an HMAC) was most of a poll's cost; so the claims of tokens found
+    valid are remembered (a bounded cache, emptied by :meth:`revoke_all`),
+    and only their expiry is checked again.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class TokenAuthority:
         self._lock = threading.Lock()
         self._secret = secrets.token_bytes(32)
         self._retired: list[bytes] = []
+        self._verified: dict[str, Mapping[str, Any]] = {}
 
     @property
     def issuer(self) -> str:
@@ -137,12 +144,31 @@ class TokenAuthority:
         with self._lock:
             self._retired.append(self._secret)
             self._secret = secrets.token_bytes(32)
+            self._verified = {}
 
     def verify(self, token: str, now: float) -> Mapping[str, Any]:
         """Return the claims of a token that is valid at ``now``.
 
         Raises :class:`TokenRejected` with a reason that is safe to send back.
         """
+        claims = self._verified.get(token)
+        if claims is None:
+            with self._lock:
+                secret = self._secret
+            claims = self._check(token)
+            with self._lock:
+                # Not if revoke_all() ran meanwhile: the check may predate it.
+                if self._secret is secret:
+                    if len(self._verified) >= _CACHE_SIZE:
+                        self._verified = {}
+                    self._verified[token] = claims
+        if claims["exp"] <= now:
+            raise TokenRejected("Token expired")
+        return claims
+
+    def _check(self, token: str) -> Mapping[str, Any]:
+        """The claims of a well-formed token signed by the current secret (or unsigned, if
+        accepted), whatever its expiry; raises :class:`TokenRejected`."""
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenRejected("Invalid token")
@@ -163,8 +189,6 @@ class TokenAuthority:
         exp = claims.get("exp")
         if isinstance(exp, bool) or not isinstance(exp, (int, float)):
             raise TokenRejected("Invalid token")
-        if exp <= now:
-            raise TokenRejected("Token expired")
         return claims
 
     def _check_signature(self, parts: list[str]) -> None:
