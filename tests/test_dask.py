@@ -158,7 +158,8 @@ def test_a_worker_killed_mid_run(emu: Emulator, dask: Any, cluster: Any,
     assert [o.event for o in outcomes] == ["done"] * 60, [o.error for o in outcomes]
     _check_images(shared, manifest, jobs)
     delta = _delta(emu, before)
-    assert (delta["submits"], delta["duplicate_submits"], delta["signups"]) == (60, 0, 0)
+    assert (delta["submits"], delta["duplicate_submits"]) == (60, 0)
+    assert emu.stats()["signups"] == 1
 
 
 def _generate_killed_after_submit(marker: str, endpoint: str) -> tuple[arta.Result, int]:
@@ -183,7 +184,8 @@ def test_generate_in_a_task_whose_worker_dies_after_the_submit(
     assert result.record_id == first_record_id and len(result.images) == 1
     assert result.params is not None and result.params.steps == 20
     delta = _delta(emu, before)
-    assert (delta["submits"], delta["duplicate_submits"], delta["signups"]) == (1, 0, 0)
+    assert (delta["submits"], delta["duplicate_submits"]) == (1, 0)
+    assert emu.stats()["signups"] == 1
 
 
 def test_map_returns_outcomes_and_a_second_map_resumes(emu: Emulator, dask: Any) -> None:
@@ -270,3 +272,79 @@ def test_the_token_store_travels_and_finds_its_scheduler(emu: Emulator, dask: An
     # A worker reads the very same token.
     seen = dask.submit(lambda s: s.load().user_id, store, pure=False).result(timeout=60)
     assert seen == token.user_id
+
+
+def _generate_with_key(key: str, endpoint: str) -> arta.Result | arta.ArtaError:
+    try:
+        return generate("a fox behind a flaky proxy", key=key, seed=7,
+                        client_options={"endpoint": endpoint, "poll_policy": FAST_POLL})
+    except arta.ArtaError as error:
+        return error
+
+
+def test_a_rerun_after_a_dropped_submit_raises_instead_of_guessing(
+        emu: Emulator, dask: Any) -> None:
+    before = emu.stats()
+    emu.app.inject("submit", "drop")
+    first = dask.submit(_generate_with_key, "dropped-job", emu.url, pure=False).result(60)
+    again = dask.submit(_generate_with_key, "dropped-job", emu.url, pure=False).result(60)
+    for error in (first, again):
+        assert isinstance(error, arta.SubmitOutcomeUnknown)
+        assert error.params.seed == 7 and error.params.prompt == "a fox behind a flaky proxy"
+    assert "earlier run" in str(again)
+    assert _delta(emu, before)["submits"] == 1  # the re-run sent nothing
+
+
+def _timed_generate(prompt: str, endpoint: str) -> list[tuple[float, str]]:
+    seen: list[tuple[float, str]] = []
+    generate(prompt, concurrency=2, on_change=lambda g: seen.append((time.time(), str(g.status))),
+             client_options={"endpoint": endpoint, "poll_policy": FAST_POLL})
+    return seen
+
+
+def test_concurrency_caps_jobs_in_flight_across_the_cluster(emu: Emulator, dask: Any) -> None:
+    futures = [dask.submit(_timed_generate, f"a capped fox {i}", emu.url, pure=False)
+               for i in range(8)]
+    spans = [(seen[0][0], seen[-1][0]) for seen in dask.gather(futures)]
+    assert all(status == "DONE" for seen in dask.gather(futures) for _, status in seen[-1:])
+    # At no moment were more than 2 of the 8 jobs between submit and DONE,
+    # though the cluster has 8 threads.
+    most = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+    assert most <= 2
+
+
+def test_rate_limited_submits_wait_and_never_fail(emu: Emulator, dask: Any, cluster: Any,
+                                                  tmp_path: Path) -> None:
+    before = emu.stats()
+    impatient = {**_options(emu), "retry_policy": arta.RetryPolicy(attempts=1)}
+    emu.app.inject("submit", "429", times=2)
+    outcomes = dask.gather(dask_map(["a patient fox", "a patient owl"], client=dask,
+                                    client_options=impatient, run="429"))
+    assert all(isinstance(o, arta.Result) for o in outcomes), outcomes
+    emu.app.inject("submit", "429", times=2)
+    jobs = _jobs(6, "429 on the driver")
+    batch = run_batch_on_dask(jobs, Manifest(tmp_path / "m.jsonl"), tmp_path / "out",
+                              scheduler=cluster.scheduler_address, client_options=impatient)
+    assert [o.event for o in batch] == ["done"] * 6
+    delta = _delta(emu, before)
+    assert (delta["submits"], delta["duplicate_submits"], delta["faults"]) == (8, 0, 4)
+
+
+def test_host_tokens_sign_up_once_per_host(emulator: Emulator, cluster: Any,
+                                           tmp_path: Path) -> None:
+    # An emulator of its own: its sign-ups are not the module's one.
+    outcomes = run_batch_on_dask(_jobs(16, "host tokens"), Manifest(tmp_path / "m.jsonl"),
+                                 tmp_path / "out", scheduler=cluster.scheduler_address,
+                                 client_options=_options(emulator), concurrency=8, token="host")
+    assert {o.event for o in outcomes} == {"done"}
+    # The driver and each of the two workers: three hosts, three ARTA_HOMEs.
+    assert emulator.stats()["signups"] == 3
+
+
+@pytest.mark.parametrize("scheduler", ["local:0", "local:two", "local:"])
+def test_a_bad_local_scheduler_is_refused_before_anything_starts(scheduler: str,
+                                                                 tmp_path: Path) -> None:
+    with pytest.raises(arta.InvalidInputError, match="local:N"):
+        run_batch_on_dask(_jobs(1, "bad"), Manifest(tmp_path / "m.jsonl"), tmp_path,
+                          scheduler=scheduler)
+    assert not (tmp_path / "m.jsonl").exists()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import math
 import os
 import tempfile
 import time
@@ -53,29 +52,28 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def connect(scheduler: str, *, threads_per_worker: int = 4) -> Iterator[distributed.Client]:
+def connect(scheduler: str, *, concurrency: int = 64) -> Iterator[distributed.Client]:
     """A Dask client of ``scheduler``: an address (``tcp://host:8786``), or ``local:N``.
 
     ``local:N`` starts a :class:`distributed.LocalCluster` of N worker
-    processes for the duration, each with ``threads_per_worker`` threads.
+    processes for the duration, with threads enough for ``concurrency``
+    jobs in flight (a waiting job holds a worker thread).
     """
     import distributed
 
-    if scheduler.startswith("local:"):
-        try:
-            workers = int(scheduler.split(":", 1)[1])
-        except ValueError:
-            workers = 0
-        if workers < 1:
-            raise InvalidInputError(f"--scheduler local:N needs a number N >= 1, not {scheduler!r}")
-        with distributed.LocalCluster(
-                n_workers=workers, processes=True, threads_per_worker=threads_per_worker,
-                dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
-                distributed.Client(cluster, set_as_default=False) as client:
-            yield client
-    else:
+    if not scheduler.startswith("local:"):
         with distributed.Client(scheduler, set_as_default=False) as client:
             yield client
+        return
+    count = scheduler[len("local:"):]
+    if not count.isdigit() or int(count) < 1:
+        raise InvalidInputError(f"--scheduler local:N needs a number N >= 1, not {scheduler!r}")
+    workers = int(count)
+    with distributed.LocalCluster(
+            n_workers=workers, processes=True, threads_per_worker=max(4, -(-concurrency // workers)),
+            dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        yield client
 
 
 def _fetch_job(record_id: str, line: int, options: dict[str, Any]) -> dict[str, Any]:
@@ -291,9 +289,7 @@ def run_batch_on_dask(
         return sorted(done, key=lambda o: o.line)
     options = {"client_options": dict(client_options or {}), "token": token, "timeout": timeout,
                "output_on_workers": None if output_on_workers is None else str(output_on_workers)}
-    workers = int(scheduler.split(":", 1)[1]) if scheduler.startswith("local:") \
-        and scheduler[6:].isdigit() and int(scheduler[6:]) > 0 else 1
-    with connect(scheduler, threads_per_worker=max(4, math.ceil(concurrency / workers))) as dask:
+    with connect(scheduler, concurrency=concurrency) as dask:
         store = DaskTokenStore(client=dask) if token == "cluster" else None
         extra: dict[str, Any] = {"token_store": store} if store is not None else {}
         with Client(**{**dict(client_options or {}), **extra}) as client:
