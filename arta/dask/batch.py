@@ -14,7 +14,7 @@ runs again (its worker died) or recomputes (its result was lost) costs a
 few polls, never a submit. If the driver dies, the manifest says which
 jobs exist: the next run resumes them, and resubmits (with their recorded
 seed) only the jobs whose submit was on the wire, at most one per submit
-that was in flight.
+that was in flight (:data:`SUBMITTERS` at most).
 
 Images come back to the driver as bytes, one task per job (a job's images
 are a few MB at most), and are written as each task completes, so the
@@ -30,7 +30,9 @@ import collections
 import contextlib
 import logging
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
 __all__ = ["connect", "run_batch_on_dask"]
 
 log = logging.getLogger(__name__)
+
+#: Driver threads that submit: at most this many submits are on the wire at once.
+SUBMITTERS = 8
 
 
 @contextlib.contextmanager
@@ -118,25 +123,55 @@ def _write_into_place(folder: Path, name: str, data: bytes) -> Path:
 
 
 class _Window:
-    """Jobs in flight: starts at ``concurrency``; halves on a 429, grows back by one per window."""
+    """Slots for jobs in flight: ``concurrency`` at first, halved on a 429, grown back by one per window.
+
+    Submitter threads take a slot before a submit; the slot is given back
+    when the job's task completes (or its submit fails).
+    """
 
     def __init__(self, concurrency: int) -> None:
         self.ceiling = self.size = concurrency
-        self.accepted = 0
+        self.taken = self.accepted = 0
         self.paused_until = 0.0
+        self._changed = threading.Condition()
+
+    def take(self, stop: threading.Event) -> bool:
+        """Wait for a free slot (and the end of any pause); False if ``stop`` is set meanwhile."""
+        with self._changed:
+            while not stop.is_set():
+                pause = self.paused_until - time.monotonic()
+                if pause <= 0 and self.taken < self.size:
+                    self.taken += 1
+                    return True
+                self._changed.wait(pause if pause > 0 else 0.5)
+            return False
+
+    def give_back(self) -> None:
+        with self._changed:
+            self.taken -= 1
+            self._changed.notify()
 
     def accept(self) -> None:
-        self.accepted += 1
-        if self.accepted >= self.size and self.size < self.ceiling:
-            self.size, self.accepted = self.size + 1, 0
+        with self._changed:
+            self.accepted += 1
+            if self.accepted >= self.size and self.size < self.ceiling:
+                self.size, self.accepted = self.size + 1, 0
+                self._changed.notify()
 
     def reject(self, retry_after: float | None) -> None:
-        self.size, self.accepted = max(1, self.size // 2), 0
-        self.paused_until = time.monotonic() + (retry_after or 1.0)
+        with self._changed:
+            self.size, self.accepted = max(1, self.size // 2), 0
+            self.paused_until = time.monotonic() + (retry_after or 1.0)
 
 
 class _Batch:
-    """One run on the cluster: the driver's submits, the tasks, and what comes back."""
+    """One run on the cluster: submitter threads, the tasks, and what comes back.
+
+    Up to :data:`SUBMITTERS` threads submit (so at most that many submits
+    are on the wire if the driver dies); the calling thread takes each
+    finished task or failed submit from one queue and records it, so the
+    manifest's ``done`` lines and ``on_outcome`` come from one thread.
+    """
 
     def __init__(self, dask: distributed.Client, client: Client, manifest: Manifest,
                  output: Path, options: dict[str, Any], concurrency: int,
@@ -145,21 +180,42 @@ class _Batch:
         self.options, self.on_outcome = options, on_outcome
         self.window = _Window(concurrency)
         self.running: dict[str, BatchJob] = {}  # task key -> job
+        self.slotted: set[str] = set()  # task keys of jobs submitted in this run
         self.outcomes: list[Outcome] = []
-        import distributed
-
-        self.completed = distributed.as_completed(loop=dask.loop)
+        self.finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.stop = threading.Event()
 
     def launch(self, job: BatchJob, record_id: str) -> None:
         """Hand the cluster job ``record_id``: its task resumes, waits and fetches."""
         key = f"arta-{record_id}"
+        self.running[key] = job
         future = self.dask.submit(_fetch_job, record_id, job.line, self.options, key=key,
                                   pure=False)
-        self.running[key] = job
-        self.completed.add(future)
+        future.add_done_callback(self.finished.put)
 
-    def submit(self, job: BatchJob, params: dict[str, Any]) -> bool:
-        """Submit one job from the driver, the record id fsynced first; False on a 429."""
+    def submitter(self, fresh: collections.deque[tuple[BatchJob, dict[str, Any]]]) -> None:
+        """Take jobs from ``fresh`` and submit each when a slot is free, until none is left."""
+        try:
+            while self.window.take(self.stop):
+                try:
+                    job, params = fresh.popleft()
+                except IndexError:
+                    self.window.give_back()
+                    return
+                launched = self.submit(job, params)
+                if launched is None:
+                    fresh.appendleft((job, params))  # rate-limited: later, not failed
+                if not launched:
+                    self.window.give_back()
+        except BaseException as error:  # noqa: BLE001 - handed to the calling thread
+            self.finished.put(error)
+
+    def submit(self, job: BatchJob, params: dict[str, Any]) -> bool | None:
+        """Submit one job, its record id fsynced before the cluster sees it.
+
+        True: its task is launched; False: the submit failed (the outcome is
+        queued); None: rate-limited, to be submitted again later.
+        """
         base = {"job": job.key, "line": job.line}
         settings = GenerationParams.create(**params)
         self.manifest.append({**base, "event": "intent", "params": settings.as_dict(),
@@ -168,23 +224,24 @@ class _Batch:
             generation = self.client.submit(**settings.as_dict())
         except RateLimitedError as error:
             self.window.reject(error.retry_after)
-            return False
+            return None
         except ArtaError as error:
             record = {**base, "event": "failed", "record_id": None,
                       "error_type": type(error).__name__, "error": str(error)}
             if isinstance(error, SubmitOutcomeUnknown):
                 record.update(params=settings.as_dict(), seed=settings.seed)
             self.manifest.append(record)
-            self.finish(Outcome(job.line, "failed", None,
-                                error=f"{type(error).__name__}: {error}"))
-            return True
+            self.finished.put(Outcome(job.line, "failed", None,
+                                      error=f"{type(error).__name__}: {error}"))
+            return False
         self.window.accept()
         self.manifest.append({**base, "event": "submitted", "record_id": generation.record_id,
                               "seed": generation.seed})
+        self.slotted.add(f"arta-{generation.record_id}")
         self.launch(job, generation.record_id)
         return True
 
-    def collect(self, future: distributed.Future[Any]) -> None:
+    def collect(self, future: distributed.Future[Any]) -> Outcome:
         """Record one finished task: its images written, or its error."""
         job = self.running.pop(str(future.key))
         record_id = str(future.key)[len("arta-"):]
@@ -198,34 +255,40 @@ class _Batch:
             future.release()
         if "error" in value:
             self.manifest.append({**base, **value, "event": "failed"})
-            self.finish(Outcome(job.line, "failed", value["record_id"],
-                                error=f"{value['error_type']}: {value['error']}"))
-            return
+            return Outcome(job.line, "failed", value["record_id"],
+                           error=f"{value['error_type']}: {value['error']}")
         files = value.get("files") or [
             str(_write_into_place(self.output, name, data)) for name, data in value["images"]]
         self.manifest.append({**base, "event": "done", "files": files,
                               "blurred": value["blurred"]})
-        self.finish(Outcome(job.line, "done", record_id, tuple(files), tuple(value["blurred"])))
+        return Outcome(job.line, "done", record_id, tuple(files), tuple(value["blurred"]))
 
-    def finish(self, outcome: Outcome) -> None:
-        self.outcomes.append(outcome)
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
-
-    def run(self, fresh: collections.deque[tuple[BatchJob, dict[str, Any]]]) -> None:
-        """Submit as the window allows; collect each task as it completes."""
-        while fresh or self.running:
-            while fresh and len(self.running) < self.window.size:
-                wait = self.window.paused_until - time.monotonic()
-                if wait > 0 and not self.running:
-                    time.sleep(wait)
-                elif wait > 0:
-                    break
-                job, params = fresh[0]
-                if self.submit(job, params):
-                    fresh.popleft()
-            if self.running:
-                self.collect(next(self.completed))
+    def run(self, resume: list[tuple[BatchJob, str]],
+            fresh: list[tuple[BatchJob, dict[str, Any]]]) -> None:
+        """Resume and submit every job; record each as it ends."""
+        for job, record_id in resume:
+            self.launch(job, record_id)
+        waiting = collections.deque(fresh)
+        threads = [threading.Thread(target=self.submitter, args=(waiting,), daemon=True,
+                                    name=f"arta-dask-submit-{n}")
+                   for n in range(min(SUBMITTERS, len(fresh)))]
+        for thread in threads:
+            thread.start()
+        try:
+            for _ in range(len(resume) + len(fresh)):
+                item = self.finished.get()
+                if isinstance(item, BaseException):
+                    raise item
+                outcome = item if isinstance(item, Outcome) else self.collect(item)
+                if not isinstance(item, Outcome) and str(item.key) in self.slotted:
+                    self.window.give_back()  # resumed jobs never took a slot
+                self.outcomes.append(outcome)
+                if self.on_outcome is not None:
+                    self.on_outcome(outcome)
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join()
 
 
 def _plan(jobs: list[BatchJob], manifest: Manifest) -> tuple[
@@ -294,7 +357,5 @@ def run_batch_on_dask(
         extra: dict[str, Any] = {"token_store": store} if store is not None else {}
         with Client(**{**dict(client_options or {}), **extra}) as client:
             batch = _Batch(dask, client, manifest, Path(output), options, concurrency, on_outcome)
-            for job, record_id in resume:
-                batch.launch(job, record_id)
-            batch.run(collections.deque(fresh))
+            batch.run(resume, fresh)
     return sorted(done + batch.outcomes, key=lambda o: o.line)
