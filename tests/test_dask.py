@@ -34,6 +34,12 @@ cloudpickle = pytest.importorskip("cloudpickle")
 # cannot import this test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
+# The workers make their clients with the default transport whatever
+# ARTA_TEST_TRANSPORT says: a second pass through httpx would repeat the first.
+pytestmark = pytest.mark.skipif(
+    os.environ.get("ARTA_TEST_TRANSPORT", "requests").strip().lower() not in ("", "requests"),
+    reason="the Dask engine runs the default transport on its workers")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -348,3 +354,18 @@ def test_a_bad_local_scheduler_is_refused_before_anything_starts(scheduler: str,
         run_batch_on_dask(_jobs(1, "bad"), Manifest(tmp_path / "m.jsonl"), tmp_path,
                           scheduler=scheduler)
     assert not (tmp_path / "m.jsonl").exists()
+
+
+def _token_in_a_task(endpoint: str, name: str) -> tuple[str, int]:
+    client = arta.Client(endpoint, token_store=DaskTokenStore(name))
+    return client.auth.token().user_id, os.getpid()
+
+
+def test_eight_tasks_on_two_hosts_make_one_sign_up(emulator: Emulator, dask: Any) -> None:
+    # An emulator of its own, and a token name no other test uses: the store starts empty.
+    workers = sorted(_worker_pids(dask))
+    futures = [dask.submit(_token_in_a_task, emulator.url, "race", pure=False,
+                           workers=[workers[n % 2]]) for n in range(8)]
+    answers = dask.gather(futures)
+    assert len({pid for _, pid in answers}) == 2  # four tasks on each host, all at once
+    assert len({user for user, _ in answers}) == 1 and emulator.stats()["signups"] == 1
