@@ -19,6 +19,15 @@ rate-limited, never connected) clears the record, so a later run tries again.
 
 Records stay in the scheduler for its lifetime (a few hundred bytes per
 job): a result recomputed an hour later still resumes its job.
+
+The lock is a Dask lease (one of :data:`LOCK_STRIPES`, picked by the key's
+digest). Leases can overlap when a holder stops refreshing for
+``distributed.scheduler.locks.lease-timeout`` (30 s): a run writes its
+"submitting" record with an attempt id and reads it back before sending,
+so a second holder in the overlap finds the first one's record and raises
+:class:`~arta.errors.SubmitOutcomeUnknown` rather than submit too. (Two
+runs that both read "no record" in the same overlap, a window of one
+scheduler round trip, could still both submit.)
 """
 
 from __future__ import annotations
@@ -118,7 +127,7 @@ class JobGuard:
                          "key": self.key})
             mine = self.read()
             if mine is None or mine.get("attempt") != attempt:  # a lock lease overlapped
-                raise self._unknown(mine or {}, params)
+                raise self._unknown(params)
             try:
                 generation = client.submit(**params.as_dict())
             except SubmitOutcomeUnknown:
@@ -142,9 +151,9 @@ class JobGuard:
             generation.params = recorded  # what the first run sent: the result carries it
             generation.seed = recorded.seed if generation.seed is None else generation.seed
             return generation
-        raise self._unknown(record, recorded)
+        raise self._unknown(recorded)
 
-    def _unknown(self, record: Mapping[str, Any], params: GenerationParams) -> SubmitOutcomeUnknown:
+    def _unknown(self, params: GenerationParams) -> SubmitOutcomeUnknown:
         return SubmitOutcomeUnknown(
             f"an earlier run of job {self.key!r} sent its submit and stopped before the "
             "answer was recorded: the job may or may not exist, so it is not sent again. "
