@@ -1,0 +1,130 @@
+"""Reaching the Dask scheduler from anywhere: a driver, a task, a worker's other threads.
+
+Everything ``arta.dask`` shares lives in the scheduler's memory: small
+values in its metadata store (``Client.set_metadata``, under the top-level
+key ``"arta.dask"``, never a task key, so the scheduler never cleans it up
+with a task), and :class:`distributed.Lock`/:class:`distributed.Semaphore`
+for mutual exclusion and the cap on jobs in flight.
+
+Why metadata rather than a :class:`distributed.Variable`: a Variable has no
+"absent" answer. ``Variable.get`` on a name never set waits, and with a
+timeout it fails *and the scheduler logs an ERROR with a traceback*, once
+for every first look at a job or an empty token store. The metadata store
+answers a default instead; its values die with the scheduler, as a
+Variable's would.
+
+Nothing here imports Dask at module import: :mod:`arta.dask` costs nothing
+until it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from arta.errors import ArtaError, TokenStoreError
+
+if TYPE_CHECKING:
+    import distributed
+
+__all__ = ["NAMESPACE", "dask_client", "held", "metadata_get", "metadata_set",
+           "scheduler_address", "semaphore"]
+
+log = logging.getLogger(__name__)
+
+#: The scheduler metadata key under which arta keeps its state.
+NAMESPACE = "arta.dask"
+
+_lock = threading.Lock()
+_clients: dict[str, distributed.Client] = {}
+_semaphores: dict[tuple[str, str, int], distributed.Semaphore] = {}
+
+
+def dask_client(address: str | None = None) -> distributed.Client:
+    """The Dask client of this context.
+
+    Inside a task: the worker's own client. On a driver: the default client
+    (the last ``distributed.Client`` made). Elsewhere, with ``address``: a
+    client of this process connected to that scheduler, made once.
+    """
+    import distributed
+
+    try:
+        return distributed.get_client()
+    except ValueError:
+        if address is None:
+            raise ArtaError(
+                "no Dask client here: call this inside a Dask task, after making a "
+                "distributed.Client, or give the scheduler's address") from None
+    with _lock:
+        client = _clients.get(address)
+        if client is None or client.status not in ("running", "connecting", "newly-created"):
+            client = distributed.Client(address, set_as_default=False)
+            _clients[address] = client
+        return client
+
+
+def scheduler_address(client: distributed.Client) -> str:
+    """The address of ``client``'s scheduler."""
+    return str(getattr(client.scheduler, "address", ""))
+
+
+def metadata_get(client: distributed.Client, *path: str) -> Any:
+    """The value stored at ``path`` under :data:`NAMESPACE`, or None."""
+    return client.get_metadata([NAMESPACE, *path], default=None)
+
+
+def metadata_set(client: distributed.Client, value: Any, *path: str) -> None:
+    """Store ``value`` (msgpack-able: dicts, lists, str, numbers, None) at ``path``."""
+    client.set_metadata([NAMESPACE, *path], value)
+
+
+@contextlib.contextmanager
+def held(client: distributed.Client, name: str, timeout: float) -> Iterator[None]:
+    """Hold the scheduler's lock ``name`` (waiting at most ``timeout`` seconds).
+
+    A Dask lock is a lease: if its holder dies it is freed after
+    ``distributed.scheduler.locks.lease-timeout`` (30 s by default), and a
+    holder that stops answering for that long can see a second holder come
+    in. Everything arta does under such a lock re-reads what it guards
+    first (a double check), so an overlap costs at most a repeated renewal.
+    """
+    import distributed
+
+    lock = distributed.Lock(name, scheduler_rpc=client.scheduler, loop=client.loop)
+    try:
+        if not lock.acquire(timeout=timeout):
+            raise TokenStoreError(
+                f"the Dask lock {name!r} stayed taken for more than {timeout:g}s: another "
+                "task is stuck holding it")
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except Exception as error:  # noqa: BLE001 - the lease lapses by itself
+                log.warning("could not release the Dask lock %r (%s); its lease will lapse",
+                            name, error)
+    finally:
+        # Each Lock starts a lease-refresh timer on the client's loop; stop it,
+        # or every lock ever made would keep one alive.
+        callback = getattr(lock, "refresh_callback", None)
+        if callback is not None and client.loop is not None:
+            client.loop.add_callback(callback.stop)
+
+
+def semaphore(client: distributed.Client, name: str, size: int) -> distributed.Semaphore:
+    """The scheduler's semaphore ``name`` of ``size`` leases, one object per process."""
+    import distributed
+
+    key = (scheduler_address(client), name, size)
+    with _lock:
+        found = _semaphores.get(key)
+        if found is None:
+            found = distributed.Semaphore(size, name, scheduler_rpc=client.scheduler,
+                                          loop=client.loop)
+            _semaphores[key] = found
+        return found

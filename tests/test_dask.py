@@ -1,0 +1,371 @@
+"""arta on a Dask cluster: two worker processes, each with its own ARTA_HOME as if on its own host.
+
+One LocalCluster and one emulator serve the whole module, so that the
+module as a whole proves one sign-up for every worker, driver and test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FAST_POLL, png_size
+
+import arta
+from arta.batch import BatchJob, Manifest
+from arta.dask import DaskTokenStore, generate, job_key, run_batch_on_dask
+from arta.dask import map as dask_map
+from arta.emulator import Emulator
+
+distributed = pytest.importorskip("distributed")
+cloudpickle = pytest.importorskip("cloudpickle")
+
+
+# The task functions below travel to the workers by value: the workers
+# cannot import this test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+# The workers make their clients with the default transport whatever
+# ARTA_TEST_TRANSPORT says: a second pass through httpx would repeat the first.
+pytestmark = pytest.mark.skipif(
+    os.environ.get("ARTA_TEST_TRANSPORT", "requests").strip().lower() not in ("", "requests"),
+    reason="the Dask engine runs the default transport on its workers")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SeparateHomes(distributed.WorkerPlugin):  # type: ignore[misc]
+    """Give each worker its own ARTA_HOME (as on its own host), and no proxy."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def setup(self, worker: Any) -> None:
+        os.environ["ARTA_HOME"] = os.path.join(self.base, f"worker-{worker.name}")
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY",
+                     "all_proxy", "ARTA_ENDPOINT"):
+            os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Emulator]:
+    with Emulator(queue_seconds=0.05, progress_seconds=0.1) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    homes = tmp_path_factory.mktemp("hosts")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=4,
+                                  host="127.0.0.1", dashboard_address=None,
+                                  silence_logs=logging.CRITICAL) as local, \
+            distributed.Client(local, set_as_default=False) as client:
+        client.register_plugin(SeparateHomes(str(homes)))
+        yield local
+
+
+@pytest.fixture
+def dask(cluster: Any) -> Iterator[Any]:
+    """A client of the module's cluster, with both workers up (a test may have killed one)."""
+    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+        yield client
+
+
+def _options(emu: Emulator) -> dict[str, Any]:
+    return {"endpoint": emu.url, "poll_policy": FAST_POLL, "timeout": 60}
+
+
+def _jobs(count: int, tag: str) -> list[BatchJob]:
+    return [BatchJob(line, {"prompt": f"{tag}: a fox, variation {line}"})
+            for line in range(1, count + 1)]
+
+
+def _delta(emu: Emulator, before: dict[str, int]) -> dict[str, int]:
+    return {name: value - before.get(name, 0) for name, value in emu.stats().items()}
+
+
+def _worker_pids(dask: Any) -> dict[str, int]:
+    return dask.run(os.getpid)  # type: ignore[no-any-return]
+
+
+def _check_images(folder: Path, manifest: Manifest, jobs: list[BatchJob]) -> None:
+    latest = manifest.latest()
+    assert all(latest[job.key]["event"] == "done" for job in jobs)
+    files = [Path(f) for job in jobs for f in latest[job.key]["files"]]
+    assert len(files) == len(set(files)) == len(jobs)
+    for path in files:
+        assert png_size(path) == (512, 512)
+    assert sorted(folder.glob("*.png")) == sorted(files)
+
+
+def test_importing_arta_dask_imports_no_dask() -> None:
+    code = ("import sys, arta, arta.dask; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('dask', 'distributed', 'cloudpickle', 'msgpack', 'toolz')))")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.strip() == "[]"
+
+
+def test_200_jobs_one_signup_no_duplicates(emu: Emulator, cluster: Any, tmp_path: Path) -> None:
+    before = emu.stats()
+    jobs = _jobs(200, "batch")
+    manifest = Manifest(tmp_path / "out" / "arta-manifest.jsonl")
+    seen: list[arta.batch.Outcome] = []
+    outcomes = run_batch_on_dask(jobs, manifest, tmp_path / "out",
+                                 scheduler=cluster.scheduler_address,
+                                 client_options=_options(emu), concurrency=16,
+                                 on_outcome=seen.append)
+    assert [o.event for o in outcomes] == ["done"] * 200 and len(seen) == 200
+    _check_images(tmp_path / "out", manifest, jobs)
+    delta = _delta(emu, before)
+    assert (delta["submits"], delta["duplicate_submits"]) == (200, 0)
+    assert emu.stats()["signups"] == 1  # the whole module: driver, workers, every test
+    # Every job: its intent, then its record id, then done.
+    events = [json.loads(line)["event"] for line in manifest.path.read_text().splitlines()]
+    assert events.count("intent") == events.count("submitted") == events.count("done") == 200
+    # Run again: all skipped, nothing sent.
+    again = run_batch_on_dask(jobs, manifest, tmp_path / "out",
+                              scheduler=cluster.scheduler_address, client_options=_options(emu))
+    assert {o.event for o in again} == {"skipped"} and _delta(emu, before)["submits"] == 200
+
+
+def test_a_worker_killed_mid_run(emu: Emulator, dask: Any, cluster: Any,
+                                 tmp_path: Path) -> None:
+    before = emu.stats()
+    jobs = _jobs(60, "kill a worker")
+    shared = tmp_path / "shared"
+    victim = next(iter(_worker_pids(dask).values()))
+    killed: list[int] = []
+
+    def kill_once(outcome: arta.batch.Outcome) -> None:
+        if not killed and outcome.event == "done":
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+    manifest = Manifest(tmp_path / "arta-manifest.jsonl")
+    outcomes = run_batch_on_dask(jobs, manifest, tmp_path / "unused",
+                                 scheduler=cluster.scheduler_address,
+                                 client_options=_options(emu), concurrency=16,
+                                 on_outcome=kill_once, output_on_workers=shared)
+    assert killed and victim not in _worker_pids(dask).values()
+    assert [o.event for o in outcomes] == ["done"] * 60, [o.error for o in outcomes]
+    _check_images(shared, manifest, jobs)
+    delta = _delta(emu, before)
+    assert (delta["submits"], delta["duplicate_submits"]) == (60, 0)
+    assert emu.stats()["signups"] == 1
+
+
+def _generate_killed_after_submit(marker: str, endpoint: str) -> tuple[arta.Result, int]:
+    def die_once(generation: arta.Generation) -> None:
+        if not os.path.exists(marker):
+            Path(marker).write_text(f"{os.getpid()} {generation.record_id}")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    result = generate("a fox that survives", steps=20, on_change=die_once,
+                      client_options={"endpoint": endpoint, "poll_policy": FAST_POLL})
+    return result, os.getpid()
+
+
+def test_generate_in_a_task_whose_worker_dies_after_the_submit(
+        emu: Emulator, dask: Any, tmp_path: Path) -> None:
+    before = emu.stats()
+    marker = tmp_path / "first-run"
+    future = dask.submit(_generate_killed_after_submit, str(marker), emu.url, pure=False)
+    result, pid = future.result(timeout=120)
+    first_pid, first_record_id = marker.read_text().split()
+    assert int(first_pid) != pid  # the task really ran twice, in two processes
+    assert result.record_id == first_record_id and len(result.images) == 1
+    assert result.params is not None and result.params.steps == 20
+    delta = _delta(emu, before)
+    assert (delta["submits"], delta["duplicate_submits"]) == (1, 0)
+    assert emu.stats()["signups"] == 1
+
+
+def test_map_returns_outcomes_and_a_second_map_resumes(emu: Emulator, dask: Any) -> None:
+    before = emu.stats()
+    emu.app.inject("submit", "fail")  # the first submit's job ends FAILED
+    prompts = ["a map of foxes", {"prompt": "a map of owls", "aspect_ratio": "16:9"},
+               "a map of bears"]
+    futures = dask_map(prompts, client=dask, client_options=_options(emu), concurrency=2)
+    assert [f.key for f in futures] == [job_key({"prompt": "a map of foxes"}, 0), *(
+        job_key(p if isinstance(p, dict) else {"prompt": p}, i) for i, p in
+        enumerate(prompts) if i)]
+    outcomes = dask.gather(futures)
+    failed = [o for o in outcomes if isinstance(o, arta.GenerationFailed)]
+    results = [o for o in outcomes if isinstance(o, arta.Result)]
+    assert len(failed) == 1 and failed[0].record_id and len(results) == 2
+    assert _delta(emu, before)["submits"] == 3
+    del futures
+    # Mapping the same list again on the same scheduler pays for nothing new.
+    again = dask.gather(dask_map(prompts, client=dask, client_options=_options(emu)))
+    assert sorted(o.record_id for o in again) == sorted(o.record_id for o in outcomes)
+    assert _delta(emu, before)["submits"] == 3
+
+
+def test_submit_drops_end_as_submit_outcome_unknown_with_their_params(
+        emu: Emulator, cluster: Any, tmp_path: Path) -> None:
+    before = emu.stats()
+    emu.app.inject("submit", "drop", times=3)
+    jobs = _jobs(10, "drops")
+    manifest = Manifest(tmp_path / "arta-manifest.jsonl")
+    outcomes = run_batch_on_dask(jobs, manifest, tmp_path / "out",
+                                 scheduler=cluster.scheduler_address,
+                                 client_options=_options(emu), concurrency=4)
+    failed = [o for o in outcomes if o.event == "failed"]
+    assert len(failed) == 3 and all("SubmitOutcomeUnknown" in (o.error or "") for o in failed)
+    latest = manifest.latest()
+    for outcome in failed:
+        record = latest[jobs[outcome.line - 1].key]
+        assert record["error_type"] == "SubmitOutcomeUnknown" and record["record_id"] is None
+        assert record["params"]["prompt"] == jobs[outcome.line - 1].params["prompt"]
+        assert record["params"]["seed"] == record["seed"]
+    assert _delta(emu, before)["submits"] == 10  # the dropped ones did reach the service
+
+
+def test_the_driver_killed_and_run_again(emu: Emulator, cluster: Any, tmp_path: Path) -> None:
+    before = emu.stats()
+    count = 80
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"driver kill: a fox, variation {i}\n" for i in range(count)))
+    out = tmp_path / "out"
+    manifest = out / "arta-manifest.jsonl"
+    command = [sys.executable, str(ROOT / "tests" / "dask_driver.py"),
+               cluster.scheduler_address, emu.url, str(prompts), str(out)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None and (
+            not manifest.exists() or manifest.read_text().count('"done"') < 20):
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    latest = Manifest(manifest).latest()
+    assert 20 <= sum(r["event"] == "done" for r in latest.values()) < count
+    on_the_wire = sum(r["event"] == "intent" for r in latest.values())
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = Manifest(manifest).latest()
+    assert len(final) == count and {r["event"] for r in final.values()} == {"done"}
+    delta = _delta(emu, before)
+    assert count <= delta["submits"] <= count + on_the_wire
+    assert delta["duplicate_submits"] <= on_the_wire
+    assert emu.stats()["signups"] == 1
+
+
+def test_the_token_store_travels_and_finds_its_scheduler(emu: Emulator, dask: Any) -> None:
+    import pickle
+
+    store = DaskTokenStore(client=dask)
+    token = store.load()
+    assert token is not None  # the module's earlier work left one in the scheduler
+    copy = pickle.loads(pickle.dumps(store))
+    assert "_client" not in copy.__getstate__() and repr(copy) == "DaskTokenStore('token')"
+    # A worker reads the very same token.
+    seen = dask.submit(lambda s: s.load().user_id, store, pure=False).result(timeout=60)
+    assert seen == token.user_id
+
+
+def _generate_with_key(key: str, endpoint: str) -> arta.Result | arta.ArtaError:
+    try:
+        return generate("a fox behind a flaky proxy", key=key, seed=7,
+                        client_options={"endpoint": endpoint, "poll_policy": FAST_POLL})
+    except arta.ArtaError as error:
+        return error
+
+
+def test_a_rerun_after_a_dropped_submit_raises_instead_of_guessing(
+        emu: Emulator, dask: Any) -> None:
+    before = emu.stats()
+    emu.app.inject("submit", "drop")
+    first = dask.submit(_generate_with_key, "dropped-job", emu.url, pure=False).result(60)
+    again = dask.submit(_generate_with_key, "dropped-job", emu.url, pure=False).result(60)
+    for error in (first, again):
+        assert isinstance(error, arta.SubmitOutcomeUnknown)
+        assert error.params.seed == 7 and error.params.prompt == "a fox behind a flaky proxy"
+    assert "earlier run" in str(again)
+    assert _delta(emu, before)["submits"] == 1  # the re-run sent nothing
+
+
+def _timed_generate(prompt: str, endpoint: str) -> list[tuple[float, str]]:
+    seen: list[tuple[float, str]] = []
+    generate(prompt, concurrency=2, on_change=lambda g: seen.append((time.time(), str(g.status))),
+             client_options={"endpoint": endpoint, "poll_policy": FAST_POLL})
+    return seen
+
+
+def test_concurrency_caps_jobs_in_flight_across_the_cluster(emu: Emulator, dask: Any) -> None:
+    futures = [dask.submit(_timed_generate, f"a capped fox {i}", emu.url, pure=False)
+               for i in range(8)]
+    spans = [(seen[0][0], seen[-1][0]) for seen in dask.gather(futures)]
+    assert all(status == "DONE" for seen in dask.gather(futures) for _, status in seen[-1:])
+    # At no moment were more than 2 of the 8 jobs between submit and DONE,
+    # though the cluster has 8 threads.
+    most = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+    assert most <= 2
+
+
+def test_rate_limited_submits_wait_and_never_fail(emu: Emulator, dask: Any, cluster: Any,
+                                                  tmp_path: Path) -> None:
+    before = emu.stats()
+    impatient = {**_options(emu), "retry_policy": arta.RetryPolicy(attempts=1)}
+    emu.app.inject("submit", "429", times=2)
+    outcomes = dask.gather(dask_map(["a patient fox", "a patient owl"], client=dask,
+                                    client_options=impatient, run="429"))
+    assert all(isinstance(o, arta.Result) for o in outcomes), outcomes
+    emu.app.inject("submit", "429", times=2)
+    jobs = _jobs(6, "429 on the driver")
+    batch = run_batch_on_dask(jobs, Manifest(tmp_path / "m.jsonl"), tmp_path / "out",
+                              scheduler=cluster.scheduler_address, client_options=impatient)
+    assert [o.event for o in batch] == ["done"] * 6
+    delta = _delta(emu, before)
+    assert (delta["submits"], delta["duplicate_submits"], delta["faults"]) == (8, 0, 4)
+
+
+def test_host_tokens_sign_up_once_per_host(emulator: Emulator, cluster: Any,
+                                           tmp_path: Path) -> None:
+    # An emulator of its own: its sign-ups are not the module's one.
+    outcomes = run_batch_on_dask(_jobs(16, "host tokens"), Manifest(tmp_path / "m.jsonl"),
+                                 tmp_path / "out", scheduler=cluster.scheduler_address,
+                                 client_options=_options(emulator), concurrency=8, token="host")
+    assert {o.event for o in outcomes} == {"done"}
+    # The driver and each of the two workers: three hosts, three ARTA_HOMEs.
+    assert emulator.stats()["signups"] == 3
+
+
+@pytest.mark.parametrize("scheduler", ["local:0", "local:two", "local:"])
+def test_a_bad_local_scheduler_is_refused_before_anything_starts(scheduler: str,
+                                                                 tmp_path: Path) -> None:
+    with pytest.raises(arta.InvalidInputError, match="local:N"):
+        run_batch_on_dask(_jobs(1, "bad"), Manifest(tmp_path / "m.jsonl"), tmp_path,
+                          scheduler=scheduler)
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+def _token_in_a_task(endpoint: str, name: str) -> tuple[str, int]:
+    client = arta.Client(endpoint, token_store=DaskTokenStore(name))
+    return client.auth.token().user_id, os.getpid()
+
+
+def test_eight_tasks_on_two_hosts_make_one_sign_up(emulator: Emulator, dask: Any) -> None:
+    # An emulator of its own, and a token name no other test uses: the store starts empty.
+    workers = sorted(_worker_pids(dask))
+    futures = [dask.submit(_token_in_a_task, emulator.url, "race", pure=False,
+                           workers=[workers[n % 2]]) for n in range(8)]
+    answers = dask.gather(futures)
+    assert len({pid for _, pid in answers}) == 2  # four tasks on each host, all at once
+    assert len({user for user, _ in answers}) == 1 and emulator.stats()["signups"] == 1
