@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from arta.client import Client, split_options
 from arta.defaults import default_client
 from arta.errors import ConfigurationError
-from arta.generation import Generation, PollPlanner, Status, check_wait_options
+from arta.generation import Generation, Status
 from arta.params import GenerationParams, shows_generation_options
+from arta.polling import PollPlanner, check_wait_options
 from arta.result import Result
 
 if TYPE_CHECKING:  # typing.Self and Unpack are newer than 3.9; only the type checker needs them

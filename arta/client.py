@@ -21,16 +21,10 @@ from arta.errors import (
     ServiceError,
     SubmitOutcomeUnknown,
 )
-from arta.generation import (
-    Generation,
-    OnChange,
-    PollPlanner,
-    PollPolicy,
-    check_timeout,
-    check_wait_options,
-)
+from arta.generation import Generation, OnChange
 from arta.loop import PollLoop, Watch
 from arta.params import GenerationOptions, GenerationParams, shows_generation_options
+from arta.polling import PollPlanner, PollPolicy, check_timeout, check_wait_options
 from arta.result import Result
 from arta.retry import RetryPolicy, surely_not_taken, transient
 from arta.runner import Job, JobRun, Outcome, map_outcomes
