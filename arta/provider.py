@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
-from arta.aio import AsyncClient, run_sync
+from arta.aio import AsyncClient, AsyncGeneration, run_sync
 from arta.auth import FileTokenStore
 from arta.client import Client
 from arta.config import API_KEY, Settings
@@ -355,9 +355,8 @@ class ARTA:
         timeout: float | None = kwargs.get("timeout", cls.timeout)
 
         with cls._client(proxy, poll_policy=poll_policy, timeout=timeout) as sync_client:
-            client = AsyncClient(sync_client)
             try:
-                generation = await client.submit(
+                generation = await AsyncClient(sync_client).submit(
                     prompt, style=style, n=n, negative_prompt=negative_prompt,
                     guidance_scale=guidance_scale, steps=num_inference_steps,
                     aspect_ratio=aspect_ratio, seed=seed)
@@ -366,36 +365,40 @@ class ARTA:
             except ArtaError as error:
                 raise _response_error("Failed to initiate image generation", error) from error
             started = time.monotonic()
-            # The provider said each state once, when it first saw it; the
-            # submit's answer is the first sight of the queue.
-            said = generation.status
-            if said is Status.IN_QUEUE:
-                yield Reasoning(label="Waiting")
-            updates = generation.events()
-            try:
-                async for update in updates:
-                    if update.status is Status.IN_PROGRESS and said is not Status.IN_PROGRESS:
-                        said = update.status
-                        yield Reasoning(label="Generating")
-            except ArtaError as error:
-                raise _response_error("Failed to check image generation status", error,
-                                      generation.record_id) from error
-            finally:
-                # Left early (the consumer stopped iterating) or not: the
-                # polling thread is released now, not when the GC gets to it.
-                await updates.aclose()
-            if generation.status is not Status.DONE:
-                reason = ": ".join(x for x in (generation.error_code,
-                                               generation.error_details) if x)
-                raise ResponseError(
-                    f"Image generation failed with status: {generation.raw_status}"
-                    + (f" ({reason})" if reason else ""), record_id=generation.record_id)
+            async for reasoning in _progress(generation):
+                yield reasoning
             urls = [image.url for image in generation.images]
             yield Reasoning(label="Generated",
                             status=f"{len(urls)} image(s) in {time.monotonic() - started:.2f}s")
             yield ImageResponse(images=urls, alt=prompt,
                                 options={"record_id": generation.record_id,
                                          "seed": generation.seed})
+
+
+async def _progress(generation: AsyncGeneration) -> AsyncIterator[Reasoning]:
+    """The provider's updates while a job runs, each said once; raise if it does not end DONE."""
+    # The submit's answer is the first sight of the queue.
+    said = generation.status
+    if said is Status.IN_QUEUE:
+        yield Reasoning(label="Waiting")
+    updates = generation.events()
+    try:
+        async for update in updates:
+            if update.status is Status.IN_PROGRESS and said is not Status.IN_PROGRESS:
+                said = update.status
+                yield Reasoning(label="Generating")
+    except ArtaError as error:
+        raise _response_error("Failed to check image generation status", error,
+                              generation.record_id) from error
+    finally:
+        # Left early (the consumer stopped iterating) or not: the wait in
+        # the poll loop ends now, not when the GC gets to it.
+        await updates.aclose()
+    if generation.status is not Status.DONE:
+        reason = ": ".join(x for x in (generation.error_code, generation.error_details) if x)
+        raise ResponseError(
+            f"Image generation failed with status: {generation.raw_status}"
+            + (f" ({reason})" if reason else ""), record_id=generation.record_id)
 
 
 def _image_prompt(messages: Messages, prompt: str | None) -> str:
