@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from test_cli_exit_codes import ROOT, _one_error_line, arta_cli
@@ -32,7 +33,7 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for(condition, what: str, limit: float = 30) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(condition: Callable[[], bool], what: str, limit: float = 30) -> None:
     deadline = time.monotonic() + limit  # a guard against a hang, not a speed bound
     while not condition():
         assert time.monotonic() < deadline, f"never saw {what}"
