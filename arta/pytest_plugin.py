@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from arta.testing import MockArta, mock_arta
+if TYPE_CHECKING:  # arta itself is imported only by a test that asks for the fixture
+    from arta.testing import MockArta
 
 __all__ = ["arta_emulator"]
 
@@ -26,5 +28,7 @@ def arta_emulator(tmp_path: Path) -> Iterator[MockArta]:
     ``arta_emulator.set_faults("status:503=0.2")`` make it misbehave; any
     connection off loopback fails the test.
     """
+    from arta.testing import mock_arta
+
     with mock_arta(home=tmp_path / "arta-home") as emulator:
         yield emulator

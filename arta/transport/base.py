@@ -353,13 +353,13 @@ def connect_failure(error: BaseException) -> str:
     """
     for cause in _causes(error):
         if isinstance(cause, ssl.SSLError):
-            return "the TLS handshake failed (certificate not trusted?)"
+            return "could not connect (TLS handshake failed; certificate not trusted?)"
         if isinstance(cause, socket.gaierror) or type(cause).__name__ == "NameResolutionError":
-            return "the DNS lookup failed (offline, or no such host?)"
+            return "could not connect (DNS lookup failed; offline, or no such host?)"
         if isinstance(cause, ConnectionRefusedError):
-            return "the connection was refused (nothing listens there)"
+            return "could not connect (connection refused; nothing listens there)"
         if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-            return "the network is unreachable (offline?)"
+            return "could not connect (network unreachable; offline?)"
     return "could not connect"
 
 
