@@ -57,7 +57,7 @@ __all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Ma
 log = logging.getLogger(__name__)
 
 #: Threads that save images (downloads are short; the jobs' waits are in the poll loop).
-SAVE_THREADS = 4
+SAVE_THREADS = 8
 
 Counts = dict[str, int]
 

@@ -85,6 +85,9 @@ def test_a_batch_with_workers_makes_one_sign_up_and_a_rerun_sends_nothing(
     assert {r["prompt"] for r in records} == {f"a fox, variation {i}" for i in range(12)}
     stats = batch_emulator.stats()
     assert (stats["signups"], stats["submits"], stats["duplicate_submits"]) == (1, 12, 0)
+    # Not a terminal: the progress is plain lines (every 5 s, and at the end), no redraws.
+    assert "arta: batch: 12/12 done, 0 in flight, 0 queued, 0 failed, " in done.stderr
+    assert "\r" not in done.stderr
     again = _run(command, env)
     assert again.returncode == 0 and batch_emulator.stats()["submits"] == 12
     assert {json.loads(line)["event"] for line in again.stdout.splitlines()} == \
@@ -294,3 +297,31 @@ def test_no_job_is_submitted_once_the_manifest_cannot_be_written(emulator: Emula
     assert emulator.stats()["submits"] <= manifest.intents < 40
     unrecorded = [o for o in report.outcomes if o.manifest_error and o.record_id]
     assert all(o.record_id in emulator.app.jobs() for o in unrecorded)
+
+
+def test_on_a_terminal_the_progress_is_a_bar_with_rate_and_time_left(tmp_path: Path) -> None:
+    import pty
+
+    (tmp_path / "p.txt").write_text("a fox\na cat\n")
+    leader, follower = pty.openpty()
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "arta.cli", "batch", str(tmp_path / "p.txt"), "--emulator",
+         "-o", str(tmp_path / "out"), "--poll-interval", "0.05"],
+        stdout=subprocess.DEVNULL, stderr=follower, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ARTA_HOME": str(tmp_path / "home")})
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the batch ended
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    assert batch.wait(timeout=60) == 0, screen
+    text = screen.decode()
+    assert re.search(r"\r\x1b\[Karta: \[[#.]{24}\] \d/2 done, \d in flight, \d queued, 0 failed, "
+                     r"(--|[\d.]+) jobs/min, ETA \S+", text), text
+    assert "arta: batch: 2 of 2 done" in text
