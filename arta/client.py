@@ -25,7 +25,7 @@ from arta.generation import Generation, OnChange
 from arta.loop import PollLoop, Watch
 from arta.params import GenerationOptions, GenerationParams, shows_generation_options
 from arta.polling import PollPlanner, PollPolicy, check_timeout, check_wait_options
-from arta.result import Result
+from arta.result import MAX_DOWNLOAD_THREADS, Result
 from arta.retry import RetryPolicy, surely_not_taken, transient
 from arta.runner import Job, JobRun, Outcome, map_outcomes
 from arta.transport import (
@@ -104,9 +104,9 @@ class Client:
     transient failures are retried), ``request_timeout`` (``(connect,
     read)`` seconds of one request). ``settings`` replaces ``endpoint``,
     ``home``, ``api_key`` and ``auth_endpoint`` with a ready
-    :class:`~arta.config.Settings`. ``pool_size`` is both the connections
-    kept open (when the client makes its own transport) and the I/O threads
-    of its poll loop.
+    :class:`~arta.config.Settings`. ``pool_size`` is the I/O threads of its
+    poll loop (a client that makes its own transport keeps twice as many
+    connections open, plus room for downloads).
 
     A client is thread-safe. Every job it waits on is an entry in its poll
     loop (one scheduler thread, ``pool_size`` I/O threads, both started on
@@ -138,7 +138,8 @@ class Client:
         self._owns_transport = transport is None
         #: Every request goes through this, with the client's timeouts.
         self.transport: Transport = TimeoutTransport(
-            transport or RequestsTransport(pool_size=pool_size), self.request_timeout)
+            transport or RequestsTransport(pool_size=_connections(pool_size)),
+            self.request_timeout)
         self.token_store: TokenStore = token_store or FileTokenStore(self.settings.token_file)
         self.poll_policy: PollPlanner = poll_policy or PollPolicy()
         self.retry_policy = retry_policy or RetryPolicy()
@@ -351,6 +352,17 @@ class Client:
     def __repr__(self) -> str:
         where = self.settings.endpoint or "the ARTA service"
         return f"<arta.Client {where} store={self.token_store!r}>"
+
+
+def _connections(pool_size: int) -> int:
+    """Connections a client's own transport keeps: its I/O threads', and room beside them.
+
+    Callers' threads submit and download beside the loop's I/O threads
+    (``Result.save`` runs up to :data:`~arta.result.MAX_DOWNLOAD_THREADS`
+    downloads at once); a pool smaller than that makes and discards a
+    connection per request, and urllib3 warns of it each time.
+    """
+    return 2 * pool_size + MAX_DOWNLOAD_THREADS
 
 
 def _never(error: BaseException) -> bool:

@@ -263,6 +263,7 @@ class JobRun:
             self._take_back(job, policy.delay(error, failures))
             return None
         window.accepted()
+        self._pump()  # a grown window has room now: slow start must not wait for a job's end
         return generation
 
     def _take_back(self, job: Job, delay: float) -> None:
