@@ -42,7 +42,8 @@ def main(prompts_file: str, folder_name: str) -> int:
         GalleryEntry(prompt=prompts[record["line"] - 1], files=record.get("files") or [],
                      error=record.get("error"), record_id=record.get("record_id"),
                      seed=record.get("seed"), style=record.get("style"))
-        for record in sorted(run_batch(Path(prompts_file), folder), key=lambda r: r["line"])
+        for record in sorted((r for r in run_batch(Path(prompts_file), folder) if "line" in r),
+                             key=lambda r: r["line"])  # one record per job; the summary has none
     ]
     index = write_gallery(folder, entries, title=f"arta batch: {prompts_file}")
     print(index)

@@ -27,8 +27,8 @@ def test_an_image_reads_into_memory_and_streams(client: arta.Client) -> None:
     result = client.generate("a fox", n=2, seed=5)
     data = result.images[0].read()  # no transport given: one of its own
     assert data.startswith(PNG) and data.endswith(b"IEND\xaeB`\x82")
-    assert result.read(1) == result.images[1].read(client)
-    with result.images[0].open(client) as stream:
+    assert result.read(1) == result.images[1].read(client.transport)
+    with result.images[0].open(client.transport) as stream:
         assert stream.read(8) == PNG
         assert PNG + stream.read() == data
 

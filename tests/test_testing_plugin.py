@@ -80,7 +80,9 @@ def test_mock_arta_as_a_context_manager_restores_everything(tmp_path: Path) -> N
         assert service.home is not None
         home = service.home
         arta.generate("a fox").save(tmp_path)
-        assert (home / "auth_ARTA.json").exists() and service.stats()["downloads"] == 1
+        assert service.client.settings.token_file.exists()
+        assert service.client.settings.token_file.parent == home
+        assert service.stats()["downloads"] == 1
         with pytest.raises(UnexpectedNetworkAccess):
             socket.create_connection(("192.0.2.1", 80), timeout=1)
     assert {name: os.environ.get(name) for name in before} == before
