@@ -384,9 +384,19 @@ def _place(temp: Path, path: Path, overwrite: bool) -> None:
     os.replace(temp, path)
 
 
+_swept: dict[Path, float] = {}  # folder -> when its stale parts were last removed
+
+
 def _remove_stale_parts(folder: Path) -> None:
-    """Remove ``.part`` files that no download has written to for a minute (left by a kill)."""
+    """Remove ``.part`` files that no download has written to for a minute (left by a kill).
+
+    A folder is swept at most once a minute per process: a batch saving
+    thousands of images into one folder must not list it before each one.
+    """
     now = time.time()
+    if now - _swept.get(folder, 0.0) < STALE_PART_SECONDS:
+        return
+    _swept[folder] = now
     for part in folder.glob(".arta-*.part"):
         with contextlib.suppress(OSError):
             if now - part.lstat().st_mtime >= STALE_PART_SECONDS:
