@@ -301,7 +301,7 @@ class EmulatorApp:
 
     def jobs(self) -> list[str]:
         """The record id of every job, oldest first, including those whose answer was lost."""
-        return list(self._jobs_service.jobs)
+        return self._jobs_service.record_ids()
 
     def job_timeline(self, record_id: str) -> dict[str, object]:
         """Job ``record_id``'s status and planned timeline, as ``GET /emulator/jobs/{id}``.
@@ -331,7 +331,7 @@ class EmulatorApp:
 
     def last_record_id(self) -> str | None:
         """The record id of the newest job, or None: how a test finds a dropped submit's job."""
-        return next(reversed(self._jobs_service.jobs), None)
+        return self._jobs_service.last_record_id()
 
     def set_job_status(
         self,

@@ -260,6 +260,16 @@ class JobService:
                 job, forced_status=raw_status, error_code=error_code, error_details=error_details
             )
 
+    def record_ids(self) -> list[str]:
+        """Every job's record id, oldest first (under the lock: no insert meanwhile)."""
+        with self._lock:
+            return list(self.jobs)
+
+    def last_record_id(self) -> str | None:
+        """The newest job's record id, or None."""
+        with self._lock:
+            return next(reversed(self.jobs), None)
+
     def busy_slot_seconds(self) -> float:
         """The slots' busy time so far, summed (see :meth:`Schedule.busy_seconds`)."""
         now = self._clock()
