@@ -90,7 +90,8 @@ A service with a capacity, and jobs that take as long as their work:
   steps, one or two images, any ratio. :class:`TimingModel` documents the
   constants; they are a plausible model, not measurements of the real
   service. ``emu.app.set_speed(2.0)`` makes every job submitted from then
-  on twice as slow (flat or modelled), ``set_speed(1.0)`` restores it.
+  on twice as slow (flat or modelled), ``set_speed(1.0)`` restores it;
+  from another process, ``POST {url}/emulator/speed`` with ``{"scale": 2.0}``.
 
 Both capacity options default to unlimited; ``Emulator()`` in Python keeps
 ``queue_seconds=1.0, progress_seconds=2.0``, fast enough for tests.
