@@ -146,7 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
     emulator.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     emulator.add_argument("--queue-seconds", type=_seconds, default=(1.0, 1.0), metavar="S",
-                          help="time a job waits in queue: seconds or MIN-MAX (default 1)")
+                          help="fixed time a job waits in queue, before waiting for a free "
+                               "slot (see --capacity): seconds or MIN-MAX (default 1)")
     emulator.add_argument("--progress-seconds", type=_seconds, default=None, metavar="S",
                           help="time a job takes: seconds or MIN-MAX (default: a service-like "
                                "model, base + cost x steps x images x megapixels, 8-20 s)")

@@ -14,8 +14,16 @@ own GIL is not the limit), each with threads that own one
 - ``submit``: 1,000 submits from 32 connections, as fast as they go;
 - ``poll N``: N connections in a closed loop, each asking the status of a
   random existing job again as soon as it has its answer;
+- ``raw sockets N``: as ``poll N``, but each client writes the request
+  bytes to a bare socket and reads the answer by its Content-Length: a
+  client that costs little, to find where the server itself stops;
 - ``paced N``: N connections each polling every 1.5-3 s, the benchmarks'
   real pattern (N = 1,000 is about 450 requests a second).
+
+"server CPU µs/req" is the emulator process's CPU time (user + system)
+over the requests it answered: the number that does not depend on how busy
+the machine is. One Python process serves on one core at a time (the GIL),
+so 1 s / that is about the most it can answer per second.
 
 Each row gives requests per second and the latency p50/p99 seen by the
 client. With ``--compare DIR`` the same rows are measured, in the same run,
@@ -128,15 +136,48 @@ def _thread_loop(
     session.close()
 
 
+def _raw_thread_loop(
+    url: str, auth: dict[str, str], ids: list[str], until: float, pace: tuple[float, float],
+    out: list[float], errors: list[int],
+) -> None:
+    """As :func:`_thread_loop`, over a bare keep-alive socket: the client costs little."""
+    import socket
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = socket.create_connection((host, int(port)))
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = connection.makefile("rb")
+    token = auth["Authorization"]
+    requests_bytes = [(f"GET {TEXT2IMAGE}/{r}/status HTTP/1.1\r\nHost: {host}\r\n"
+                       f"Authorization: {token}\r\n\r\n").encode() for r in ids[:200]]
+    n = 0
+    while time.monotonic() < until:
+        began = time.perf_counter()
+        connection.sendall(requests_bytes[n % len(requests_bytes)])
+        n += 1
+        length = 0
+        status = reader.readline()
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        reader.read(length)
+        out.append(time.perf_counter() - began)
+        if b" 200 " not in status:
+            errors.append(1)
+    connection.close()
+
+
 def _process(
     url: str, auth: dict[str, str], ids: list[str], threads: int, seconds: float,
     pace: tuple[float, float], queue: multiprocessing.Queue[tuple[list[float], int]],
+    raw: bool = False,
 ) -> None:
     """One client process: ``threads`` threads polling for ``seconds``."""
     until = time.monotonic() + seconds
+    loop = _raw_thread_loop if raw else _thread_loop
     latencies: list[list[float]] = [[] for _ in range(threads)]
     errors: list[int] = []
-    workers = [threading.Thread(target=_thread_loop,
+    workers = [threading.Thread(target=loop,
                                 args=(url, auth, ids, until, pace, latencies[i], errors))
                for i in range(threads)]
     for worker in workers:
@@ -148,14 +189,14 @@ def _process(
 
 def poll_case(
     name: str, url: str, auth: dict[str, str], ids: list[str], connections: int,
-    procs: int, seconds: float, pace: tuple[float, float] = (0.0, 0.0),
+    procs: int, seconds: float, pace: tuple[float, float] = (0.0, 0.0), raw: bool = False,
 ) -> Row:
     """``connections`` keep-alive connections split over ``procs`` processes, for ``seconds``."""
     procs = min(procs, connections)
     queue: multiprocessing.Queue[tuple[list[float], int]] = multiprocessing.Queue()
     shares = [connections // procs + (i < connections % procs) for i in range(procs)]
     children = [multiprocessing.Process(target=_process,
-                                        args=(url, auth, ids, share, seconds, pace, queue))
+                                        args=(url, auth, ids, share, seconds, pace, queue, raw))
                 for share in shares]
     for child in children:
         child.start()
@@ -224,6 +265,11 @@ def run_all(source: Path, args: argparse.Namespace, log: Callable[[str], None]) 
                 f"poll, {c} conn", url, auth, ids, c, args.procs, args.seconds))
             rows.append(row)
             log(f"  {row.name}: {row.rate:.0f}/s, {row.cpu_per_request * 1e6:.0f} µs/req")
+        for connections in args.raw:
+            row = _measured(process.pid, lambda c=connections: poll_case(
+                f"raw sockets, {c} conn", url, auth, ids, c, args.procs, args.seconds, raw=True))
+            rows.append(row)
+            log(f"  {row.name}: {row.rate:.0f}/s, {row.cpu_per_request * 1e6:.0f} µs/req")
         for connections in args.paced:
             row = _measured(process.pid, lambda c=connections: poll_case(
                 f"paced 1.5-3 s, {c} conn", url, auth, ids, c, args.procs, args.seconds,
@@ -262,6 +308,8 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="client processes")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs submitted first")
     parser.add_argument("--connections", type=int, nargs="*", default=[1, 8, 32, 128])
+    parser.add_argument("--raw", type=int, nargs="*", default=[32],
+                        help="connections of the bare-socket client (finds the server's limit)")
     parser.add_argument("--paced", type=int, nargs="*", default=[1000])
     parser.add_argument("--compare", type=Path, default=None,
                         help="source tree of an emulator to compare against, in the same run")

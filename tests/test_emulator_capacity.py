@@ -284,6 +284,21 @@ def test_set_speed_slows_the_jobs_submitted_from_then_on(clock: Clock) -> None:
         emu.stop()
 
 
+def test_the_speed_can_be_set_from_another_process(clock: Clock) -> None:
+    emu = serve(clock, progress_seconds=4, queue_seconds=0)
+    try:
+        url = f"{emu.url}/emulator/speed"
+        slower = requests.post(url, json={"scale": 1.5}, timeout=5)
+        bad = [requests.post(url, json=body, timeout=5) for body in ({"scale": -1}, {}, [2])]
+        line = timeline(emu, submit_ok(emu, account(emu)))
+
+        assert slower.json() == {"scale": 1.5}
+        assert [answer.status_code for answer in bad] == [400, 400, 400]
+        assert line["finished_at"] - line["started_at"] == 6
+    finally:
+        emu.stop()
+
+
 def test_bad_capacity_and_timing_options_are_refused() -> None:
     with pytest.raises(ValueError, match="capacity"):
         Emulator(capacity=0)

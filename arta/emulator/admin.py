@@ -59,6 +59,24 @@ class AdminRoutes:
             return detail_response(400, str(exc))
         return self.faults(request, params)
 
+    def speed(self, request: Request, params: Mapping[str, str]) -> Response:
+        """``POST /emulator/speed`` ``{"scale": 2.0}``: :meth:`EmulatorApp.set_speed`.
+
+        So that a benchmark can slow down an emulator in another process mid-run.
+        """
+        try:
+            value = json.loads(request.body.decode("utf-8") or "{}")
+        except ValueError:  # UnicodeDecodeError too
+            value = None
+        scale = value.get("scale") if isinstance(value, dict) else None
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            return detail_response(400, 'expected a JSON object {"scale": NUMBER}')
+        try:
+            self._app.set_speed(float(scale))
+        except ValueError as exc:
+            return detail_response(400, str(exc))
+        return json_response(200, {"scale": self._app.timing.scale})
+
     def job(self, request: Request, params: Mapping[str, str]) -> Response:
         """``GET /emulator/jobs/{record_id}``: :meth:`EmulatorApp.job_timeline`, or 404."""
         try:

@@ -175,6 +175,7 @@ class EmulatorApp:
             ("GET", re.compile(r"/emulator/faults"), admin.faults, None),
             ("POST", re.compile(r"/emulator/faults"), admin.set_faults, None),
             ("GET", re.compile(r"/emulator/jobs/(?P<record_id>[^/]+)"), admin.job, None),
+            ("POST", re.compile(r"/emulator/speed"), admin.speed, None),
         ]
 
     # -- configuration read by tests and the server -----------------------
@@ -272,6 +273,8 @@ class EmulatorApp:
         ``set_speed(2.0)`` halves the service's speed, ``set_speed(1.0)``
         restores it; it replaces :attr:`timing`'s ``scale``, and applies to
         the flat model too. Jobs already submitted keep their timeline.
+        From another process: ``POST /emulator/speed`` with ``{"scale": 2.0}``.
+        Raises :class:`ValueError` for a negative or non-finite scale.
         """
         self._jobs_service.set_speed(scale)
 
@@ -301,7 +304,7 @@ class EmulatorApp:
 
     def jobs(self) -> list[str]:
         """The record id of every job, oldest first, including those whose answer was lost."""
-        return list(self._jobs_service.jobs)
+        return self._jobs_service.record_ids()
 
     def job_timeline(self, record_id: str) -> dict[str, object]:
         """Job ``record_id``'s status and planned timeline, as ``GET /emulator/jobs/{id}``.
@@ -331,7 +334,7 @@ class EmulatorApp:
 
     def last_record_id(self) -> str | None:
         """The record id of the newest job, or None: how a test finds a dropped submit's job."""
-        return next(reversed(self._jobs_service.jobs), None)
+        return self._jobs_service.last_record_id()
 
     def set_job_status(
         self,

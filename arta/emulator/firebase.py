@@ -118,7 +118,7 @@ class FirebaseService:
             refresh_token = "AMf-" + secrets.token_urlsafe(96)
             self._accounts[user_id] = int(now)
             self._refresh_tokens[refresh_token] = user_id
-        self._counters.add("signups")
+            self._counters.add("signups")  # as the account appears
         return json_response(
             200,
             {
@@ -151,7 +151,7 @@ class FirebaseService:
             if user_id is None:
                 return firebase_error("INVALID_REFRESH_TOKEN")
             auth_time = self._accounts.get(user_id, int(now))
-        self._counters.add("refreshes")
+            self._counters.add("refreshes")
         id_token = self.tokens.issue(user_id, auth_time, now)
         return json_response(
             200,

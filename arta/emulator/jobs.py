@@ -177,13 +177,15 @@ class JobService:
                 if error_code is not None:
                     job = replace(job, error_code=error_code, error_details=error_details)
                 self.jobs[job.record_id] = job
+                # Counted as the job appears, as before the split: a test that
+                # compares the count with what a client saw must not see a gap.
+                self._counters.add("submits")
         if retry_after is not None:
             self._counters.add("rejected_429")
             limit = self.schedule.max_jobs_per_user
             return detail_response(
                 429, f"Too many unfinished jobs for this account (at most {limit}); "
                 f"retry in {retry_after} s", {"Retry-After": str(retry_after)})
-        self._counters.add("submits")
         # The service always answers a submit IN_QUEUE, however short the queue.
         return json_response(200, self._view(job, now, request, "IN_QUEUE"))
 
@@ -259,6 +261,16 @@ class JobService:
             self.jobs[record_id] = replace(
                 job, forced_status=raw_status, error_code=error_code, error_details=error_details
             )
+
+    def record_ids(self) -> list[str]:
+        """Every job's record id, oldest first (under the lock: no insert meanwhile)."""
+        with self._lock:
+            return list(self.jobs)
+
+    def last_record_id(self) -> str | None:
+        """The newest job's record id, or None."""
+        with self._lock:
+            return next(reversed(self.jobs), None)
 
     def busy_slot_seconds(self) -> float:
         """The slots' busy time so far, summed (see :meth:`Schedule.busy_seconds`)."""

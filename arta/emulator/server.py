@@ -160,6 +160,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         """Read one request, answer it; set ``close_connection`` when the connection ends."""
+        self.command = ""  # until a request line is read; _write checks it for HEAD
         try:
             line = self.rfile.readline(_MAX_LINE + 1)
         except OSError:  # reset, or closed by close_connections()
