@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from arta import api
@@ -250,25 +250,35 @@ class Result:
 
             policy.call(attempt, retry_on=transient)
 
-        pool = concurrent.futures.ThreadPoolExecutor(min(len(paths), MAX_DOWNLOAD_THREADS),
-                                                     thread_name_prefix="arta-download")
         try:
-            for done in [pool.submit(fetch, image, path)
-                         for image, path in zip(self.images, paths)]:
-                done.result()
+            if len(paths) == 1:  # one image: no thread to start (Ctrl-C lands in the download)
+                fetch(self.images[0], paths[0])
+            else:
+                self._fetch_all(fetch, paths, stop)
         except ArtaError as error:
             raise error.with_record_id(self.record_id) from error
         finally:
-            # On any way out (an error, Ctrl-C), the other downloads stop at their
-            # next chunk and clean up; this thread does not wait for them.
-            stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
             if self.transport is None:
                 transport.close()
         if self.blurred:
             log.warning("job %s: image(s) %s were blurred by the service's content filter",
                         self.record_id, ", ".join(map(str, self.blurred)))
         return paths
+
+    def _fetch_all(self, fetch: Callable[[Image, Path], None], paths: list[Path],
+                   stop: threading.Event) -> None:
+        """Run ``fetch(image, path)`` for every image on a bounded pool of threads."""
+        pool = concurrent.futures.ThreadPoolExecutor(min(len(paths), MAX_DOWNLOAD_THREADS),
+                                                     thread_name_prefix="arta-download")
+        try:
+            for done in [pool.submit(fetch, image, path)
+                         for image, path in zip(self.images, paths)]:
+                done.result()
+        finally:
+            # On any way out (an error, Ctrl-C), the other downloads stop at their
+            # next chunk and clean up; this thread does not wait for them.
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _download(self, transport: Transport, image: Image, path: Path, max_bytes: int,
                   overwrite: bool = False, stop: threading.Event | None = None) -> None:

@@ -14,10 +14,13 @@ import json
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from arta.emulator.png import encode_rgb
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 PNG = encode_rgb(4, 3, [bytes(4 * 3)] * 3)
 SECRET = "hostile-secret-token-value"
@@ -45,10 +48,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         mode, _, rest = self.path.lstrip("/").partition("/")
         return mode, rest
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self._dispatch()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         self._dispatch()
@@ -59,10 +62,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 else "status" if rest.endswith("/status") else "submit"
                 if rest.startswith("api/v1/text2image") else "image")
         self.server.count(mode, call)
+        self.server.enter(call)
         try:
             ATTACKS.get((mode, call), _ATTACKS_BY_CALL[call])(self, mode)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up on us: that is the point
+        finally:
+            self.server.leave(call)
 
     # -- answers ------------------------------------------------------------
 
@@ -104,6 +110,19 @@ def _done(handler: _Handler, urls: list[str]) -> None:
 
 def _image(handler: _Handler, mode: str) -> None:
     handler.send(200, PNG, {"Content-Type": "image/png"})
+
+
+def _slow_image(handler: _Handler, mode: str) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "image/png")
+    handler.send_header("Content-Length", str(len(PNG)))
+    handler.end_headers()
+    handler.wfile.write(PNG[:8])
+    handler.wfile.flush()
+    for _ in range(600):  # a minute, unless the client hangs up
+        time.sleep(0.1)
+        handler.wfile.write(b"")  # (nothing: the rest never comes in time)
+    handler.wfile.write(PNG[8:])
 
 
 def _endless_chunked(handler: _Handler, mode: str) -> None:
@@ -191,6 +210,12 @@ ATTACKS: dict[tuple[str, str], Handler] = {
     ("metadata-v4", "status"): _urls("http://169.254.169.254/latest/meta-data/x.png"),
     ("metadata-v6", "status"): _urls("http://[fd00:ec2::254]/latest/x.png"),
     ("escapes", "status"): _escapes,
+    ("slow-image", "image"): _slow_image,
+    ("announced-huge", "image"): lambda handler, mode: handler.send(
+        200, PNG, {"Content-Type": "image/png", "Content-Length": str(10**12)}),
+    ("fast-image", "image"): lambda handler, mode: (time.sleep(0.05), _image(handler, mode)),
+    ("expires-zero", "refresh"): lambda handler, mode: handler.json(
+        {"id_token": "hostile-id-zero", "refresh_token": "r", "expires_in": "0", "user_id": "u"}),
     ("retry-after-huge", "status"): _retry_after("99999999"),
     ("retry-after-date", "status"): _retry_after("Fri, 31 Dec 2100 23:59:59 GMT"),
     ("expires-nan", "signup"): _signup_with("NaN"),
@@ -212,6 +237,8 @@ class HostileServer(http.server.ThreadingHTTPServer):
             collections.Counter)
         self._lock = threading.Lock()
         self.bomb = gzip_bomb(1024)  # 1 MB on the wire, 1 GB unpacked
+        self.active: collections.Counter[str] = collections.Counter()
+        self.most_active: collections.Counter[str] = collections.Counter()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -223,16 +250,19 @@ class HostileServer(http.server.ThreadingHTTPServer):
         with self._lock:
             self.counts[mode][call] += 1
 
-    def __enter__(self) -> HostileServer:
+    def enter(self, call: str) -> None:
+        with self._lock:
+            self.active[call] += 1
+            self.most_active[call] = max(self.most_active[call], self.active[call])
+
+    def leave(self, call: str) -> None:
+        with self._lock:
+            self.active[call] -= 1
+
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
         self.server_close()
-
-
-def serve() -> Iterator[HostileServer]:
-    """Run a hostile server for the length of a ``with``-less fixture."""
-    with HostileServer() as server:
-        yield server
