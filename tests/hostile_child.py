@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import resource
+import signal
 import socket
 import sys
 import time
@@ -35,6 +36,14 @@ def _guarded_connect(self: socket.socket, address: Any) -> None:
             contacted.append(host)
             raise ConnectionRefusedError(f"the test's guard refused {host}: not loopback")
     _real_connect(self, address)
+
+
+class BoundExceeded(BaseException):
+    """The call outlived the row's time bound (raised by a timer in this process)."""
+
+
+def _overdue(signum: int, frame: object) -> None:
+    raise BoundExceeded("the call outlived its time bound")
 
 
 def _vm_bytes() -> int:
@@ -91,6 +100,10 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rss_before = _rss_mb()
     outcome: dict[str, Any] = {"error": None, "classes": []}
+    # The bound is timed here, from the call on: a loaded machine's slow start
+    # (imports, 20 children at once) does not count, and a hang ends here too.
+    signal.signal(signal.SIGALRM, _overdue)
+    signal.setitimer(signal.ITIMER_REAL, spec["bound"] + 1.0)
     started = time.monotonic()
     try:
         _call(spec)
@@ -104,6 +117,7 @@ def main() -> None:
             "leaked": [secret for secret in spec.get("secrets", []) if secret in text],
             "escapes": "\x1b" in text,
         }
+    signal.setitimer(signal.ITIMER_REAL, 0)
     outcome["elapsed"] = time.monotonic() - started
     outcome["rss_growth_mb"] = _rss_mb() - rss_before
     outcome["contacted"] = contacted

@@ -20,7 +20,7 @@ def test_one_sign_up_is_reused_from_the_file(emulator: Emulator, tmp_path: Path)
         with arta.Client(emulator.url, home=tmp_path, poll_policy=FAST_POLL) as client:
             client.generate("a fox")
     assert emulator.stats()["signups"] == 1
-    token = FileTokenStore(tmp_path / "auth_ARTA.json").load()
+    token = FileTokenStore(client.settings.token_file).load()
     assert token is not None and token.expires_at - token.obtained_at == pytest.approx(3600, abs=2)
 
 
