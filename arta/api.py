@@ -361,7 +361,13 @@ def parse_job(response: Response, what: str = "status",
                                status=404, record_id=record_id)
     if response.status != 200:
         raise _service_error(response, what, record_id)
-    body = _json_body(response, what)
+    try:
+        return _job(_json_body(response, what), what, record_id)
+    except ProtocolError as error:
+        raise error.with_record_id(record_id) if record_id else error
+
+
+def _job(body: Any, what: str, record_id: str | None) -> JobState:
     if not isinstance(body, dict) or not isinstance(body.get("record_id"), (str, int)) \
             or isinstance(body["record_id"], bool):
         raise ProtocolError(f"{what}: the answer has no record_id", record_id=record_id)

@@ -21,6 +21,7 @@ arrived (a submit must not be blindly re-sent).
 
 from arta.transport.base import (
     CHUNK_SIZE,
+    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_TIMEOUT,
     EncodedRequest,
     Request,
@@ -28,6 +29,7 @@ from arta.transport.base import (
     Timeout,
     Transport,
     describe,
+    read_body,
 )
 from arta.transport.httpx_transport import HttpxTransport
 from arta.transport.inprocess import InProcessTransport
@@ -36,6 +38,7 @@ from arta.transport.requests_transport import DEFAULT_POOL_SIZE, RequestsTranspo
 
 __all__ = [
     "CHUNK_SIZE",
+    "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_POOL_SIZE",
     "DEFAULT_TIMEOUT",
     "EncodedRequest",
@@ -48,5 +51,6 @@ __all__ = [
     "Timeout",
     "Transport",
     "describe",
+    "read_body",
     "redact_url",
 ]

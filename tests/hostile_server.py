@@ -1,0 +1,268 @@
+"""A hostile ARTA service on loopback: every route serves one attack (issue 11).
+
+A client reaches a mode through its endpoint: ``http://127.0.0.1:PORT/<mode>``
+makes every call (sign-up, refresh, submit, status, images) go to
+``/<mode>/...``, so that many clients can attack in parallel, each its own way.
+The server counts what each mode was asked, by call.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.server
+import json
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from arta.emulator.png import encode_rgb
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+PNG = encode_rgb(4, 3, [bytes(4 * 3)] * 3)
+SECRET = "hostile-secret-token-value"
+
+Handler = Callable[["_Handler", str], None]
+
+
+def gzip_bomb(megabytes: int) -> bytes:
+    """``megabytes`` MB of zeros, gzipped to about a thousandth (one block, repeated)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    head = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return head + block * (megabytes - 1)  # no trailer: nobody should reach the end
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: HostileServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _route(self) -> tuple[str, str]:
+        mode, _, rest = self.path.lstrip("/").partition("/")
+        return mode, rest
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        mode, rest = self._route()
+        call = ("signup" if "signupNewUser" in rest else "refresh" if "securetoken" in rest
+                else "status" if rest.endswith("/status") else "submit"
+                if rest.startswith("api/v1/text2image") else "image")
+        self.server.count(mode, call)
+        self.server.enter(call)
+        try:
+            ATTACKS.get((mode, call), _ATTACKS_BY_CALL[call])(self, mode)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up on us: that is the point
+        finally:
+            self.server.leave(call)
+
+    # -- answers ------------------------------------------------------------
+
+    def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        headers.setdefault("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def json(self, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.send(status, json.dumps(data).encode(), headers)
+
+    def image_url(self, mode: str, name: str) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/{mode}/img/{name}"
+
+
+def _signup(handler: _Handler, mode: str, expires: str = "3600", token: str = "") -> None:
+    handler.json({"idToken": token or f"hostile-id-{mode}", "refreshToken": f"hostile-r-{mode}",
+                  "expiresIn": expires, "localId": "u1"})
+
+
+def _refresh(handler: _Handler, mode: str) -> None:
+    handler.json({"id_token": f"hostile-id-{mode}", "refresh_token": f"hostile-r-{mode}",
+                  "expires_in": "3600", "user_id": "u1"})
+
+
+def _submit(handler: _Handler, mode: str) -> None:
+    handler.json({"record_id": f"job-{mode}", "status": "IN_QUEUE", "seed": 1})
+
+
+def _done(handler: _Handler, urls: list[str]) -> None:
+    handler.json({"record_id": "job", "status": "DONE",
+                  "response": [{"url": url, "MIME": "image/png"} for url in urls]})
+
+
+def _image(handler: _Handler, mode: str) -> None:
+    handler.send(200, PNG, {"Content-Type": "image/png"})
+
+
+def _slow_image(handler: _Handler, mode: str) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "image/png")
+    handler.send_header("Content-Length", str(len(PNG)))
+    handler.end_headers()
+    handler.wfile.write(PNG[:8])
+    handler.wfile.flush()
+    for _ in range(600):  # a minute, unless the client hangs up
+        time.sleep(0.1)
+        handler.wfile.write(b"")  # (nothing: the rest never comes in time)
+    handler.wfile.write(PNG[8:])
+
+
+def _endless_chunked(handler: _Handler, mode: str) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    chunk = b" " * 65536
+    frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    while True:
+        handler.wfile.write(frame)
+
+
+def _huge_declared(handler: _Handler, mode: str) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(400 * 1024 * 1024))
+    handler.end_headers()
+    for _ in range(400 * 16):
+        handler.wfile.write(b" " * 65536)
+
+
+def _dripping(handler: _Handler, mode: str) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    for _ in range(1000):
+        handler.wfile.write(b" ")
+        handler.wfile.flush()
+        time.sleep(0.1)
+
+
+def _bomb(handler: _Handler, mode: str) -> None:
+    handler.send(200, handler.server.bomb, {"Content-Encoding": "gzip"})
+
+
+def _deep(handler: _Handler, mode: str) -> None:
+    handler.send(200, b"[" * 200_000 + b"]" * 200_000)
+
+
+def _many_images(handler: _Handler, mode: str) -> None:
+    _done(handler, [handler.image_url(mode, f"{i}.png") for i in range(10_000)])
+
+
+def _escapes(handler: _Handler, mode: str) -> None:
+    handler.json({"record_id": "job", "status": "FAILED", "error_code": "\x1b]0;pwned\x07E1",
+                  "error_details": "\x1b[2J\x1b[31mcleared\x1b[0m\r\x08"})
+
+
+def _retry_after(value: str) -> Handler:
+    def attack(handler: _Handler, mode: str) -> None:
+        handler.json({"detail": "busy"}, 503, {"Retry-After": value})
+    return attack
+
+
+def _urls(*urls: str) -> Handler:
+    return lambda handler, mode: _done(handler, list(urls))
+
+
+def _signup_with(expires: str = "3600", token: str = "") -> Handler:
+    return lambda handler, mode: _signup(handler, mode, expires, token)
+
+
+_ATTACKS_BY_CALL: dict[str, Handler] = {
+    "signup": _signup, "refresh": _refresh, "submit": _submit,
+    "status": lambda handler, mode: _done(handler, [handler.image_url(mode, "0.png")]),
+    "image": _image,
+}
+
+#: (mode, call) -> the attack served instead of a plain answer.
+ATTACKS: dict[tuple[str, str], Handler] = {
+    ("bomb", "status"): _bomb,
+    ("endless", "status"): _endless_chunked,
+    ("declared", "status"): _huge_declared,
+    ("drip", "status"): _dripping,
+    ("deep", "status"): _deep,
+    ("many", "status"): _many_images,
+    ("more-than-n", "status"): lambda handler, mode: _done(
+        handler, [handler.image_url(mode, f"{i}.png") for i in range(3)]),
+    ("file-url", "status"): _urls("file:///etc/passwd"),
+    ("ftp-url", "status"): _urls("ftp://127.0.0.1/x.png"),
+    ("bare-path", "status"): _urls("/img/x.png"),
+    ("malformed-url", "status"): _urls("http://[::1/x.png"),
+    ("metadata-v4", "status"): _urls("http://169.254.169.254/latest/meta-data/x.png"),
+    ("metadata-v6", "status"): _urls("http://[fd00:ec2::254]/latest/x.png"),
+    ("escapes", "status"): _escapes,
+    ("slow-image", "image"): _slow_image,
+    ("announced-huge", "image"): lambda handler, mode: handler.send(
+        200, PNG, {"Content-Type": "image/png", "Content-Length": str(10**12)}),
+    ("fast-image", "image"): lambda handler, mode: (time.sleep(0.05), _image(handler, mode)),
+    ("expires-zero", "refresh"): lambda handler, mode: handler.json(
+        {"id_token": "hostile-id-zero", "refresh_token": "r", "expires_in": "0", "user_id": "u"}),
+    ("retry-after-huge", "status"): _retry_after("99999999"),
+    ("retry-after-date", "status"): _retry_after("Fri, 31 Dec 2100 23:59:59 GMT"),
+    ("expires-nan", "signup"): _signup_with("NaN"),
+    ("expires-inf", "signup"): _signup_with("inf"),
+    ("expires-negative", "signup"): _signup_with("-5"),
+    ("expires-zero", "signup"): _signup_with("0"),
+    ("token-newline", "signup"): _signup_with(token=f" {SECRET}\nx"),
+}
+
+
+class HostileServer(http.server.ThreadingHTTPServer):
+    """The hostile service; ``counts[mode][call]`` says how often each was asked."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.counts: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter)
+        self._lock = threading.Lock()
+        self.bomb = gzip_bomb(1024)  # 1 MB on the wire, 1 GB unpacked
+        self.active: collections.Counter[str] = collections.Counter()
+        self.most_active: collections.Counter[str] = collections.Counter()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def count(self, mode: str, call: str) -> None:
+        with self._lock:
+            self.counts[mode][call] += 1
+
+    def enter(self, call: str) -> None:
+        with self._lock:
+            self.active[call] += 1
+            self.most_active[call] = max(self.most_active[call], self.active[call])
+
+    def leave(self, call: str) -> None:
+        with self._lock:
+            self.active[call] -= 1
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+        self.server_close()
