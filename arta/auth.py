@@ -271,6 +271,7 @@ class FileTokenStore:
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.lock_timeout = lock_timeout
         self._thread_lock = threading.Lock()
+        self._last: tuple[tuple[int, int, int, int], Token] | None = None
 
     def _ensure_folder(self) -> None:
         folder = self.path.parent
@@ -306,8 +307,27 @@ class FileTokenStore:
     def load(self) -> Token | None:
         """Read the token without a lock; a corrupt, foreign or unreadable file counts as none.
 
-        A file others can read is made 0600 on the way, with a warning.
+        A file others can read is made 0600 on the way, with a warning. The
+        token read last is kept with the file's identity (inode, size,
+        change times): every request asks for the token, and while the file
+        is the same one a ``stat`` answers instead of a read and a parse.
         """
+        try:
+            seen = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            seen = None  # the read below says what is wrong
+        identity = None if seen is None else (
+            seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+        cached = self._last
+        if identity is not None and cached is not None and cached[0] == identity:
+            return cached[1]
+        token = self._read()
+        self._last = None if token is None or identity is None else (identity, token)
+        return token
+
+    def _read(self) -> Token | None:
         try:
             with open(self.path, "rb") as file:
                 self._tighten(file.fileno())
@@ -416,6 +436,7 @@ class FileTokenStore:
         # A store can travel to worker processes; the thread lock cannot.
         state = self.__dict__.copy()
         del state["_thread_lock"]
+        state["_last"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
