@@ -235,8 +235,15 @@ class Transport(Protocol):
       dropped, body cut short). A submit must then not be blindly re-sent,
       since the job may exist.
 
+    A body that is not streamed is read within bounds (:func:`read_body`):
+    one over the size cap raises :class:`~arta.errors.MalformedResponse`
+    (a protocol error, never retried), one that takes longer than a few
+    read timeouts a ``NoResponseError``.
+
     Neither message may hold the query string or a header value (they carry
-    the API key and the token): :func:`describe` names a request safely.
+    the API key and the token): :func:`describe` names a request safely,
+    and :func:`arta.redact.scrub_chain` cleans the library errors chained
+    as causes.
     ``close`` releases pooled connections.
     """
 
