@@ -518,8 +518,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except _Interrupted as interrupted:
         print(f"arta: {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("arta: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupted:  # a SubmitInterrupted says what may exist
+        print(f"arta: {interrupted or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -19,12 +19,14 @@ from arta.errors import (
     NoResponseError,
     ProtocolError,
     ServiceError,
+    SubmitInterrupted,
     SubmitOutcomeUnknown,
 )
 from arta.generation import Generation, OnChange
 from arta.loop import PollLoop, Watch
 from arta.params import GenerationOptions, GenerationParams, shows_generation_options
 from arta.polling import PollPlanner, PollPolicy, check_timeout, check_wait_options
+from arta.redact import redact
 from arta.result import MAX_DOWNLOAD_THREADS, Result
 from arta.retry import RetryPolicy, surely_not_taken, transient
 from arta.runner import Job, JobRun, Outcome, map_outcomes
@@ -180,6 +182,10 @@ class Client:
                 lambda response: api.parse_job(response, "submit"),
                 retry_on=surely_not_taken if retry else _never, token=token,
             )
+        except KeyboardInterrupt:
+            log.warning("interrupted while the submit was on its way: the job may exist "
+                        "(seed %s)", params.seed)
+            raise SubmitInterrupted(params) from None
         except (NoResponseError, ProtocolError, ServiceError) as error:
             if isinstance(error, ServiceError) and (
                     error.status < 500 or surely_not_taken(error)):
@@ -350,7 +356,7 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        where = self.settings.endpoint or "the ARTA service"
+        where = redact(self.settings.endpoint or "the ARTA service")  # a password in the URL
         return f"<arta.Client {where} store={self.token_store!r}>"
 
 

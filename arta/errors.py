@@ -65,6 +65,7 @@ __all__ = [
     "RejectedError",
     "SaveError",
     "ServiceError",
+    "SubmitInterrupted",
     "SubmitOutcomeUnknown",
     "TokenStoreError",
     "TransportError",
@@ -293,3 +294,20 @@ class GenerationInterrupted(KeyboardInterrupt):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.record_id,)
+
+
+class SubmitInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a submit was on its way: the job may or may not exist.
+
+    Still a ``KeyboardInterrupt``. As with :class:`SubmitOutcomeUnknown`,
+    ``params`` (seed included) is what was sent, to recognise the job by.
+    """
+
+    def __init__(self, params: Any) -> None:
+        seed = getattr(params, "seed", None)
+        super().__init__("interrupted while the submit was on its way: the job may or may not "
+                         f"exist (seed {seed}); it was not sent again")
+        self.params = params
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.params,)
