@@ -213,11 +213,11 @@ def test_a_sign_up_failure_is_a_token_error_not_a_submit_failure(tmp_path: Path)
     """Issue 11, item 25: nothing was submitted, so nothing "may or may not exist"."""
     with Emulator(faults="signup:500=1") as emulator, \
             arta.Client(emulator.url, home=tmp_path,
-                        retry_policy=arta.RetryPolicy(attempts=2, first_delay=0.01)) as client:
-        with pytest.raises(arta.ArtaError) as caught:
-            client.submit("a fox")
-        assert not isinstance(caught.value, arta.SubmitOutcomeUnknown)
-        assert "sign-up" in str(caught.value) and emulator.stats()["submits"] == 0
+                        retry_policy=arta.RetryPolicy(attempts=2, first_delay=0.01)) as client, \
+            pytest.raises(arta.ArtaError) as caught:
+        client.submit("a fox")
+    assert not isinstance(caught.value, arta.SubmitOutcomeUnknown)
+    assert "sign-up" in str(caught.value) and emulator.stats()["submits"] == 0
 
 
 class _CtrlCAfterSubmit:
@@ -241,9 +241,9 @@ def test_ctrl_c_during_a_submit_says_the_job_may_exist_with_its_seed(
         emulator: Emulator, tmp_path: Path) -> None:
     """Issue 11, item 24: not a bare "interrupted": the params and seed to recognise the job."""
     inner = arta.RequestsTransport()
-    with arta.Client(emulator.url, home=tmp_path, transport=_CtrlCAfterSubmit(inner)) as client:
-        with pytest.raises(arta.SubmitInterrupted) as caught:
-            client.submit("a fox", seed=4242)
+    with arta.Client(emulator.url, home=tmp_path, transport=_CtrlCAfterSubmit(inner)) as client, \
+            pytest.raises(arta.SubmitInterrupted) as caught:
+        client.submit("a fox", seed=4242)
     inner.close()
     assert isinstance(caught.value, KeyboardInterrupt)
     assert caught.value.params.seed == 4242 and "seed 4242" in str(caught.value)
