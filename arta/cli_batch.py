@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import shlex
@@ -27,6 +28,7 @@ from arta.batch import (
     running,
 )
 from arta.client import Client
+from arta.errors import InvalidInputError
 from arta.manifest import MANIFEST_NAME, Manifest, RunLock
 from arta.progress import BatchProgress
 from arta.styles import DEFAULT_STYLE, resolve_style
@@ -57,6 +59,36 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: DIR/arta-manifest.jsonl)")
     parser.add_argument("--gallery", action="store_true",
                         help="after the run, write DIR/index.html: a contact sheet of the images")
+    dask = parser.add_argument_group("on a Dask cluster (pip install 'arta[dask]')")
+    dask.add_argument("--engine", choices=("local", "dask"), default="local",
+                      help="where the jobs wait: this process (default) or a Dask cluster; "
+                           "only this process submits either way")
+    dask.add_argument("--scheduler", metavar="ADDRESS",
+                      help="with --engine dask: tcp://host:8786, or local:N for a cluster "
+                           "of N processes on this machine")
+    dask.add_argument("--output-on-workers", metavar="PATH",
+                      help="with --engine dask: the workers write the images to PATH (a "
+                           "shared filesystem) instead of sending them back")
+    dask.add_argument("--token", choices=("cluster", "host"), default="cluster",
+                      help="with --engine dask: one token kept in the scheduler (default), "
+                           "or each host's own token file")
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    """The Dask flags make sense together, and Dask is installed: said before any request."""
+    if args.engine == "local":
+        given = [flag for flag, value in (("--scheduler", args.scheduler),
+                                          ("--output-on-workers", args.output_on_workers))
+                 if value is not None]
+        if given:
+            raise InvalidInputError(f"{' and '.join(given)} need --engine dask")
+        return
+    if not args.scheduler:
+        raise InvalidInputError("--engine dask needs --scheduler tcp://HOST:8786 or local:N")
+    if args.workers != 1:
+        raise InvalidInputError("--workers is for --engine local; a Dask cluster has its own")
+    if importlib.util.find_spec("distributed") is None:
+        raise InvalidInputError("--engine dask needs Dask: pip install 'arta[dask]'")
 
 
 def _print_json(record: dict[str, Any]) -> None:
@@ -68,6 +100,7 @@ class BatchCommand:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        _check_engine(args)
         self.jobs = read_jobs(args.file)  # every line checked before anything is sent
         self.output = args.output or "."
         check_folder(self.output)
@@ -112,6 +145,16 @@ class BatchCommand:
                 progress.update(done=skipped + counts["done"], in_flight=counts["in_flight"],
                                 queued=counts["queued"], failed=counts["failed"])
 
+            if args.engine == "dask":
+                from arta.dask.batch import run_batch_on_dask  # imports Dask: only when asked
+
+                self.report = run_batch_on_dask(
+                    self.jobs, self.manifest, self.output, scheduler=args.scheduler,
+                    client_options=client_options, concurrency=args.concurrency,
+                    on_outcome=report, on_plan=planned, on_counts=counted,
+                    output_on_workers=args.output_on_workers, token=args.token,
+                    timeout=client_options.get("timeout"))
+                return
             self.report = run_batch(
                 self.jobs, self.manifest, self.output, client=client,
                 client_options=client_options, concurrency=args.concurrency,
