@@ -15,10 +15,10 @@ for another endpoint, transport, token store or poll policy.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arta.auth import FileTokenStore, MemoryTokenStore, Token, TokenStore
-from arta.client import Client
+from arta.client import Client, ConnectionOptions, split_options
 from arta.defaults import default_client, set_default_client
 from arta.errors import (
     ArtaError,
@@ -44,11 +44,16 @@ from arta.errors import (
     TokenStoreError,
     TransportError,
 )
-from arta.generation import Generation, OnChange, PollPolicy, Status
-from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
+from arta.generation import Generation, OnChange, PollPlanner, PollPolicy, Status
+from arta.params import (
+    GenerationOptions,
+    GenerationParams,
+    shows_generation_options,
+)
 from arta.result import Image, Result
 from arta.retry import RetryPolicy
-from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
+from arta.runner import Job, JobRun, Outcome, as_completed
+from arta.styles import ASPECT_RATIOS, STYLE_ALIASES, STYLES
 from arta.transport import (
     HttpxTransport,
     InProcessTransport,
@@ -58,6 +63,9 @@ from arta.transport import (
     Response,
     Transport,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __version__ = "0.1.0"
 
@@ -72,6 +80,7 @@ __all__ = [
     "ConnectError",
     "DownloadError",
     "FileTokenStore",
+    "GenerateOptions",
     "Generation",
     "GenerationCancelled",
     "GenerationFailed",
@@ -85,9 +94,13 @@ __all__ = [
     "InvalidParameterError",
     "InvalidPromptError",
     "InvalidStyleError",
+    "Job",
+    "JobRun",
     "LoggingTransport",
     "MemoryTokenStore",
     "NoResponseError",
+    "Outcome",
+    "PollPlanner",
     "PollPolicy",
     "ProtocolError",
     "QuotaExceededError",
@@ -106,26 +119,20 @@ __all__ = [
     "TokenStoreError",
     "Transport",
     "TransportError",
+    "as_completed",
     "default_client",
     "generate",
     "set_default_client",
 ]
 
-def generate(
-    prompt: str,
-    *,
-    style: str = DEFAULT_STYLE,
-    n: int = 1,
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-    guidance_scale: float = 7,
-    steps: int = 30,
-    aspect_ratio: str = "1:1",
-    seed: int | None = None,
-    timeout: float | None = None,
-    on_change: OnChange | None = None,
-    poll_policy: PollPolicy | None = None,
-    **client_options: Any,
-) -> Result:
+class GenerateOptions(GenerationOptions, ConnectionOptions, total=False):
+    """:func:`generate`'s keywords: a generation's, and a client's for a client of its own."""
+
+
+@shows_generation_options
+def generate(prompt: str, *, timeout: float | None = None, on_change: OnChange | None = None,
+             poll_policy: PollPlanner | None = None,
+             **options: Unpack[GenerateOptions]) -> Result:
     """Generate images for ``prompt`` and return the :class:`Result` once the job is DONE.
 
     ``style`` is a display name or an alias (see ``arta styles``); ``n`` is
@@ -140,13 +147,11 @@ def generate(
     the job, :class:`GenerationTimeout` past ``timeout``; every error raised
     after the submit carries the job's ``record_id``.
     """
+    params, client_options = split_options(options)
     client = Client(**client_options) if client_options else default_client()
     try:
-        return client.generate(
-            prompt, style=style, n=n, negative_prompt=negative_prompt,
-            guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio,
-            seed=seed, timeout=timeout, on_change=on_change, poll_policy=poll_policy,
-        )
+        return client.generate(prompt, timeout=timeout, on_change=on_change,
+                               poll_policy=poll_policy, **params)
     finally:
         if client_options:
             client.close()

@@ -1,196 +1,155 @@
-"""``arta batch``: many prompts, several worker processes, one token, nothing lost.
+"""``arta batch``: thousands of jobs in flight from one process, nothing lost, nothing paid twice unknowingly.
 
-The manifest is the batch's memory: a JSONL file, append-only, each line
-flushed and fsynced before the work goes on. A job's record id is written
-the moment its submit is answered, so a batch killed at any point and run
-again resumes: finished jobs are skipped, submitted ones are picked up by
-record id (never submitted twice), the rest are submitted.
+The jobs run on the client's engine (:meth:`arta.Client.run`): ``concurrency``
+jobs in flight, a waiting job costing a heap entry in the poll loop, not a
+thread. The images of each finished job are saved on a small pool of
+threads, off the loop. With ``workers`` > 1, that many processes split the
+jobs and the concurrency between them (one shared token file: one sign-up).
 
-Manifest lines (the last line of a job wins)::
+The batch's memory is its :class:`~arta.manifest.Manifest`. Before each
+submit an ``intent`` (the parameters and the seed) is fsynced; the record id
+is written the moment the service answers, before any poll; the end of the
+job (``done`` with its files, or ``failed`` with the error and the record
+id) after the images are saved. A batch killed at any point and run again
+resumes:
 
-    {"job": "12:3f2a9c...", "line": 12, "event": "submitted", "record_id": "...", "seed": 42}
-    {"job": "12:3f2a9c...", "line": 12, "event": "done", "record_id": "...", "files": [...]}
-    {"job": "12:3f2a9c...", "line": 12, "event": "failed", "record_id": "...", "error": "..."}
-
-A job's key is its line number and a digest of its parameters, so an edited
-input line is a new job, not a stale match.
+- finished jobs are skipped;
+- jobs with a record id are picked up by it (never submitted twice);
+- a job with an intent and no record id was perhaps taken by the service
+  just before the kill: it is submitted again with the same seed, and
+  counted as *possibly resubmitted*;
+- jobs the service FAILED, and the rest, are submitted.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import json
+import concurrent.futures
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterator
-from pathlib import Path
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
-import filelock
-
-from arta.client import Client
-from arta.errors import (
-    ArtaError,
-    InvalidInputError,
-    SubmitOutcomeUnknown,
+from arta.batchplan import (
+    POSSIBLY_RESUBMITTED_NOTE,
+    BatchReport,
+    JobRecorder,
+    Outcome,
+    Task,
+    check_folder,
+    plan,
+    save_images,
 )
-from arta.params import GenerationParams
+from arta.client import Client
+from arta.errors import ArtaError, SubmitOutcomeUnknown
+from arta.generation import Generation
+from arta.jobfile import FIELDS, BatchJob, read_jobs
+from arta.manifest import Manifest, ManifestError
+from arta.result import Result
+from arta.runner import Job, JobRun
+from arta.runner import Outcome as RunOutcome
 
-__all__ = ["BatchJob", "Manifest", "Outcome", "read_jobs", "run_batch", "running"]
+__all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Manifest",
+           "Outcome", "Task", "check_folder", "plan", "read_jobs", "run_batch", "running"]
 
 log = logging.getLogger(__name__)
 
-#: The keys a JSONL line may hold: the parameters of ``arta.generate``.
-FIELDS = ("prompt", "style", "n", "negative_prompt", "guidance_scale", "steps",
-          "aspect_ratio", "seed")
+#: Threads that save images (downloads are short; the jobs' waits are in the poll loop).
+SAVE_THREADS = 4
+
+Counts = dict[str, int]
 
 
-@dataclasses.dataclass(frozen=True)
-class BatchJob:
-    """One line of the input: where it came from and what to generate."""
+class _Share:
+    """One process's share of a batch: its tasks through ``client.run``, saves on a small pool."""
 
-    line: int
-    params: dict[str, Any]
+    def __init__(self, client: Client, manifest: Manifest, output: str | os.PathLike[str],
+                 tasks: Sequence[Task], concurrency: int, emit: Callable[[Outcome], None],
+                 on_counts: Callable[[Counts], None]) -> None:
+        self.client, self.manifest, self.output = client, manifest, output
+        self.tasks, self.concurrency = tasks, concurrency
+        self._emit, self._on_counts = emit, on_counts
+        self._lock = threading.Lock()
+        self._ended = {"done": 0, "failed": 0}
+        self._saving = 0
+        self._run: JobRun | None = None
 
-    @property
-    def key(self) -> str:
-        """The job's identity in the manifest: its line and a digest of its parameters."""
-        digest = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()
-        return f"{self.line}:{digest[:12]}"
-
-
-def read_jobs(path: str | os.PathLike[str]) -> list[BatchJob]:
-    """Read and validate every job of a batch file, before anything is sent.
-
-    A ``.jsonl``/``.ndjson`` file, or one whose first line starts with ``{``,
-    holds one JSON object of generate's parameters per line; any other file
-    holds one prompt per line. Blank lines and lines starting with ``#`` are
-    skipped. A bad line raises :class:`~arta.errors.InvalidInputError`
-    naming it.
-    """
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    entries = [(number, text.strip()) for number, text in enumerate(lines, 1)
-               if text.strip() and not text.lstrip().startswith("#")]
-    is_jsonl = Path(path).suffix in (".jsonl", ".ndjson") or (
-        bool(entries) and entries[0][1].startswith("{"))
-    jobs = []
-    for number, text in entries:
+    def run(self) -> None:
+        """Run every task; each outcome is emitted once its images are saved (or it failed)."""
+        jobs = (Job(None if task.record_id else task.params(), task.record_id,
+                    tag=JobRecorder(self.manifest, task)) for task in self.tasks)
+        self._run = run = self.client.run(jobs, concurrency=self.concurrency,
+                                          on_submitting=self._submitting,
+                                          on_submitted=self._submitted)
+        saver = concurrent.futures.ThreadPoolExecutor(SAVE_THREADS, thread_name_prefix="arta-save")
         try:
-            params = _parse_line(text) if is_jsonl else {"prompt": text}
-            GenerationParams.create(**{"seed": 0, **params})  # validate, before any request
-        except (InvalidInputError, ValueError, TypeError) as error:
-            raise InvalidInputError(f"{path}, line {number}: {error}") from None
-        jobs.append(BatchJob(number, params))
-    if not jobs:
-        raise InvalidInputError(f"{path} holds no prompts")
-    return jobs
+            for outcome in run:
+                if outcome.result is not None:
+                    with self._lock:
+                        self._saving += 1
+                    saver.submit(self._save, outcome.job.tag, outcome.result)
+                else:
+                    self._end(self._failed(outcome))
+        except BaseException:
+            run.close()
+            saver.shutdown(wait=True, cancel_futures=True)
+            raise
+        saver.shutdown(wait=True)
+        self._counts()
 
+    def counts(self) -> Counts:
+        """Queued, in flight (saving included), done and failed, in this share."""
+        run = self._run
+        with self._lock:
+            done, failed, saving = self._ended["done"], self._ended["failed"], self._saving
+        in_flight = (run.counts["in_flight"] if run is not None else 0) + saving
+        queued = max(0, len(self.tasks) - in_flight - done - failed)
+        return {"queued": queued, "in_flight": in_flight, "done": done, "failed": failed}
 
-def _parse_line(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    if not isinstance(value, dict) or "prompt" not in value:
-        raise ValueError('expected a JSON object with a "prompt"')
-    unknown = sorted(set(value) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
-    return value
+    def _submitting(self, job: Job) -> None:
+        assert job.params is not None
+        job.tag.intent(job.params)  # fsynced before the submit: a kill after it is known
+        self._counts()
 
+    def _submitted(self, job: Job, generation: Generation) -> None:
+        try:
+            job.tag.submitted(generation.record_id, generation.seed)
+        except ManifestError as error:
+            raise error.with_record_id(generation.record_id) from error
 
-class Manifest:
-    """The append-only JSONL record of a batch, safe to share between processes."""
+    def _save(self, recorder: JobRecorder, result: Result) -> None:
+        try:
+            files = save_images(result, self.output)
+            outcome = recorder.done(result.record_id, result.seed, files, result.blurred)
+        except ArtaError as error:
+            outcome = recorder.failed(error, result.record_id, result.seed)
+        except Exception as error:  # noqa: BLE001 - a bug must not lose a paid job's outcome
+            outcome = recorder.failed(ArtaError(f"{type(error).__name__}: {error}",
+                                                record_id=result.record_id),
+                                      result.record_id, result.seed)
+        with self._lock:
+            self._saving -= 1
+        self._end(outcome)
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._lock = filelock.FileLock(str(self.path) + ".lock")
+    def _failed(self, outcome: RunOutcome) -> Outcome:
+        recorder: JobRecorder = outcome.job.tag
+        error = outcome.error or ArtaError("the job ended without a result")
+        seed = outcome.job.params.seed if outcome.job.params is not None else recorder.task.seed
+        record_id = None if isinstance(error, SubmitOutcomeUnknown) else outcome.record_id
+        return recorder.failed(error, record_id, seed)
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Add one line, durably: flushed and fsynced before returning."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = (json.dumps(record, sort_keys=True) + "\n").encode()
-        with self._lock, open(self.path, "ab") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+    def _end(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._ended["done" if outcome.event == "done" else "failed"] += 1
+            self._emit(outcome)
+        if outcome.manifest_error and self._run is not None:
+            self._run.close()  # no record can be kept: stop submitting
+        self._counts()
 
-    def latest(self) -> dict[str, dict[str, Any]]:
-        """The last record of every job, by key (a line torn by a kill is skipped)."""
-        latest: dict[str, dict[str, Any]] = {}
-        with contextlib.suppress(FileNotFoundError), open(self.path, encoding="utf-8") as file:
-            for number, text in enumerate(file, 1):
-                try:
-                    record = json.loads(text)
-                    latest[record["job"]] = record
-                except (ValueError, KeyError, TypeError):
-                    log.warning("%s, line %d: not a whole record (cut short by a kill?); skipped",
-                                self.path, number)
-        return latest
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """How one job of this run ended (also the ``--json`` output of a job)."""
-
-    line: int
-    event: str  # "done", "failed" or "skipped"
-    record_id: str | None = None
-    files: tuple[str, ...] = ()
-    blurred: tuple[int, ...] = ()
-    error: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """A plain dict for ``--json``."""
-        return dataclasses.asdict(self)
-
-
-def _resumable(record: dict[str, Any] | None) -> str | None:
-    """The record id to pick a job up by, or None to submit it (again)."""
-    if record is None or not record.get("record_id"):
-        return None
-    # A job the service FAILED is submitted anew; anything else that has a
-    # record id (submitted, timed out, interrupted) is still on the service.
-    return None if record.get("error_type") == "GenerationFailed" else str(record["record_id"])
-
-
-# -- the worker processes ----------------------------------------------------
-
-_worker: dict[str, Any] = {}
-
-
-def _start_worker(client_options: dict[str, Any], manifest: str, output: str) -> None:
-    """Pool initializer: one client per worker process; the token file is shared."""
-    _worker.update(client=Client(**client_options), manifest=Manifest(manifest), output=output)
-
-
-def _run_job(task: tuple[BatchJob, str | None]) -> Outcome:
-    job, record_id = task
-    client: Client = _worker["client"]
-    manifest: Manifest = _worker["manifest"]
-    base = {"job": job.key, "line": job.line}
-    try:
-        if record_id is None:
-            generation = client.submit(**job.params)
-            record_id = generation.record_id
-            manifest.append({**base, "event": "submitted", "record_id": record_id,
-                             "seed": generation.seed})
-        else:
-            generation = client.resume(record_id)
-        generation.wait(client.timeout)
-        result = generation.result()
-        files = tuple(str(p) for p in result.save(
-            _worker["output"], name=f"{job.line:04d}-{{record_id}}-{{index}}"))
-        manifest.append({**base, "event": "done", "record_id": record_id, "files": list(files),
-                         "blurred": result.blurred})
-        return Outcome(job.line, "done", record_id, files, tuple(result.blurred))
-    except ArtaError as error:
-        record_id = error.record_id or record_id
-        if isinstance(error, SubmitOutcomeUnknown):
-            record_id = None
-        manifest.append({**base, "event": "failed", "record_id": record_id,
-                         "error_type": type(error).__name__, "error": str(error)})
-        return Outcome(job.line, "failed", record_id, error=f"{type(error).__name__}: {error}")
+    def _counts(self) -> None:
+        self._on_counts(self.counts())
 
 
 def run_batch(
@@ -198,45 +157,118 @@ def run_batch(
     manifest: Manifest,
     output: str | os.PathLike[str],
     *,
-    workers: int = 4,
+    client: Client | None = None,
     client_options: dict[str, Any] | None = None,
+    concurrency: int = 64,
+    workers: int = 1,
     on_outcome: Callable[[Outcome], None] | None = None,
-) -> list[Outcome]:
-    """Run every job not yet done, in ``workers`` processes; return every job's outcome.
+    on_plan: Callable[[list[Outcome], list[Task]], object] | None = None,
+    on_counts: Callable[[Counts], None] | None = None,
+) -> BatchReport:
+    """Run every job not yet done, ``concurrency`` in flight; report every job's outcome.
 
-    Each worker makes a :class:`~arta.client.Client` from ``client_options``
-    (its ``timeout`` bounds each job's wait).
-    Jobs the manifest records as done are skipped (their outcome is
-    ``"skipped"``); submitted ones are resumed by record id. ``on_outcome``
-    is called in this process as each job ends.
+    With ``workers`` == 1 the jobs run in this process on ``client`` (else
+    one made from ``client_options``); with more, each worker process makes
+    its client from ``client_options`` and runs its share of the jobs and of
+    the concurrency. ``on_plan`` is called once before any request with the
+    jobs an earlier run finished and the tasks of this run, ``on_outcome``
+    in this process as each job ends, ``on_counts`` with the whole batch's
+    counts (queued, in flight, done, failed) as they change. The caller
+    holds the manifest's :class:`~arta.manifest.RunLock`.
     """
-    latest = manifest.latest()
-    outcomes: list[Outcome] = []
-    tasks = []
-    for job in jobs:
-        record = latest.get(job.key)
-        if record is not None and record.get("event") == "done":
-            outcomes.append(Outcome(job.line, "skipped", record.get("record_id"),
-                                    tuple(record.get("files", ()))))
-        else:
-            tasks.append((job, _resumable(record)))
-    if not tasks:
-        return outcomes
+    skipped, tasks = plan(jobs, manifest.states())
+    if on_plan is not None:
+        on_plan(skipped, tasks)
+    report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
+    emit = _collector(report, on_outcome)
+    counts = on_counts or (lambda counts: None)
+    if tasks and (workers <= 1 or len(tasks) == 1):
+        owned = client is None
+        client = client or Client(**(client_options or {}))
+        try:
+            _Share(client, manifest, output, tasks, concurrency, emit, counts).run()
+        finally:
+            if owned:
+                client.close()
+    elif tasks:
+        _run_processes(tasks, manifest, output, min(workers, len(tasks)), concurrency,
+                       client_options or {}, emit, counts)
+    report.outcomes.sort(key=lambda o: o.line)
+    return report
+
+
+def _collector(report: BatchReport,
+               on_outcome: Callable[[Outcome], None] | None) -> Callable[[Outcome], None]:
+    def emit(outcome: Outcome) -> None:
+        report.outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return emit
+
+
+# -- several processes -------------------------------------------------------
+
+
+def _run_processes(tasks: list[Task], manifest: Manifest, output: str | os.PathLike[str],
+                   workers: int, concurrency: int, client_options: dict[str, Any],
+                   emit: Callable[[Outcome], None], on_counts: Callable[[Counts], None]) -> None:
+    """Split the tasks and the concurrency over ``workers`` processes; relay what they say."""
     # spawn, not fork: a forked child would inherit this process's threads and sockets.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(tasks)), initializer=_start_worker,
-                      initargs=(client_options or {}, str(manifest.path), str(output))) as pool:
-        for outcome in pool.imap_unordered(_run_job, tasks):
-            outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
-    return sorted(outcomes, key=lambda o: o.line)
+    channel: Any = context.Queue()
+    shares = [(tasks[i::workers], max(1, concurrency // workers + (i < concurrency % workers)))
+              for i in range(workers)]
+    processes = [context.Process(target=_worker, name=f"arta-batch-{i}", daemon=True,
+                                 args=(i, share, client_options, str(manifest.path), str(output),
+                                       share_concurrency, channel))
+                 for i, (share, share_concurrency) in enumerate(shares)]
+    for process in processes:
+        process.start()
+    counts: dict[int, Counts] = {}
+    running = set(range(workers))
+    try:
+        while running:
+            try:
+                kind, index, value = channel.get(timeout=0.5)
+            except queue.Empty:
+                dead = {i for i in running if processes[i].exitcode is not None}
+                for i in dead:
+                    log.error("batch worker %d ended (exit code %s) before its jobs; run the "
+                              "batch again to finish them", i, processes[i].exitcode)
+                running -= dead
+                continue
+            if kind == "outcome":
+                emit(value)
+            elif kind == "counts":
+                counts[index] = value
+                on_counts({key: sum(c[key] for c in counts.values()) for key in value})
+            else:
+                running.discard(index)
+    finally:
+        for process in processes:
+            process.join(timeout=None if not running else 0)
+            if process.is_alive():
+                process.terminate()
+        channel.close()
+
+
+def _worker(index: int, tasks: list[Task], client_options: dict[str, Any], manifest: str,
+            output: str, concurrency: int, channel: Any) -> None:
+    """A worker process: its share of the batch, reported on ``channel``."""
+    try:
+        with Client(**client_options) as client:
+            _Share(client, Manifest(manifest), output, tasks, concurrency,
+                   emit=lambda outcome: channel.put(("outcome", index, outcome)),
+                   on_counts=lambda counts: channel.put(("counts", index, counts))).run()
+    except KeyboardInterrupt:  # Ctrl-C reached the whole group: the parent tells the user
+        return
+    channel.put(("end", index, None))
 
 
 def running(manifest: Manifest, jobs: list[BatchJob]) -> Iterator[tuple[int, str]]:
     """(line, record id) of every job submitted and not finished: what a resume picks up."""
-    latest = manifest.latest()
+    states = manifest.states()
     for job in jobs:
-        record = latest.get(job.key)
-        if record is not None and record.get("event") == "submitted":
-            yield job.line, str(record["record_id"])
+        state = states.get(job.key)
+        if state is not None and state.record_id is not None and state.event == "submitted":
+            yield job.line, state.record_id

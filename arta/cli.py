@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import shlex
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from arta import __version__
 from arta.auth import FileTokenStore
-from arta.batch import Manifest, Outcome, read_jobs, run_batch, running
+from arta.cli_batch import BatchCommand, add_batch_arguments
 from arta.client import Client
 from arta.config import Settings
 from arta.errors import (
@@ -33,6 +34,7 @@ from arta.errors import (
     InvalidInputError,
 )
 from arta.generation import Generation, PollPolicy
+from arta.manifest import ManifestError
 from arta.params import DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_LENGTH
 from arta.progress import StatusLine
 from arta.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLE_ALIASES, STYLES
@@ -86,11 +88,10 @@ def _parser() -> argparse.ArgumentParser:
         help="generate for every line of a file, in parallel; run again to resume")
     batch.add_argument("file", help="one prompt per line, or JSONL: one object of "
                                     "generate's parameters per line")
-    batch.add_argument("--workers", "-w", type=int, default=4,
-                       help="worker processes (default 4)")
-    batch.add_argument("--manifest", "-m", default=None, metavar="PATH",
-                       help="the JSONL record that makes the batch resumable "
-                            "(default: DIR/arta-manifest.jsonl)")
+    add_batch_arguments(batch)
+    batch.add_argument("--emulator", action="store_true",
+                       help="run against an emulator of the service started in this process "
+                            "(offline; a throw-away token store)")
     _add_job_options(batch)
 
     commands.add_parser("styles", parents=[common], help="list the styles and their aliases")
@@ -124,15 +125,27 @@ def _parser() -> argparse.ArgumentParser:
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default=None, metavar="DIR",
                         help="folder to save the images in (generate and batch: default .)")
-    parser.add_argument("--timeout", type=float, default=None,
+    parser.add_argument("--timeout", type=_positive_seconds, default=None,
                         help="give up waiting for a job after this many seconds")
-    parser.add_argument("--poll-interval", type=float, default=None, metavar="S",
+    parser.add_argument("--poll-interval", type=_positive_seconds, default=None, metavar="S",
                         help="ask about a job every S seconds (default: 2 s, then every "
                              "1.5 s growing to 3 s)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per job on stdout, for scripts")
     parser.add_argument("--endpoint", default=None,
                         help="base URL of the service (default: ARTA_ENDPOINT, else the real one)")
+
+
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds above 0 (``nan``, ``inf``, ``-5`` and ``0`` are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, "
+                                         f"not {text!r}")
+    return value
 
 
 def _seconds(text: str) -> tuple[float, float]:
@@ -257,42 +270,22 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise InvalidInputError("--workers must be at least 1")
-    jobs = read_jobs(args.file)
-    output = args.output or "."
-    manifest = Manifest(args.manifest or f"{output}/arta-manifest.jsonl")
-    counts = {"done": 0, "failed": 0}
-    total = len(jobs)
-    with StatusLine(sys.stderr, enabled=not args.quiet) as line:
-        def report(outcome: Outcome) -> None:
-            counts[outcome.event] += 1
-            if args.json:
-                _print_json(outcome.as_json())
-            elif outcome.event == "failed":
-                print(f"arta: line {outcome.line}: {outcome.error}", file=sys.stderr)
-            line.update(f"batch: {counts['done']}/{total} done, {counts['failed']} failed")
-
-        line.update(f"batch: starting {args.workers} workers for {total} jobs")
-        try:
-            outcomes = run_batch(jobs, manifest, output, workers=args.workers, on_outcome=report,
-                                 client_options=_client_options(args))
-        except KeyboardInterrupt:
-            pending = "".join(f"\n  line {number}: {record_id}"
-                              for number, record_id in running(manifest, jobs))
-            raise _Interrupted(
-                f"interrupted; these jobs go on at the service:{pending or ' none'}\n"
-                f"Resume the batch with: {shlex.join(['arta', *sys.argv[1:]])}") from None
-    skipped = sum(o.event == "skipped" for o in outcomes)
-    failed = sum(o.event == "failed" for o in outcomes)
-    if args.json:
-        for outcome in outcomes:
-            if outcome.event == "skipped":
-                _print_json(outcome.as_json())
-    if not args.quiet:
-        print(f"arta: batch: {total - failed} of {total} done ({skipped} from an earlier run), "
-              f"{failed} failed; manifest {manifest.path}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+    command = BatchCommand(args)  # reads and checks every job, and the output folder
+    try:
+        command.lock()
+    except ManifestError as error:  # another run holds the manifest: nothing was sent
+        print(f"arta: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with _client(args) as client:
+            options = {**_client_options(args), "endpoint": client.settings.endpoint,
+                       "home": str(client.settings.home)}
+            command.run(client, options)
+    except KeyboardInterrupt:
+        raise _Interrupted(command.interrupted()) from None
+    finally:
+        command.unlock()
+    return EXIT_OK if command.finish() else EXIT_FAILED
 
 
 def _styles(args: argparse.Namespace) -> int:
@@ -363,6 +356,14 @@ def _exit_code(error: ArtaError) -> int:
     return EXIT_SERVICE
 
 
+def _cli_hint(error: ArtaError, args: argparse.Namespace) -> str:
+    """The command that picks the job up again, for an error the job survives."""
+    if error.record_id is None or isinstance(error, GenerationFailed):
+        return ""
+    output = shlex.quote(getattr(args, "output", None) or ".")
+    return f"; or run: arta status {error.record_id} --wait -o {output}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``arta`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = _parser().parse_args(argv)
@@ -371,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ArtaError as error:
-        print(f"arta: error: {error}", file=sys.stderr)
+        print(f"arta: error: {error}{_cli_hint(error, args)}", file=sys.stderr)
         return _exit_code(error)
     except (ValueError, OSError) as error:  # e.g. an unreadable batch file
         print(f"arta: error: {error}", file=sys.stderr)

@@ -1,27 +1,37 @@
-"""``Client``: wires settings, a transport and a token store into submit/resume/generate."""
+"""``Client``: wires settings, a transport, a token store and a poll loop into submit/resume/generate/map."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, TypeVar, Union
+import threading
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, TypedDict, TypeVar, Union
 
 from arta import api
 from arta.auth import Authenticator, FileTokenStore, Token, TokenStore
 from arta.config import Settings
 from arta.errors import (
     AuthError,
+    ConfigurationError,
     InvalidInputError,
     NoResponseError,
     ProtocolError,
     ServiceError,
     SubmitOutcomeUnknown,
 )
-from arta.generation import Generation, OnChange, PollPolicy
-from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
+from arta.generation import (
+    Generation,
+    OnChange,
+    PollPlanner,
+    PollPolicy,
+    check_timeout,
+    check_wait_options,
+)
+from arta.loop import PollLoop, Watch
+from arta.params import GenerationOptions, GenerationParams, shows_generation_options
 from arta.result import Result
 from arta.retry import RetryPolicy, surely_not_taken, transient
-from arta.styles import DEFAULT_STYLE
+from arta.runner import Job, JobRun, Outcome, map_outcomes
 from arta.transport import (
     DEFAULT_POOL_SIZE,
     DEFAULT_TIMEOUT,
@@ -31,18 +41,61 @@ from arta.transport import (
     Timeout,
     Transport,
 )
+from arta.transport.timeouts import TimeoutTransport
+from arta.window import AdaptiveWindow
 
-if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
-    from typing_extensions import Self
+if TYPE_CHECKING:  # typing.Self and Unpack are newer than 3.9; only the type checker needs them
+    from collections.abc import Iterator
 
-__all__ = ["Client"]
+    from typing_extensions import Self, Unpack
+
+__all__ = ["Client", "ClientOptions", "ConnectionOptions", "split_options"]
 
 T = TypeVar("T")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+class ConnectionOptions(TypedDict, total=False):
+    """The keywords of :class:`Client` that say how it connects (all but the waits' defaults)."""
+
+    endpoint: str | None
+    home: PathLike | None
+    transport: Transport | None
+    token_store: TokenStore | None
+    retry_policy: RetryPolicy | None
+    request_timeout: Timeout
+    api_key: str | None
+    auth_endpoint: str | None
+    settings: Settings | None
+    pool_size: int
+
+
+class ClientOptions(ConnectionOptions, total=False):
+    """All the keywords of :class:`Client`, for calls that make a client of their own."""
+
+    poll_policy: PollPlanner | None
+    timeout: float | None
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split keywords into a generation's (``style``, ``n``, ...) and a client's (the rest)."""
+    params = {k: v for k, v in options.items() if k in GenerationOptions.__annotations__}
+    return params, {k: v for k, v in options.items() if k not in params}
+
+
+def _check_request_timeout(value: object) -> Timeout:
+    parts = value if isinstance(value, tuple) else (value,)
+    if not 1 <= len(parts) <= 2 or not all(
+            not isinstance(p, bool) and isinstance(p, (int, float)) and 0 < p < float("inf")
+            for p in parts):
+        raise ConfigurationError(
+            "request_timeout must be seconds > 0, or a (connect, read) pair of them, "
+            f"not {value!r}")
+    return value  # type: ignore[return-value]
+
+
 class Client:
-    """A client of the ARTA service: one transport, one shared token, one poll policy.
+    """A client of the ARTA service: one transport, one shared token, one poll loop.
 
     Every argument is optional: ``endpoint`` (else ``ARTA_ENDPOINT``, else
     the real service), ``home`` (else ``ARTA_HOME``, else ``~/.cache/arta``),
@@ -53,10 +106,13 @@ class Client:
     transient failures are retried), ``request_timeout`` (``(connect,
     read)`` seconds of one request). ``settings`` replaces ``endpoint``,
     ``home``, ``api_key`` and ``auth_endpoint`` with a ready
-    :class:`~arta.config.Settings`. ``pool_size`` is the connections kept
-    open when the client makes its own transport: the threads sharing it.
+    :class:`~arta.config.Settings`. ``pool_size`` is both the connections
+    kept open (when the client makes its own transport) and the I/O threads
+    of its poll loop.
 
-    A client is thread-safe; close it (or use ``with``) to release its
+    A client is thread-safe. Every job it waits on is an entry in its poll
+    loop (one scheduler thread, ``pool_size`` I/O threads, both started on
+    first use); close it (or use ``with``) to stop them and release its
     connections.
     """
 
@@ -67,7 +123,7 @@ class Client:
         home: PathLike | None = None,
         transport: Transport | None = None,
         token_store: TokenStore | None = None,
-        poll_policy: PollPolicy | None = None,
+        poll_policy: PollPlanner | None = None,
         timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
         request_timeout: Timeout = DEFAULT_TIMEOUT,
@@ -76,47 +132,54 @@ class Client:
         settings: Settings | None = None,
         pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigurationError(f"pool_size must be an int of at least 1, not {pool_size!r}")
+        check_wait_options(timeout, None, poll_policy)
         self.settings = settings or Settings.resolve(endpoint, home, api_key, auth_endpoint)
+        self.request_timeout = _check_request_timeout(request_timeout)
         self._owns_transport = transport is None
-        self.transport: Transport = transport or RequestsTransport(pool_size=pool_size)
+        #: Every request goes through this, with the client's timeouts.
+        self.transport: Transport = TimeoutTransport(
+            transport or RequestsTransport(pool_size=pool_size), self.request_timeout)
         self.token_store: TokenStore = token_store or FileTokenStore(self.settings.token_file)
-        self.poll_policy = poll_policy or PollPolicy()
+        self.poll_policy: PollPlanner = poll_policy or PollPolicy()
         self.retry_policy = retry_policy or RetryPolicy()
-        self.request_timeout = request_timeout
-        self.timeout = timeout
-        self.auth = Authenticator(self.settings, self, self.token_store,
+        self.timeout = check_timeout(timeout)
+        self.pool_size = pool_size
+        self.auth = Authenticator(self.settings, self.transport, self.token_store,
                                   retry_policy=self.retry_policy)
+        #: The cap on jobs in flight that :meth:`map` and :meth:`run` share (AIMD).
+        self.window = AdaptiveWindow()
+        self._loop: PollLoop | None = None
+        self._loop_lock = threading.Lock()
 
     # -- the public calls ----------------------------------------------------
 
-    def submit(
-        self,
-        prompt: str,
-        *,
-        style: str = DEFAULT_STYLE,
-        n: int = 1,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        guidance_scale: float = 7,
-        steps: int = 30,
-        aspect_ratio: str = "1:1",
-        seed: int | None = None,
-    ) -> Generation:
+    @shows_generation_options
+    def submit(self, prompt: str, **options: Unpack[GenerationOptions]) -> Generation:
         """Validate the parameters, start a job and return its :class:`Generation`.
 
-        Bad input raises an :class:`~arta.errors.InvalidInputError` before
-        anything is sent. If the request was sent but no answer came, the job
-        may exist: :class:`~arta.errors.SubmitOutcomeUnknown` is raised rather
-        than risk paying for it twice.
+        The keywords are :meth:`GenerationParams.create`'s (``style``, ``n``,
+        ``seed``, ...). Bad input raises an
+        :class:`~arta.errors.InvalidInputError` before anything is sent. If
+        the request was sent but no answer came, the job may exist:
+        :class:`~arta.errors.SubmitOutcomeUnknown` is raised rather than risk
+        paying for it twice.
         """
-        params = GenerationParams.create(
-            prompt, style=style, n=n, negative_prompt=negative_prompt,
-            guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio, seed=seed,
-        )
+        return self.submit_params(GenerationParams.create(prompt, **options))
+
+    def submit_params(self, params: GenerationParams, *, retry: bool = True) -> Generation:
+        """Start a job for validated ``params``; see :meth:`submit`.
+
+        With ``retry=False`` the submit is sent once: a 429 or 503 is raised
+        as it is, for a caller that paces submits itself (:meth:`map`).
+        """
+        token = self.auth.token()  # a token error is no submit failure: nothing was sent
         try:
             state = self._authorized(
                 lambda token: api.submit_request(self.settings, token, params),
                 lambda response: api.parse_job(response, "submit"),
-                retry_on=surely_not_taken,
+                retry_on=surely_not_taken if retry else _never, token=token,
             )
         except (NoResponseError, ProtocolError, ServiceError) as error:
             if isinstance(error, ServiceError) and (
@@ -142,36 +205,71 @@ class Client:
         generation.refresh()
         return generation
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        style: str = DEFAULT_STYLE,
-        n: int = 1,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        guidance_scale: float = 7,
-        steps: int = 30,
-        aspect_ratio: str = "1:1",
-        seed: int | None = None,
-        timeout: float | None = None,
-        on_change: OnChange | None = None,
-        poll_policy: PollPolicy | None = None,
-    ) -> Result:
+    @shows_generation_options
+    def generate(self, prompt: str, *, timeout: float | None = None,
+                 on_change: OnChange | None = None, poll_policy: PollPlanner | None = None,
+                 **options: Unpack[GenerationOptions]) -> Result:
         """Submit, wait until the job ends, and return its :class:`~arta.result.Result`.
 
         ``timeout`` (else the client's) bounds the wait; past it,
-        :class:`~arta.errors.GenerationTimeout` carries the record id.
+        :class:`~arta.errors.GenerationTimeout` carries the record id. Every
+        argument is checked before the submit.
         """
-        generation = self.submit(
-            prompt, style=style, n=n, negative_prompt=negative_prompt,
-            guidance_scale=guidance_scale, steps=steps, aspect_ratio=aspect_ratio, seed=seed,
-        )
+        check_wait_options(timeout, on_change, poll_policy)
+        generation = self.submit(prompt, **options)
         if on_change is not None:
             on_change(generation)
         generation.wait(timeout if timeout is not None else self.timeout, on_change, poll_policy)
         return generation.result()
 
-    # -- what a Generation needs (JobSession) -------------------------------
+    def map(self, items: Iterable[str | Mapping[str, Any] | GenerationParams], *,
+            concurrency: int = 64, ordered: bool = False, timeout: float | None = None,
+            poll_policy: PollPlanner | None = None,
+            **defaults: Unpack[GenerationOptions]) -> Iterator[Outcome]:
+        """Generate for every item, ``concurrency`` jobs in flight at most; yield each :class:`Outcome`.
+
+        An item is a prompt, a dict of :meth:`submit`'s keywords (``prompt``
+        included), or a :class:`GenerationParams`; ``defaults`` fill what an
+        item leaves out. Submits go out as the service's capacity allows (an
+        adaptive window shared by the client's threads: a 429 slows it down
+        and is never a failed job). Outcomes come as jobs finish, or in the
+        items' order with ``ordered``; a failure is an outcome too, its
+        ``error`` carrying the record id, so one failure does not end the
+        run. ``outcome.index`` is the item's position.
+        """
+        return map_outcomes(self, items, concurrency=concurrency, ordered=ordered,
+                            timeout=timeout, poll_policy=poll_policy, defaults=dict(defaults))
+
+    def run(self, jobs: Iterable[Job], *, concurrency: int = 64, timeout: float | None = None,
+            poll_policy: PollPlanner | None = None,
+            on_submitting: Callable[[Job], object] | None = None,
+            on_submitted: Callable[[Job, Generation], object] | None = None) -> JobRun:
+        """Run ``jobs`` (submits and resumes) through the poll loop; iterate the run for outcomes.
+
+        The engine under :meth:`map` and ``arta batch``: ``on_submitting(job)``
+        is called just before a submit is sent (write an intent there), and
+        ``on_submitted(job, generation)`` as soon as the service has named
+        the record id, before the job is polled (record it there).
+        """
+        check_wait_options(timeout, None, poll_policy)
+        return JobRun(self, jobs, concurrency=concurrency, timeout=timeout,
+                      poll_policy=poll_policy, on_submitting=on_submitting,
+                      on_submitted=on_submitted)
+
+    # -- what a Generation and the loop need (JobSession, StatusSource) -----
+
+    @property
+    def loop(self) -> PollLoop:
+        """This client's poll loop: made on first use, and anew in a forked child."""
+        with self._loop_lock:
+            if self._loop is None or self._loop.pid != os.getpid():
+                self._loop = PollLoop(self.pool_size)
+            return self._loop
+
+    def watch(self, generation: Generation, policy: PollPlanner, timeout: float | None,
+              stop: threading.Event | None) -> Watch:
+        """Wait on ``generation`` in the poll loop (see :meth:`Generation.watch`)."""
+        return self.loop.watch(generation, self, policy, timeout, stop)
 
     def fetch_state(self, record_id: str) -> api.JobState:
         """Ask the service how job ``record_id`` stands (retrying transient failures)."""
@@ -181,14 +279,18 @@ class Client:
             retry_on=transient,
         )
 
-    def handle_request(self, request: Request) -> Response:
-        """Send ``request`` once through the transport, with the client's timeouts."""
-        return self.transport.handle_request(replace(request, timeout=self.request_timeout))
+    def fetch_state_once(self, record_id: str) -> api.JobState:
+        """Ask once: the poll loop retries on its heap, not in a sleeping thread."""
+        return self._authorized(
+            lambda token: api.status_request(self.settings, token, record_id),
+            lambda response: api.parse_job(response, "status", record_id),
+            retry_on=_never,
+        )
 
     # -- plumbing ------------------------------------------------------------
 
     def _authorized(self, build: Callable[[str], Request], parse: Callable[[Response], T],
-                    retry_on: Callable[[BaseException], bool]) -> T:
+                    retry_on: Callable[[BaseException], bool], token: Token | None = None) -> T:
         """Send with the shared token, retrying per ``retry_on``.
 
         On 401/403, exactly the rejected token is replaced and the call is
@@ -200,7 +302,7 @@ class Client:
             return self.retry_policy.call(lambda: self._send(build(token.id_token), parse),
                                           retry_on=retry_on)
 
-        token = self.auth.token()
+        token = token or self.auth.token()
         try:
             return send(token)
         except api.TokenRejected:
@@ -215,11 +317,18 @@ class Client:
             ) from None
 
     def _send(self, request: Request, parse: Callable[[Response], T]) -> T:
-        with self.handle_request(request) as response:
+        with self.transport.handle_request(request) as response:
             return parse(response)
 
     def close(self) -> None:
-        """Release the transport's connections (if the client made the transport)."""
+        """Stop the poll loop (ending its waits with their record ids) and release connections.
+
+        The transport is closed only if the client made it.
+        """
+        with self._loop_lock:
+            loop, self._loop = self._loop, None
+        if loop is not None and loop.pid == os.getpid():
+            loop.close()
         if self._owns_transport:
             self.transport.close()
 
@@ -233,3 +342,7 @@ class Client:
         where = self.settings.endpoint or "the ARTA service"
         return f"<arta.Client {where} store={self.token_store!r}>"
 
+
+def _never(error: BaseException) -> bool:
+    """A ``retry_on`` for calls made once."""
+    return False

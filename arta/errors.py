@@ -61,8 +61,8 @@ __all__ = [
 
 
 def resume_hint(record_id: str) -> str:
-    """How to pick a submitted job up again, in words."""
-    return f"resume with `arta status {record_id} --wait` or Client().resume({record_id!r})"
+    """How to pick a submitted job up again, in words (the CLI adds its own command)."""
+    return f"resume with Client().resume({record_id!r})"
 
 
 class ArtaError(Exception):

@@ -16,7 +16,10 @@ it pickles (without the handle) and can be re-attached anywhere.
 
 from __future__ import annotations
 
+import concurrent.futures
 import enum
+import math
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -26,13 +29,19 @@ from typing import Any, Callable, Protocol
 import tenacity
 
 from arta import api
-from arta.errors import ArtaError, GenerationCancelled, GenerationFailed, GenerationTimeout
+from arta.errors import (
+    ArtaError,
+    GenerationCancelled,
+    GenerationFailed,
+    GenerationTimeout,
+    InvalidInputError,
+)
 from arta.params import GenerationParams
 from arta.result import Image, Result
 from arta.retry import RetryPolicy
 from arta.transport import Transport
 
-__all__ = ["Generation", "JobSession", "PollPlanner", "PollPolicy", "Status"]
+__all__ = ["Generation", "JobSession", "PollPlanner", "PollPolicy", "Status", "Waiter"]
 
 
 class Status(str, enum.Enum):
@@ -79,6 +88,18 @@ class PollPolicy:
     max_delay: float = 3.0
     jitter: float = 0.2
     timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("first_delay", "interval", "max_delay", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value < math.inf:
+                raise InvalidInputError(
+                    f"PollPolicy.{name} must be a finite number of seconds >= 0, not {value!r}")
+        if isinstance(self.growth, bool) or not isinstance(self.growth, (int, float)) \
+                or not 1 <= self.growth < math.inf:
+            raise InvalidInputError(f"PollPolicy.growth must be a number >= 1, not {self.growth!r}")
+        check_timeout(self.timeout, "PollPolicy.timeout")
 
     def next_delay(self, generation: Generation, attempt: int) -> float:
         """Seconds from now until poll number ``attempt`` (1: the first) of ``generation``."""
@@ -127,22 +148,35 @@ class PollPlanner(Protocol):
         ...
 
 
-def _until(deadline: float | None, wait: Callable[[Any], float]) -> Callable[[Any], float]:
-    """Cap ``wait`` so that the last poll falls on the deadline, not after it."""
-    if deadline is None:
-        return wait
+class Waiter(Protocol):
+    """One wait on a job in the client's poll loop (see :class:`arta.loop.Watch`)."""
 
-    def capped(retry_state: Any) -> float:
-        return max(0.0, min(wait(retry_state), deadline - time.monotonic()))
+    future: concurrent.futures.Future[Generation]
 
-    return capped
+    def add_listener(self, listener: Callable[[Generation], object]) -> None:
+        """Call ``listener(generation)`` at each change of status."""
+        ...
+
+    def cancel(self, message: str | None = None) -> bool:
+        """End the wait now."""
+        ...
 
 
-class JobSession(Transport, Protocol):
-    """What a generation needs of its client: status polls, and a transport for its images."""
+class JobSession(Protocol):
+    """What a generation needs of its client: one status call, the poll loop, a transport."""
 
     def fetch_state(self, record_id: str) -> api.JobState:
-        """Ask the service how job ``record_id`` stands."""
+        """Ask the service how job ``record_id`` stands (transient failures retried)."""
+        ...
+
+    def watch(self, generation: Generation, policy: PollPlanner, timeout: float | None,
+              stop: threading.Event | None) -> Waiter:
+        """Wait on ``generation`` in the client's poll loop."""
+        ...
+
+    @property
+    def transport(self) -> Transport:
+        """Where image downloads go."""
         ...
 
     @property
@@ -159,12 +193,35 @@ class JobSession(Transport, Protocol):
 OnChange = Callable[["Generation"], object]
 
 
+def check_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """``timeout`` as seconds (None: no bound), or an ``InvalidInputError`` saying what is wrong."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 0 <= timeout < math.inf:
+        raise InvalidInputError(
+            f"{name} must be None or a finite number of seconds >= 0, not {timeout!r}")
+    return float(timeout)
+
+
+def check_wait_options(timeout: object, on_change: object, poll_policy: object) -> float | None:
+    """Check a wait's arguments before anything is sent (or waited for); return the timeout."""
+    if on_change is not None and not callable(on_change):
+        raise InvalidInputError(f"on_change must be a callable or None, not {on_change!r}")
+    if poll_policy is not None and not callable(getattr(poll_policy, "next_delay", None)):
+        raise InvalidInputError(
+            f"poll_policy must be an arta.PollPolicy (or a PollPlanner), not {poll_policy!r}")
+    return check_timeout(timeout)
+
+
 class Generation:
     """One job on the service, from its submit to DONE or FAILED.
 
-    ``refresh()`` polls once; ``wait()`` polls until the job ends;
-    ``result()`` gives the images. Obtain one from ``Client.submit`` or
-    ``Client.resume``.
+    ``refresh()`` polls once; ``wait()`` waits until the job ends;
+    ``result()`` gives the images; ``future()`` is the same wait as a
+    :class:`concurrent.futures.Future`. Every wait runs in the client's poll
+    loop: a waiting job costs a heap entry, not a thread. Obtain one from
+    ``Client.submit`` or ``Client.resume``.
     """
 
     def __init__(self, record_id: str, *, params: GenerationParams | None = None,
@@ -181,7 +238,10 @@ class Generation:
         self.history: list[tuple[Status, float]] = [(status, time.time())]
         #: Every answer of the service about this job: ``(unix_time, status)``.
         self.seen: list[tuple[float, Status]] = []
+        #: The error that ended the last wait without an end to the job, if any.
+        self.wait_error: BaseException | None = None
         self._session = session
+        self._future: concurrent.futures.Future[Result] | None = None
 
     # -- state -------------------------------------------------------------
 
@@ -236,60 +296,50 @@ class Generation:
             raise error.with_record_id(self.record_id) from error
         return self.status
 
-    def events(self, timeout: float | None = None, poll_policy: PollPlanner | None = None,
-               stop: threading.Event | None = None) -> Iterator[Generation]:
-        """Poll until the job ends, yielding the generation at each change of status.
+    def watch(self, timeout: float | None = None, poll_policy: PollPlanner | None = None,
+              stop: threading.Event | None = None) -> Waiter:
+        """Start a wait in the client's poll loop and return it (the facades' entry point).
 
-        ``timeout`` (default: the policy's) bounds the whole wait; past it,
-        :class:`~arta.errors.GenerationTimeout` carries the record id.
-        Setting ``stop`` (from any thread) ends the wait at once, between
-        polls or in the middle of a sleep, with
-        :class:`~arta.errors.GenerationCancelled`: the job itself goes on.
+        ``timeout`` (default: the policy's) bounds the wait; the waiter's
+        ``future`` ends with this generation, or with the error that ended
+        the wait (carrying the record id).
         """
-
-        def sleep(seconds: float) -> None:
-            if stop is None:
-                time.sleep(seconds)
-            elif stop.wait(seconds):
-                raise self._cancelled()
-
+        check_wait_options(timeout, None, poll_policy)
         session = self._require_session()
         policy = poll_policy or session.poll_policy
         bound = timeout if timeout is not None else policy.timeout
-        deadline = None if bound is None else time.monotonic() + bound
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_result(lambda status: not status.terminal),
-            wait=_until(deadline, lambda state: policy.next_delay(self, state.attempt_number)),
-            stop=tenacity.stop_never if bound is None else tenacity.stop_after_delay(bound),
-            retry_error_callback=lambda state: None,  # out of time: judged below
-            reraise=True,  # an error while polling is raised as it is
-            sleep=sleep,
-        )
-        # A job whose state is known (from its submit, or a resume) is not
-        # asked again at once: the first turn only starts the first wait.
-        known = self.status is not Status.SUBMITTED
-        for attempt in retrying:
-            if self.done:
-                break
-            if stop is not None and stop.is_set():
-                raise self._cancelled()
-            with attempt:
-                before = self.status
-                first = attempt.retry_state.attempt_number == 1
-                status = self.status if first and known else self.refresh()
-            if not attempt.retry_state.outcome or attempt.retry_state.outcome.failed:
-                continue  # tenacity re-raises it on the next turn
-            attempt.retry_state.set_result(status)
-            if status is not before:
+        waiter = session.watch(self, policy, bound, stop)
+        waiter.future.add_done_callback(self._keep_wait_error)
+        return waiter
+
+    def _keep_wait_error(self, future: concurrent.futures.Future[Generation]) -> None:
+        self.wait_error = None if future.cancelled() else future.exception()
+
+    def events(self, timeout: float | None = None, poll_policy: PollPlanner | None = None,
+               stop: threading.Event | None = None) -> Iterator[Generation]:
+        """Wait until the job ends, yielding the generation at each change of status.
+
+        ``timeout`` (default: the policy's) bounds the whole wait; past it,
+        :class:`~arta.errors.GenerationTimeout` carries the record id.
+        Setting ``stop`` (from any thread) ends the wait promptly with
+        :class:`~arta.errors.GenerationCancelled`: the job itself goes on.
+        Leaving the loop early stops the polling.
+        """
+        changes: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        waiter = self.watch(timeout, poll_policy, stop)
+        waiter.add_listener(lambda _: changes.put(True))
+        waiter.future.add_done_callback(lambda _: changes.put(False))
+        try:
+            while changes.get():  # a plain blocking get: Ctrl-C still reaches the caller
                 yield self
-        if not self.done:
-            raise self._timeout(bound)
-        policy.finished(self)
+            waiter.future.result()  # raises what ended the wait, if not the job's end
+        finally:
+            waiter.cancel()  # a no-op once ended; else nobody listens any more
 
     def wait(self, timeout: float | None = None, on_change: OnChange | None = None,
              poll_policy: PollPlanner | None = None,
              stop: threading.Event | None = None) -> Generation:
-        """Poll until DONE or FAILED; call ``on_change(self)`` at each transition.
+        """Wait until DONE or FAILED; call ``on_change(self)`` at each transition.
 
         Raises :class:`~arta.errors.GenerationTimeout` (with the record id)
         if the job has not ended after ``timeout`` seconds (default: the
@@ -297,13 +347,50 @@ class Generation:
         once ``stop`` is set; either way the job goes on at the service and
         can be resumed. Returns the generation itself.
         """
+        check_wait_options(timeout, on_change, poll_policy)
         for generation in self.events(timeout, poll_policy, stop):
             if on_change is not None:
                 on_change(generation)
         return self
 
+    def future(self) -> concurrent.futures.Future[Result]:
+        """The job's :class:`~arta.result.Result` as a :class:`concurrent.futures.Future`.
+
+        The wait starts at the first call (with the client's poll policy and
+        timeout) and runs in the poll loop; later calls return the same
+        future. It fails with :class:`~arta.errors.GenerationFailed`, or the
+        error that ended the wait, each carrying the record id.
+        """
+        if self._future is None:
+            future: concurrent.futures.Future[Result] = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()
+            self._future = future
+            waiter = self.watch(getattr(self._require_session(), "timeout", None))
+            waiter.future.add_done_callback(lambda done: self._settle(done, future))
+        return self._future
+
+    def _settle(self, done: concurrent.futures.Future[Generation],
+                future: concurrent.futures.Future[Result]) -> None:
+        error = done.exception()
+        try:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(self.result())
+        except ArtaError as failed:
+            future.set_exception(failed)
+
+    def add_done_callback(self, callback: Callable[[concurrent.futures.Future[Result]], object],
+                          ) -> None:
+        """Call ``callback(future)`` once the job's :meth:`future` is done (starts the wait)."""
+        self.future().add_done_callback(callback)
+
     def result(self) -> Result:
-        """The images of a DONE job; raise ``GenerationFailed`` for a FAILED one."""
+        """The images of a DONE job; raise ``GenerationFailed`` for a FAILED one.
+
+        For a job still running, raises the error that ended the last wait
+        (a timeout, say) if there was one.
+        """
         if self.status is Status.FAILED:
             reason = ": ".join(x for x in (self.error_code, self.error_details) if x)
             raw = "" if self.raw_status == "FAILED" else f" (status {self.raw_status!r})"
@@ -313,21 +400,28 @@ class Generation:
                 error_details=self.error_details,
             )
         if self.status is not Status.DONE:
+            if isinstance(self.wait_error, ArtaError):
+                raise self.wait_error
             raise ArtaError(f"the job is {self.status}, not finished yet: call wait() first",
                             record_id=self.record_id)
         session = self._session
-        return Result(self.record_id, self.images, self.seed, self.params, session,
+        return Result(self.record_id, self.images, self.seed, self.params,
+                      session.transport if session is not None else None,
                       session.retry_policy if session is not None else None)
 
-    def _cancelled(self) -> GenerationCancelled:
+    def cancelled_error(self, message: str | None = None) -> GenerationCancelled:
+        """The error that ends a wait the caller stopped (the job goes on)."""
         return GenerationCancelled(
-            f"stopped waiting for the job while it was {self.status}; it goes on at the service",
+            message or f"stopped waiting for the job while it was {self.status}; "
+                       "it goes on at the service",
             record_id=self.record_id,
         )
 
-    def _timeout(self, bound: float | None) -> GenerationTimeout:
+    def timeout_error(self, bound: float | None, reason: str | None = None) -> GenerationTimeout:
+        """The error that ends a wait past its timeout (the job may still finish)."""
+        because = f" ({reason})" if reason else ""
         return GenerationTimeout(
-            f"the job is still {self.status} after {bound or 0:g}s; it may still finish",
+            f"the job is still {self.status} after {bound or 0:g}s{because}; it may still finish",
             record_id=self.record_id,
         )
 
@@ -336,6 +430,8 @@ class Generation:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_session"] = None  # a live client does not cross processes
+        state["_future"] = None
+        state["wait_error"] = None
         return state
 
     def __repr__(self) -> str:

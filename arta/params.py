@@ -7,9 +7,10 @@ offers, narrow enough to catch mistakes before they cost a request.
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable, TypedDict, TypeVar
 
 from arta.errors import InvalidParameterError, InvalidPromptError
 from arta.styles import DEFAULT_STYLE, resolve_aspect_ratio, resolve_style
@@ -21,7 +22,9 @@ __all__ = [
     "N_RANGE",
     "SEED_RANGE",
     "STEPS_RANGE",
+    "GenerationOptions",
     "GenerationParams",
+    "shows_generation_options",
 ]
 
 #: Longest prompt accepted, in characters.
@@ -132,3 +135,46 @@ class GenerationParams:
     def as_dict(self) -> dict[str, Any]:
         """The parameters as a plain dict (for manifests and JSON output)."""
         return asdict(self)
+
+
+class GenerationOptions(TypedDict, total=False):
+    """The keywords of a generation besides its prompt, for ``**options: Unpack[...]``.
+
+    Their defaults live in one place, :meth:`GenerationParams.create`; every
+    entry point (``arta.generate``, ``Client.submit``, ``arta.aio``, ...)
+    forwards its keywords there. A test checks that these names match.
+    """
+
+    style: str
+    n: int
+    negative_prompt: str
+    guidance_scale: float
+    steps: int
+    aspect_ratio: str
+    seed: int | None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def shows_generation_options(function: F) -> F:
+    """Give ``function`` a signature that lists the generation keywords and their defaults.
+
+    ``function`` takes them as ``**options``; without this, ``help()`` and
+    ``inspect.signature`` would show only ``**options``. The keywords, with
+    the defaults of :meth:`GenerationParams.create`, are put in its place
+    (a ``**`` parameter of another name, e.g. ``**client_options``, stays).
+    """
+    signature = inspect.signature(function)
+    create = inspect.signature(GenerationParams.create)
+    own = [p for p in signature.parameters.values() if p.name != "options"]
+    taken = {p.name for p in own}
+    options = [p for p in create.parameters.values()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in taken]
+    rest = [p for p in own if p.kind is inspect.Parameter.VAR_KEYWORD]
+    head = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    split = next((i for i, p in enumerate(head) if p.kind is inspect.Parameter.KEYWORD_ONLY),
+                 len(head))
+    parameters = [*head[:split], *options, *head[split:], *rest]
+    function.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return function

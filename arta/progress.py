@@ -1,23 +1,30 @@
-"""A one-line progress display on stderr, for terminals only.
+"""Progress on stderr: a status line for one job, and a progress bar for a batch.
 
-The line is redrawn in place (``\\r`` and erase-to-end) a few times a second
+:class:`StatusLine` (one job, terminals only): the line is redrawn in place (``\\r`` and erase-to-end) a few times a second
 so that the elapsed time moves, and erased when the work ends, so the screen
 is left as it was: what the command prints to stdout (the saved files) is
 all that stays. Nothing is drawn when stderr is not a terminal, and colour
 only when ``NO_COLOR`` is unset and the terminal is not ``dumb``.
+
+:class:`BatchProgress` (a batch): on a terminal, a bar redrawn in place
+with done / in flight / queued / failed, the current rate (jobs a minute
+over the last minute) and the time left at that rate; off a terminal (a CI
+log), the same numbers as a plain line every few seconds and once at the
+end, so that a log shows the batch moving without a line per redraw.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
     from typing_extensions import Self
 
-__all__ = ["StatusLine"]
+__all__ = ["BatchProgress", "StatusLine"]
 
 _CLEAR = "\r\x1b[K"
 _COLOURS = {"DONE": "32", "FAILED": "31", "IN_PROGRESS": "33", "IN_QUEUE": "36"}
@@ -78,3 +85,115 @@ class StatusLine:
             with self._lock:
                 self.stream.write(_CLEAR)  # leave the screen as it was
                 self.stream.flush()
+
+
+class BatchProgress:
+    """The progress of a batch: a bar on a terminal, a plain line every few seconds elsewhere.
+
+    Call :meth:`update` with the counts whenever they change (from any
+    thread); a background thread draws. ``window`` is the span, in seconds,
+    the rate is measured over; ``every`` is how often the plain line is
+    written when ``stream`` is not a terminal; ``clock`` tells the time.
+    """
+
+    def __init__(self, stream: TextIO, total: int, *, enabled: bool = True,
+                 window: float = 60.0, every: float = 5.0, width: int = 24,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.total = total
+        self.enabled = enabled
+        self.tty = enabled and stream.isatty()
+        self.window, self.every, self.width = window, every, width
+        self.counts = {"done": 0, "in_flight": 0, "queued": total, "failed": 0}
+        self.clock = clock
+        self.started = clock()
+        self._ends: collections.deque[float] = collections.deque()  # when each job ended
+        self._lock = threading.Lock()
+        self._draw_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def update(self, *, done: int, in_flight: int, queued: int, failed: int) -> None:
+        """The counts now; jobs that ended since the last call feed the rate."""
+        now = self.clock()
+        with self._lock:
+            ended = done + failed - self.counts["done"] - self.counts["failed"]
+            self._ends.extend([now] * max(0, ended))
+            self.counts = {"done": done, "in_flight": in_flight, "queued": queued,
+                           "failed": failed}
+
+    def rate(self, now: float | None = None) -> float | None:
+        """Jobs ended a minute, over the recent window (None before the first ends)."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            while self._ends and self._ends[0] < now - self.window:
+                self._ends.popleft()
+            if not self._ends:
+                return None
+            span = min(self.window, now - self.started)
+            return len(self._ends) * 60.0 / max(span, 1e-3)
+
+    def text(self, now: float | None = None) -> str:
+        """The progress as one line of text: counts, rate, time left."""
+        now = self.clock() if now is None else now
+        rate = self.rate(now)
+        with self._lock:
+            c = dict(self.counts)
+        left = max(0, self.total - c["done"] - c["failed"])
+        eta = "--" if not rate else _duration(left * 60.0 / rate)
+        pace = "--" if rate is None else f"{rate:.1f}"
+        return (f"{c['done']}/{self.total} done, {c['in_flight']} in flight, {c['queued']} "
+                f"queued, {c['failed']} failed, {pace} jobs/min, ETA {eta}, "
+                f"{_duration(now - self.started)} elapsed")
+
+    def bar(self, now: float | None = None) -> str:
+        """The terminal form: a bar, then :meth:`text`."""
+        with self._lock:
+            ended = self.counts["done"] + self.counts["failed"]
+        filled = self.width * ended // self.total if self.total else self.width
+        return f"[{'#' * filled}{'.' * (self.width - filled)}] {self.text(now)}"
+
+    def message(self, text: str) -> None:
+        """Print ``text`` on its own line (above the bar, on a terminal)."""
+        with self._draw_lock:
+            self.stream.write(f"{_CLEAR if self.tty else ''}{text}\n")
+            self.stream.flush()
+        if self.tty:
+            self._draw()
+
+    def _draw(self) -> None:
+        line = f"{_CLEAR}arta: {self.bar()}" if self.tty else f"arta: batch: {self.text()}\n"
+        with self._draw_lock:
+            self.stream.write(line)
+            self.stream.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2 if self.tty else self.every):
+            self._draw()
+
+    def __enter__(self) -> Self:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="arta-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.tty:
+            with self._draw_lock:
+                self.stream.write(_CLEAR)
+                self.stream.flush()
+        elif self.enabled:
+            self._draw()  # the last word in a log
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

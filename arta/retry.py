@@ -17,6 +17,9 @@ server's ``Retry-After`` when it sends one.
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -48,23 +51,6 @@ def surely_not_taken(error: BaseException) -> bool:
     return isinstance(error, ConnectError)
 
 
-class _wait_retry_after(tenacity.wait.wait_base):
-    """Wait as ``fallback`` says, but never less than the server's ``Retry-After``."""
-
-    def __init__(self, fallback: tenacity.wait.wait_base, cap: float) -> None:
-        self.fallback = fallback
-        self.cap = cap
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        wait = self.fallback(retry_state)
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None and outcome.failed else None
-        asked = getattr(error, "retry_after", None)
-        if isinstance(asked, (int, float)):
-            wait = max(wait, min(float(asked), self.cap))
-        return float(wait)
-
-
 def _log_retry(retry_state: tenacity.RetryCallState) -> None:
     outcome = retry_state.outcome
     error = outcome.exception() if outcome is not None else None
@@ -88,17 +74,74 @@ class RetryPolicy:
     jitter: float = 0.5
     max_retry_after: float = 60.0
 
-    def call(self, function: Callable[[], T], retry_on: Callable[[BaseException], bool]) -> T:
-        """Call ``function``, repeating it after errors ``retry_on`` accepts; raise the last one."""
+    def backoff(self) -> tenacity.wait.wait_base:
+        """The wait before retry number ``attempt_number``, before ``Retry-After`` is heard."""
+        return (tenacity.wait_exponential(multiplier=self.first_delay, max=self.max_delay)
+                + tenacity.wait_random(0, self.jitter))
+
+    def delay(self, error: BaseException, attempt: int) -> float:
+        """Seconds to wait after failed try number ``attempt``: the backoff, or the server's ask."""
+        wait = float(self.backoff()(_Attempt(attempt)))  # type: ignore[arg-type]
+        asked = getattr(error, "retry_after", None)
+        if isinstance(asked, (int, float)) and math.isfinite(asked):
+            wait = max(wait, min(float(asked), self.max_retry_after))
+        return wait
+
+    def call(self, function: Callable[[], T], retry_on: Callable[[BaseException], bool],
+             *, deadline: float | None = None, stop: threading.Event | None = None) -> T:
+        """Call ``function``, repeating it after errors ``retry_on`` accepts; raise the last one.
+
+        No sleep outlasts ``deadline`` (a ``time.monotonic()`` value): a
+        retry that could only start after it is not made, and the last error
+        is raised at once. Setting ``stop`` ends a sleep early, raising the
+        last error.
+        """
+
+        def wait(retry_state: tenacity.RetryCallState) -> float:
+            outcome = retry_state.outcome
+            error = outcome.exception() if outcome is not None else None
+            return self.delay(error or Exception(), retry_state.attempt_number)
+
+        def too_late(retry_state: tenacity.RetryCallState) -> bool:
+            if deadline is None:
+                return False
+            return time.monotonic() + wait(retry_state) > deadline
+
+        def sleep(seconds: float) -> None:
+            if stop is None:
+                time.sleep(seconds)
+            elif stop.wait(seconds):
+                raise _Stopped
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(retry_on),
-            wait=_wait_retry_after(
-                tenacity.wait_exponential(multiplier=self.first_delay, max=self.max_delay)
-                + tenacity.wait_random(0, self.jitter),
-                self.max_retry_after,
-            ),
-            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=wait,
+            stop=lambda state: state.attempt_number >= self.attempts or too_late(state),
             before_sleep=_log_retry,
+            sleep=sleep,
             reraise=True,  # the caller sees the last typed error, not tenacity's RetryError
         )
-        return retrying(function)
+        last: list[BaseException] = []
+
+        def attempt() -> T:
+            try:
+                return function()
+            except BaseException as error:
+                last[:] = [error]
+                raise
+
+        try:
+            return retrying(attempt)
+        except _Stopped:
+            raise last[0] from None
+
+
+class _Stopped(Exception):
+    """A retry's sleep was cut short by its stop event."""
+
+
+class _Attempt:
+    """The one field of a tenacity ``RetryCallState`` that a backoff reads."""
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number

@@ -57,7 +57,6 @@ async def polls_stopped(emulator: Emulator, seconds: float = 0.4) -> bool:
 def test_await_generate_uses_the_default_client_and_saves(
         emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARTA_ENDPOINT", emulator.url)
-    monkeypatch.setattr(arta.aio, "_default", None)
 
     async def main() -> tuple[arta.Result, list[Path]]:
         result = await arta.aio.generate("a red dragon", style="fantasy_art", n=2,
@@ -159,8 +158,8 @@ def test_the_event_loop_keeps_ticking_while_jobs_run(phased: Emulator, tmp_path:
 
 
 def test_the_pool_bounds_the_threads(phased: Emulator, tmp_path: Path) -> None:
-    def pool_threads() -> int:
-        return sum(t.name.startswith("arta-aio") for t in threading.enumerate())
+    def pool_threads() -> int:  # the client's I/O threads: waiting jobs hold none
+        return sum(t.name.startswith("arta-io") for t in threading.enumerate())
 
     before = pool_threads()
 

@@ -62,7 +62,7 @@ def test_waiting_past_the_timeout_raises_with_the_record_id(tmp_path: Path) -> N
         client.generate("a very patient fox", timeout=0.3)
     record_id = caught.value.record_id
     assert record_id and record_id in str(caught.value)
-    assert f"arta status {record_id} --wait" in str(caught.value)
+    assert f"Client().resume({record_id!r})" in str(caught.value)
 
 
 def test_resuming_an_unknown_record_id_fails_clearly(client: arta.Client) -> None:

@@ -16,7 +16,7 @@ __all__ = ["DEFAULT_POOL_SIZE", "RequestsTransport"]
 
 #: Connections kept open per host: the number of threads that may share one
 #: client before a request has to open a fresh connection.
-DEFAULT_POOL_SIZE = 32  # as many as arta.aio's default thread pool
+DEFAULT_POOL_SIZE = 16  # the I/O threads of a client's poll loop
 
 # urllib3 raises these when no connection was made at all (refused,
 # unreachable, DNS, connect timeout): nothing can have been sent.

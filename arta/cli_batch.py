@@ -1,0 +1,177 @@
+"""The ``arta batch`` command: its flags, its progress and JSON output, its summary.
+
+:mod:`arta.cli` parses the command line and opens the client; this module
+does the rest, on :func:`arta.batch.run_batch`. It lives apart so that the
+command's pieces (flags, output, summary) read together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from arta.batch import (
+    POSSIBLY_RESUBMITTED_NOTE,
+    BatchReport,
+    Outcome,
+    Task,
+    check_folder,
+    read_jobs,
+    run_batch,
+    running,
+)
+from arta.client import Client
+from arta.manifest import MANIFEST_NAME, Manifest, RunLock
+from arta.progress import BatchProgress
+from arta.styles import DEFAULT_STYLE, resolve_style
+
+__all__ = ["BatchCommand", "add_batch_arguments"]
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (for ``--concurrency`` and ``--workers``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags only ``arta batch`` has."""
+    parser.add_argument("--concurrency", "-c", type=positive_int, default=64, metavar="N",
+                        help="jobs in flight at once, at most (default 64; fewer while the "
+                             "service says it is busy)")
+    parser.add_argument("--workers", "-w", type=positive_int, default=1,
+                        help="processes sharing the jobs and the concurrency (default 1)")
+    parser.add_argument("--manifest", "-m", default=None, metavar="PATH",
+                        help="the JSONL record that makes the batch resumable "
+                             "(default: DIR/arta-manifest.jsonl)")
+    parser.add_argument("--gallery", action="store_true",
+                        help="after the run, write DIR/index.html: a contact sheet of the images")
+
+
+def _print_json(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+class BatchCommand:
+    """One ``arta batch`` run: check, lock, run with progress, summarise."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.jobs = read_jobs(args.file)  # every line checked before anything is sent
+        self.output = args.output or "."
+        check_folder(self.output)
+        self.manifest = Manifest(args.manifest or os.path.join(self.output, MANIFEST_NAME))
+        self.report = BatchReport([])
+        self._lock = RunLock(self.manifest.path)
+
+    def lock(self) -> None:
+        """Hold the manifest for the run, or raise :class:`~arta.manifest.ManifestBusy`."""
+        self._lock.acquire()
+
+    def unlock(self) -> None:
+        """Let the next run in."""
+        self._lock.release()
+
+    def run(self, client: Client, client_options: dict[str, Any]) -> None:
+        """Run the jobs with a progress display (workers make clients from ``client_options``)."""
+        args = self.args
+        with BatchProgress(sys.stderr, len(self.jobs), enabled=not args.quiet) as progress:
+            skipped = 0
+
+            def report(outcome: Outcome) -> None:
+                if args.json:
+                    _print_json(outcome.as_json())
+                elif outcome.event == "failed":
+                    progress.message(f"arta: line {outcome.line}: {outcome.error}")
+
+            def planned(done: list[Outcome], tasks: list[Task]) -> None:
+                nonlocal skipped
+                skipped = len(done)
+                for outcome in done:
+                    report(outcome)
+                progress.update(done=skipped, in_flight=0, queued=len(tasks), failed=0)
+                again = sum(task.possibly_resubmitted for task in tasks)
+                if again:  # said before the submits, so that even a killed run has said it
+                    progress.message(
+                        f"arta: batch: warning: {again} job(s) may have been submitted by an "
+                        f"earlier run that was stopped before the answer"
+                        f"{POSSIBLY_RESUBMITTED_NOTE}")
+
+            def counted(counts: dict[str, int]) -> None:
+                progress.update(done=skipped + counts["done"], in_flight=counts["in_flight"],
+                                queued=counts["queued"], failed=counts["failed"])
+
+            self.report = run_batch(
+                self.jobs, self.manifest, self.output, client=client,
+                client_options=client_options, concurrency=args.concurrency,
+                workers=args.workers, on_outcome=report, on_plan=planned, on_counts=counted)
+
+    def interrupted(self) -> str:
+        """What to tell the user after Ctrl-C: the jobs still running, and how to resume."""
+        pending = "".join(f"\n  line {number}: {record_id}"
+                          for number, record_id in running(self.manifest, self.jobs))
+        return (f"interrupted; these jobs go on at the service:{pending or ' none'}\n"
+                f"Resume the batch with: {shlex.join(['arta', *sys.argv[1:]])}")
+
+    def finish(self) -> bool:
+        """Write the gallery if asked, print the summary; True if every job is done."""
+        if self.args.gallery:
+            self._write_gallery()
+        return self._summary()
+
+    def _write_gallery(self) -> None:
+        """The ``--gallery`` contact sheet (:mod:`arta.gallery`), from every job's outcome."""
+        gallery = importlib.import_module("arta.gallery")
+        by_line = {job.line: job for job in self.jobs}
+        entries = [gallery.GalleryEntry(
+            prompt=by_line[o.line].prompt,
+            style=resolve_style(by_line[o.line].params.get("style", DEFAULT_STYLE)),
+            seed=o.seed, files=[Path(f).resolve() for f in o.files], error=o.error,
+            record_id=o.record_id) for o in self.report.outcomes]
+        path = gallery.write_gallery(Path(self.output), entries)
+        print(f"arta: gallery: {path}", file=sys.stderr)
+
+    def _summary(self) -> bool:
+        """The last word, on stderr (and as a JSON record under ``--json``)."""
+        report, total = self.report, len(self.jobs)
+        failed = report.count("failed")
+        done = report.count("done") + report.count("skipped")
+        summary = {"event": "summary", "total": total, "done": done,
+                   "skipped": report.count("skipped"), "failed": failed,
+                   "not_started": total - done - failed,
+                   "possibly_resubmitted": report.possibly_resubmitted,
+                   "manifest": str(self.manifest.path)}
+        if self.args.json:
+            _print_json(summary)
+        if report.manifest_error is not None:
+            self._manifest_failed(report)
+        if not self.args.quiet:
+            again = report.possibly_resubmitted
+            not_started = f", {total - done - failed} not started" if total - done - failed else ""
+            print(f"arta: batch: {done} of {total} done ({summary['skipped']} from an earlier "
+                  f"run), {failed} failed{not_started}, {again} possibly resubmitted"
+                  f"{POSSIBLY_RESUBMITTED_NOTE if again else ''}; manifest {self.manifest.path}",
+                  file=sys.stderr)
+        return done == total
+
+    def _manifest_failed(self, report: BatchReport) -> None:
+        unrecorded = "".join(f"\n  line {o.line}: {o.record_id}" for o in report.outcomes
+                             if o.manifest_error and o.record_id)
+        recorded = "".join(f"\n  line {line}: {record_id}"
+                           for line, record_id in running(self.manifest, self.jobs))
+        print(f"arta: error: {report.manifest_error}\nThe run stopped submitting; no job was "
+              f"submitted without its record. Jobs submitted and not recorded (resume each with "
+              f"`arta status ID --wait -o {shlex.quote(self.output)}`):{unrecorded or ' none'}"
+              f"\nJobs still running at the service (the next run picks them up):"
+              f"{recorded or ' none'}", file=sys.stderr)
