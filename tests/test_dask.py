@@ -24,9 +24,11 @@ import arta
 from arta.batch import BatchJob, Manifest
 from arta.dask import DaskTokenStore, generate, job_key, run_batch_on_dask
 from arta.dask import map as dask_map
+from arta.dask.cluster import WORKER_CONFIG
 from arta.emulator import Emulator
 
 distributed = pytest.importorskip("distributed")
+dask_module = pytest.importorskip("dask")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 
@@ -67,7 +69,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     for name in ("distributed", "distributed.nanny", "distributed.scheduler"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     homes = tmp_path_factory.mktemp("hosts")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=4,
+    with dask_module.config.set(WORKER_CONFIG), distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=4,
                                   host="127.0.0.1", dashboard_address=None,
                                   silence_logs=logging.CRITICAL) as local, \
             distributed.Client(local, set_as_default=False) as client:
@@ -376,3 +378,15 @@ def test_eight_tasks_on_two_hosts_make_one_sign_up(emulator: Emulator, dask: Any
     answers = dask.gather(futures)
     assert len({pid for _, pid in answers}) == 2  # four tasks on each host, all at once
     assert len({user for user, _ in answers}) == 1 and emulator.stats()["signups"] == 1
+
+
+def _profiling() -> bool:
+    import dask as dask_in_worker
+
+    return bool(dask_in_worker.config.get("distributed.worker.profile.enabled"))
+
+
+def test_workers_run_without_the_profiler_where_it_deadlocks(dask: Any) -> None:
+    # CPython gh-116969: before 3.11.9 the profiler can freeze a worker for good.
+    expected = sys.version_info >= (3, 11, 9)
+    assert set(dask.run(_profiling).values()) == {expected}

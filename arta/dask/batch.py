@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from arta.batchplan import BatchReport, JobRecorder, Outcome, Task, plan, save_images
 from arta.client import Client
+from arta.dask.cluster import WORKER_CONFIG
 from arta.dask.jobs import task_client
 from arta.dask.token_store import DaskTokenStore
 from arta.errors import (
@@ -77,6 +78,7 @@ def connect(scheduler: str, *, concurrency: int = 64) -> Iterator[distributed.Cl
     processes for the duration, with threads enough for ``concurrency``
     jobs in flight (a waiting job holds a worker thread).
     """
+    import dask
     import distributed
 
     if not scheduler.startswith("local:"):
@@ -87,7 +89,7 @@ def connect(scheduler: str, *, concurrency: int = 64) -> Iterator[distributed.Cl
     if not count.isdigit() or int(count) < 1:
         raise InvalidInputError(f"--scheduler local:N needs a number N >= 1, not {scheduler!r}")
     workers = int(count)
-    with distributed.LocalCluster(
+    with dask.config.set(WORKER_CONFIG), distributed.LocalCluster(
             n_workers=workers, processes=True, threads_per_worker=max(4, -(-concurrency // workers)),
             dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
