@@ -89,11 +89,23 @@ def connect(scheduler: str, *, concurrency: int = 64) -> Iterator[distributed.Cl
     if not count.isdigit() or int(count) < 1:
         raise InvalidInputError(f"--scheduler local:N needs a number N >= 1, not {scheduler!r}")
     workers = int(count)
-    with dask.config.set(WORKER_CONFIG), distributed.LocalCluster(
+    with _quiet("distributed"), dask.config.set(WORKER_CONFIG), distributed.LocalCluster(
             n_workers=workers, processes=True, threads_per_worker=max(4, -(-concurrency // workers)),
             dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Keep logger ``name`` to warnings meanwhile: a cluster of our own chats at INFO."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _fetch_job(record_id: str, options: dict[str, Any]) -> dict[str, Any] | ArtaError:
