@@ -1,4 +1,4 @@
-"""The same batch through the process-pool engine and through Dask on one machine.
+"""The same batch in one process (the engine's poll loop) and through Dask on one machine.
 
 The emulator runs in its own process (jobs queued 0-0.1 s, then in progress
 0.5-1.0 s; reset before each case so that every case gets the same job
@@ -7,13 +7,14 @@ CPU, its workers' and (for Dask) its scheduler's are all counted
 (``RUSAGE_CHILDREN`` once it has exited). Cases, with the same number of
 jobs in flight:
 
-- ``run_batch(workers=W)``: today's engine, W worker processes;
-- ``run_batch_on_dask(scheduler="local:2", concurrency=W)``: a LocalCluster
-  of 2 processes started by the driver (its start-up counts).
+- ``run_batch(concurrency=C)``: one process, its jobs waiting in the poll loop;
+- ``run_batch_on_dask(scheduler="local:2", concurrency=C)``: a LocalCluster
+  of 2 processes started by the driver (its start-up counts), each job
+  holding a worker thread while it waits.
 
 Ratios are against the first case, measured in the same run.
 
-    python benchmarks/dask_batch.py [--jobs 200] [--in-flight 16]
+    python benchmarks/dask_batch.py [--jobs 200] [--in-flight 64]
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ POLL = arta.PollPolicy(first_delay=0.4, interval=0.3, growth=1.1, max_delay=0.6,
 options = {"endpoint": endpoint, "poll_policy": POLL, "timeout": 120}
 jobs, manifest = read_jobs(prompts), Manifest(out + "/arta-manifest.jsonl")
 if __name__ == "__main__":
-    if engine == "processes":
-        outcomes = run_batch(jobs, manifest, out, workers=int(in_flight), client_options=options)
+    if engine == "process":
+        report = run_batch(jobs, manifest, out, concurrency=int(in_flight),
+                           client_options=options)
     else:
-        outcomes = run_batch_on_dask(jobs, manifest, out, scheduler="local:2",
-                                     client_options=options, concurrency=int(in_flight))
-    assert all(o.event == "done" for o in outcomes), [o.error for o in outcomes if o.error]
+        report = run_batch_on_dask(jobs, manifest, out, scheduler="local:2",
+                                   client_options=options, concurrency=int(in_flight))
+    assert all(o.event == "done" for o in report.outcomes), [o.error for o in report.outcomes]
 """
 
 
@@ -76,7 +78,7 @@ def run_case(engine: str, url: str, prompts: Path, in_flight: int) -> tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--in-flight", type=int, default=16)
+    parser.add_argument("--in-flight", type=int, default=64)
     args = parser.parse_args()
     server = subprocess.Popen([sys.executable, "-c", _EMULATOR], stdout=subprocess.PIPE,
                               text=True, cwd=ROOT)
@@ -86,7 +88,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             prompts = Path(folder) / "prompts.txt"
             prompts.write_text("".join(f"a fox, variation {i}\n" for i in range(args.jobs)))
-            rows = [(f"run_batch, {args.in_flight} processes", "processes"),
+            rows = [(f"run_batch, 1 process, concurrency {args.in_flight}", "process"),
                     (f"run_batch_on_dask, local:2, concurrency {args.in_flight}", "dask")]
             results = [(label, *run_case(engine, url, prompts, args.in_flight))
                        for label, engine in rows]

@@ -13,17 +13,21 @@ import sys
 import arta
 from arta.batch import Manifest, read_jobs
 from arta.dask import run_batch_on_dask
+from arta.manifest import RunLock
 
 POLL = arta.PollPolicy(first_delay=0.02, growth=1.5, max_delay=0.1, jitter=0.01)
 
 
 def main(scheduler: str, endpoint: str, prompts: str, out: str) -> int:
     jobs = read_jobs(prompts)
-    outcomes = run_batch_on_dask(
-        jobs, Manifest(f"{out}/arta-manifest.jsonl"), out, scheduler=scheduler,
-        client_options={"endpoint": endpoint, "poll_policy": POLL, "timeout": 60},
-        concurrency=8)
-    return 0 if all(o.event in ("done", "skipped") for o in outcomes) else 1
+    manifest = Manifest(f"{out}/arta-manifest.jsonl")
+    with RunLock(manifest.path):  # as the CLI holds it
+        report = run_batch_on_dask(
+            jobs, manifest, out, scheduler=scheduler,
+            client_options={"endpoint": endpoint, "poll_policy": POLL, "timeout": 60},
+            concurrency=8)
+    print(report.possibly_resubmitted)
+    return 0 if all(o.event in ("done", "skipped") for o in report.outcomes) else 1
 
 
 if __name__ == "__main__":

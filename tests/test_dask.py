@@ -24,9 +24,11 @@ import arta
 from arta.batch import BatchJob, Manifest
 from arta.dask import DaskTokenStore, generate, job_key, run_batch_on_dask
 from arta.dask import map as dask_map
+from arta.dask.cluster import WORKER_CONFIG
 from arta.emulator import Emulator
 
 distributed = pytest.importorskip("distributed")
+dask_module = pytest.importorskip("dask")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 
@@ -67,7 +69,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     for name in ("distributed", "distributed.nanny", "distributed.scheduler"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     homes = tmp_path_factory.mktemp("hosts")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=4,
+    with dask_module.config.set(WORKER_CONFIG), distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=4,
                                   host="127.0.0.1", dashboard_address=None,
                                   silence_logs=logging.CRITICAL) as local, \
             distributed.Client(local, set_as_default=False) as client:
@@ -127,7 +129,7 @@ def test_200_jobs_one_signup_no_duplicates(emu: Emulator, cluster: Any, tmp_path
     outcomes = run_batch_on_dask(jobs, manifest, tmp_path / "out",
                                  scheduler=cluster.scheduler_address,
                                  client_options=_options(emu), concurrency=16,
-                                 on_outcome=seen.append)
+                                 on_outcome=seen.append).outcomes
     assert [o.event for o in outcomes] == ["done"] * 200 and len(seen) == 200
     _check_images(tmp_path / "out", manifest, jobs)
     delta = _delta(emu, before)
@@ -138,7 +140,8 @@ def test_200_jobs_one_signup_no_duplicates(emu: Emulator, cluster: Any, tmp_path
     assert events.count("intent") == events.count("submitted") == events.count("done") == 200
     # Run again: all skipped, nothing sent.
     again = run_batch_on_dask(jobs, manifest, tmp_path / "out",
-                              scheduler=cluster.scheduler_address, client_options=_options(emu))
+                              scheduler=cluster.scheduler_address,
+                              client_options=_options(emu)).outcomes
     assert {o.event for o in again} == {"skipped"} and _delta(emu, before)["submits"] == 200
 
 
@@ -159,7 +162,7 @@ def test_a_worker_killed_mid_run(emu: Emulator, dask: Any, cluster: Any,
     outcomes = run_batch_on_dask(jobs, manifest, tmp_path / "unused",
                                  scheduler=cluster.scheduler_address,
                                  client_options=_options(emu), concurrency=16,
-                                 on_outcome=kill_once, output_on_workers=shared)
+                                 on_outcome=kill_once, output_on_workers=shared).outcomes
     assert killed and victim not in _worker_pids(dask).values()
     assert [o.event for o in outcomes] == ["done"] * 60, [o.error for o in outcomes]
     _check_images(shared, manifest, jobs)
@@ -223,15 +226,18 @@ def test_submit_drops_end_as_submit_outcome_unknown_with_their_params(
     manifest = Manifest(tmp_path / "arta-manifest.jsonl")
     outcomes = run_batch_on_dask(jobs, manifest, tmp_path / "out",
                                  scheduler=cluster.scheduler_address,
-                                 client_options=_options(emu), concurrency=4)
+                                 client_options=_options(emu), concurrency=4).outcomes
     failed = [o for o in outcomes if o.event == "failed"]
     assert len(failed) == 3 and all("SubmitOutcomeUnknown" in (o.error or "") for o in failed)
     latest = manifest.latest()
+    intents = {r["job"]: r for r in manifest.records() if r["event"] == "intent"}
     for outcome in failed:
-        record = latest[jobs[outcome.line - 1].key]
+        job = jobs[outcome.line - 1]
+        record = latest[job.key]
         assert record["error_type"] == "SubmitOutcomeUnknown" and record["record_id"] is None
-        assert record["params"]["prompt"] == jobs[outcome.line - 1].params["prompt"]
-        assert record["params"]["seed"] == record["seed"]
+        # The parameters sent, seed included, were fsynced before the submit.
+        assert intents[job.key]["params"]["prompt"] == job.params["prompt"]
+        assert intents[job.key]["params"]["seed"] == record["seed"] == outcome.seed
     assert _delta(emu, before)["submits"] == 10  # the dropped ones did reach the service
 
 
@@ -259,6 +265,7 @@ def test_the_driver_killed_and_run_again(emu: Emulator, cluster: Any, tmp_path: 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180,
                           check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) == on_the_wire  # the rerun counts them
     final = Manifest(manifest).latest()
     assert len(final) == count and {r["event"] for r in final.values()} == {"done"}
     delta = _delta(emu, before)
@@ -330,7 +337,8 @@ def test_rate_limited_submits_wait_and_never_fail(emu: Emulator, dask: Any, clus
     emu.app.inject("submit", "429", times=2)
     jobs = _jobs(6, "429 on the driver")
     batch = run_batch_on_dask(jobs, Manifest(tmp_path / "m.jsonl"), tmp_path / "out",
-                              scheduler=cluster.scheduler_address, client_options=impatient)
+                              scheduler=cluster.scheduler_address,
+                              client_options=impatient).outcomes
     assert [o.event for o in batch] == ["done"] * 6
     delta = _delta(emu, before)
     assert (delta["submits"], delta["duplicate_submits"], delta["faults"]) == (8, 0, 4)
@@ -341,7 +349,8 @@ def test_host_tokens_sign_up_once_per_host(emulator: Emulator, cluster: Any,
     # An emulator of its own: its sign-ups are not the module's one.
     outcomes = run_batch_on_dask(_jobs(16, "host tokens"), Manifest(tmp_path / "m.jsonl"),
                                  tmp_path / "out", scheduler=cluster.scheduler_address,
-                                 client_options=_options(emulator), concurrency=8, token="host")
+                                 client_options=_options(emulator), concurrency=8,
+                                 token="host").outcomes
     assert {o.event for o in outcomes} == {"done"}
     # The driver and each of the two workers: three hosts, three ARTA_HOMEs.
     assert emulator.stats()["signups"] == 3
@@ -369,3 +378,15 @@ def test_eight_tasks_on_two_hosts_make_one_sign_up(emulator: Emulator, dask: Any
     answers = dask.gather(futures)
     assert len({pid for _, pid in answers}) == 2  # four tasks on each host, all at once
     assert len({user for user, _ in answers}) == 1 and emulator.stats()["signups"] == 1
+
+
+def _profiling() -> bool:
+    import dask as dask_in_worker
+
+    return bool(dask_in_worker.config.get("distributed.worker.profile.enabled"))
+
+
+def test_workers_run_without_the_profiler_where_it_deadlocks(dask: Any) -> None:
+    # CPython gh-116969: before 3.11.9 the profiler can freeze a worker for good.
+    expected = sys.version_info >= (3, 11, 9)
+    assert set(dask.run(_profiling).values()) == {expected}

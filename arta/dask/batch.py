@@ -1,12 +1,15 @@
 """``arta batch --engine dask``: the driver submits, the cluster waits and fetches.
 
-Only the driver (the ``arta batch`` process) ever submits. For each job it
-writes to the manifest, each line fsynced:
+Only the driver (the ``arta batch`` process) ever submits, paced by the
+same :class:`~arta.window.AdaptiveWindow` as a single-process batch (a 429
+or 503 halves it and is never a failed job). For each job it writes the
+records of :class:`~arta.batchplan.JobRecorder` to the manifest, each line
+fsynced:
 
-1. ``{"event": "intent", "params": {..., "seed": S}}`` before the submit
-   (the seed is fixed here, so a resubmit after a crash is recognisable);
-2. ``{"event": "submitted", "record_id": R}`` once the service answered,
-   *before* the job reaches the cluster;
+1. ``intent`` (the parameters, the seed fixed) before the submit, so that
+   a resubmit after a crash uses the same seed;
+2. ``submitted`` with the record id once the service answered, *before*
+   the job reaches the cluster;
 
 and only then hands the cluster a task keyed ``arta-<R>`` that resumes the
 job by record id, waits for it and fetches its images. A task that Dask
@@ -33,27 +36,38 @@ import os
 import queue
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from arta.batch import BatchJob, Manifest, Outcome, _resumable
+from arta.batchplan import BatchReport, JobRecorder, Outcome, Task, plan, save_images
 from arta.client import Client
+from arta.dask.cluster import WORKER_CONFIG
 from arta.dask.jobs import task_client
 from arta.dask.token_store import DaskTokenStore
-from arta.errors import ArtaError, InvalidInputError, RateLimitedError, SubmitOutcomeUnknown
-from arta.params import GenerationParams
+from arta.errors import (
+    ArtaError,
+    ConnectError,
+    InvalidInputError,
+    RateLimitedError,
+    ServiceError,
+)
+from arta.jobfile import BatchJob
+from arta.manifest import Manifest, ManifestError
+from arta.result import Result
+from arta.window import AdaptiveWindow
 
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["connect", "run_batch_on_dask"]
+__all__ = ["SUBMITTERS", "connect", "run_batch_on_dask"]
 
 log = logging.getLogger(__name__)
 
 #: Driver threads that submit: at most this many submits are on the wire at once.
 SUBMITTERS = 8
+
+Counts = dict[str, int]
 
 
 @contextlib.contextmanager
@@ -64,6 +78,7 @@ def connect(scheduler: str, *, concurrency: int = 64) -> Iterator[distributed.Cl
     processes for the duration, with threads enough for ``concurrency``
     jobs in flight (a waiting job holds a worker thread).
     """
+    import dask
     import distributed
 
     if not scheduler.startswith("local:"):
@@ -74,35 +89,47 @@ def connect(scheduler: str, *, concurrency: int = 64) -> Iterator[distributed.Cl
     if not count.isdigit() or int(count) < 1:
         raise InvalidInputError(f"--scheduler local:N needs a number N >= 1, not {scheduler!r}")
     workers = int(count)
-    with distributed.LocalCluster(
+    with _quiet("distributed"), dask.config.set(WORKER_CONFIG), distributed.LocalCluster(
             n_workers=workers, processes=True, threads_per_worker=max(4, -(-concurrency // workers)),
             dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
         yield client
 
 
-def _fetch_job(record_id: str, line: int, options: dict[str, Any]) -> dict[str, Any]:
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Keep logger ``name`` to warnings meanwhile: a cluster of our own chats at INFO."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _fetch_job(record_id: str, options: dict[str, Any]) -> dict[str, Any] | ArtaError:
     """The cluster's task: resume job ``record_id``, wait for it, fetch its images.
 
-    Returns the image bytes (or, with ``output_on_workers``, the paths
-    written), or the error that ended the job, as a value.
+    Returns the images' names and bytes (or, with ``output_on_workers``,
+    the paths written), or the error that ended the job, as a value.
     """
     client = task_client(options["client_options"], token=options["token"])
-    name = f"{line:04d}-{{record_id}}-{{index}}"
     try:
         generation = client.resume(record_id)
-        generation.wait(options["timeout"])
+        generation.wait(options["timeout"] if options["timeout"] is not None else client.timeout)
         result = generation.result()
         if options["output_on_workers"] is not None:
-            paths = result.save(options["output_on_workers"], name=name)
-            return {"files": [str(path) for path in paths], "blurred": result.blurred}
+            return _found(result, files=save_images(result, options["output_on_workers"]))
         with tempfile.TemporaryDirectory(prefix="arta-") as folder:
-            paths = result.save(folder, name=name)
-            return {"images": [(path.name, path.read_bytes()) for path in paths],
-                    "blurred": result.blurred}
+            paths = save_images(result, folder)
+            return _found(result, images=[(Path(p).name, Path(p).read_bytes()) for p in paths])
     except ArtaError as error:
-        return {"error_type": type(error).__name__, "error": str(error),
-                "record_id": error.record_id or record_id}
+        return error.with_record_id(record_id)
+
+
+def _found(result: Result, **fields: Any) -> dict[str, Any]:
+    return {"seed": result.seed, "blurred": result.blurred, **fields}
 
 
 def _write_into_place(folder: Path, name: str, data: bytes) -> Path:
@@ -122,201 +149,153 @@ def _write_into_place(folder: Path, name: str, data: bytes) -> Path:
     return folder / name
 
 
-class _Window:
-    """Slots for jobs in flight: ``concurrency`` at first, halved on a 429, grown back by one per window.
-
-    Submitter threads take a slot before a submit; the slot is given back
-    when the job's task completes (or its submit fails).
-    """
-
-    def __init__(self, concurrency: int) -> None:
-        self.ceiling = self.size = concurrency
-        self.taken = self.accepted = 0
-        self.paused_until = 0.0
-        self._changed = threading.Condition()
-
-    def take(self, stop: threading.Event) -> bool:
-        """Wait for a free slot (and the end of any pause); False if ``stop`` is set meanwhile."""
-        with self._changed:
-            while not stop.is_set():
-                pause = self.paused_until - time.monotonic()
-                if pause <= 0 and self.taken < self.size:
-                    self.taken += 1
-                    return True
-                self._changed.wait(pause if pause > 0 else 0.5)
-            return False
-
-    def give_back(self) -> None:
-        with self._changed:
-            self.taken -= 1
-            self._changed.notify()
-
-    def accept(self) -> None:
-        with self._changed:
-            self.accepted += 1
-            if self.accepted >= self.size and self.size < self.ceiling:
-                self.size, self.accepted = self.size + 1, 0
-                self._changed.notify()
-
-    def reject(self, retry_after: float | None) -> None:
-        with self._changed:
-            self.size, self.accepted = max(1, self.size // 2), 0
-            self.paused_until = time.monotonic() + (retry_after or 1.0)
-
-
 class _Batch:
     """One run on the cluster: submitter threads, the tasks, and what comes back.
 
     Up to :data:`SUBMITTERS` threads submit (so at most that many submits
     are on the wire if the driver dies); the calling thread takes each
-    finished task or failed submit from one queue and records it, so the
-    manifest's ``done`` lines and ``on_outcome`` come from one thread.
+    finished task or failed submit from one queue and records it, so
+    ``on_outcome`` is called from one thread.
     """
 
     def __init__(self, dask: distributed.Client, client: Client, manifest: Manifest,
-                 output: Path, options: dict[str, Any], concurrency: int,
-                 on_outcome: Callable[[Outcome], None] | None) -> None:
+                 output: Path, options: dict[str, Any], concurrency: int) -> None:
         self.dask, self.client, self.manifest, self.output = dask, client, manifest, output
-        self.options, self.on_outcome = options, on_outcome
-        self.window = _Window(concurrency)
-        self.running: dict[str, BatchJob] = {}  # task key -> job
+        self.options = options
+        self.window = AdaptiveWindow(concurrency)
+        self.recorders: dict[str, JobRecorder] = {}  # task key -> its job's recorder
         self.slotted: set[str] = set()  # task keys of jobs submitted in this run
-        self.outcomes: list[Outcome] = []
         self.finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.stop = threading.Event()
+        self.counts = {"queued": 0, "in_flight": 0, "done": 0, "failed": 0}
+        self._lock = threading.Lock()
 
-    def launch(self, job: BatchJob, record_id: str) -> None:
+    def _count(self, moves: dict[str, int]) -> None:
+        with self._lock:
+            for name, step in moves.items():
+                self.counts[name] += step
+
+    def launch(self, recorder: JobRecorder, record_id: str) -> None:
         """Hand the cluster job ``record_id``: its task resumes, waits and fetches."""
         key = f"arta-{record_id}"
-        self.running[key] = job
-        future = self.dask.submit(_fetch_job, record_id, job.line, self.options, key=key,
-                                  pure=False)
+        self.recorders[key] = recorder
+        future = self.dask.submit(_fetch_job, record_id, self.options, key=key, pure=False)
         future.add_done_callback(self.finished.put)
 
-    def submitter(self, fresh: collections.deque[tuple[BatchJob, dict[str, Any]]]) -> None:
-        """Take jobs from ``fresh`` and submit each when a slot is free, until none is left."""
+    def submitter(self, waiting: collections.deque[Task]) -> None:
+        """Submit the tasks in ``waiting`` as the window allows, until none is left."""
+        failures: dict[int, int] = {}
         try:
-            while self.window.take(self.stop):
+            while not self.stop.is_set():
+                ticket = self.window.acquire()
+                if ticket is None:
+                    self.stop.wait(min(self.window.wait_time(), 0.02))
+                    continue
                 try:
-                    job, params = fresh.popleft()
+                    task = waiting.popleft()
                 except IndexError:
-                    self.window.give_back()
+                    self.window.release()
                     return
-                launched = self.submit(job, params)
-                if launched is None:
-                    fresh.appendleft((job, params))  # rate-limited: later, not failed
-                if not launched:
-                    self.window.give_back()
+                delay = self.submit(task, ticket, failures)
+                if delay is not None:  # not sent: back in line, later
+                    waiting.appendleft(task)
+                    self.stop.wait(delay)
         except BaseException as error:  # noqa: BLE001 - handed to the calling thread
             self.finished.put(error)
 
-    def submit(self, job: BatchJob, params: dict[str, Any]) -> bool | None:
+    def submit(self, task: Task, ticket: int, failures: dict[int, int]) -> float | None:
         """Submit one job, its record id fsynced before the cluster sees it.
 
-        True: its task is launched; False: the submit failed (the outcome is
-        queued); None: rate-limited, to be submitted again later.
+        Returns None once the job is launched or its submit failed for good,
+        else the seconds to wait before trying it again (429/503, no connection).
         """
-        base = {"job": job.key, "line": job.line}
-        settings = GenerationParams.create(**params)
-        self.manifest.append({**base, "event": "intent", "params": settings.as_dict(),
-                              "seed": settings.seed})
+        recorder = JobRecorder(self.manifest, task)
+        params = task.params()
+        recorder.intent(params)
         try:
-            generation = self.client.submit(**settings.as_dict())
-        except RateLimitedError as error:
-            self.window.reject(error.retry_after)
+            generation = self.client.submit_params(params, retry=False)
+        except ServiceError as error:
+            if not (isinstance(error, RateLimitedError) or error.status in (429, 503)):
+                self._failed(recorder, error, params.seed)
+                return None
+            self.window.rejected(ticket, error.retry_after)  # congestion: never a failure
+            return 0.0
+        except ConnectError as error:
+            failures[task.job.line] = attempt = failures.get(task.job.line, 0) + 1
+            if attempt >= self.client.retry_policy.attempts:
+                self._failed(recorder, error, params.seed)
+                return None
+            self.window.release()
+            return self.client.retry_policy.delay(error, attempt)
+        except ArtaError as error:  # SubmitOutcomeUnknown, a refused token, ...
+            self._failed(recorder, error, params.seed)
             return None
-        except ArtaError as error:
-            record = {**base, "event": "failed", "record_id": None,
-                      "error_type": type(error).__name__, "error": str(error)}
-            if isinstance(error, SubmitOutcomeUnknown):
-                record.update(params=settings.as_dict(), seed=settings.seed)
-            self.manifest.append(record)
-            self.finished.put(Outcome(job.line, "failed", None,
-                                      error=f"{type(error).__name__}: {error}"))
-            return False
-        self.window.accept()
-        self.manifest.append({**base, "event": "submitted", "record_id": generation.record_id,
-                              "seed": generation.seed})
+        self.window.accepted()
+        try:
+            recorder.submitted(generation.record_id, generation.seed)
+        except ManifestError as error:
+            raise error.with_record_id(generation.record_id) from error
         self.slotted.add(f"arta-{generation.record_id}")
-        self.launch(job, generation.record_id)
-        return True
+        self._count({"queued": -1, "in_flight": 1})
+        self.launch(recorder, generation.record_id)
+        return None
+
+    def _failed(self, recorder: JobRecorder, error: ArtaError, seed: int) -> None:
+        self.window.release()
+        self._count({"queued": -1, "in_flight": 1})
+        self.finished.put(recorder.failed(error, None, seed))
 
     def collect(self, future: distributed.Future[Any]) -> Outcome:
         """Record one finished task: its images written, or its error."""
-        job = self.running.pop(str(future.key))
-        record_id = str(future.key)[len("arta-"):]
-        base = {"job": job.key, "line": job.line, "record_id": record_id}
+        key = str(future.key)
+        recorder, record_id = self.recorders.pop(key), key[len("arta-"):]
+        if key in self.slotted:
+            self.window.release()  # resumed jobs never took a slot
         try:
-            value: dict[str, Any] = future.result()
+            value = future.result()
         except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the job lives on
-            value = {"error_type": type(error).__name__, "error": str(error),
-                     "record_id": record_id}
+            value = ArtaError(f"{type(error).__name__}: {error}", record_id=record_id)
         finally:
             future.release()
-        if "error" in value:
-            self.manifest.append({**base, **value, "event": "failed"})
-            return Outcome(job.line, "failed", value["record_id"],
-                           error=f"{value['error_type']}: {value['error']}")
-        files = value.get("files") or [
-            str(_write_into_place(self.output, name, data)) for name, data in value["images"]]
-        self.manifest.append({**base, "event": "done", "files": files,
-                              "blurred": value["blurred"]})
-        return Outcome(job.line, "done", record_id, tuple(files), tuple(value["blurred"]))
+        seed = recorder.task.seed
+        if isinstance(value, ArtaError):
+            return recorder.failed(value, value.record_id or record_id, seed)
+        try:
+            files = value.get("files") or [str(_write_into_place(self.output, name, data))
+                                           for name, data in value["images"]]
+        except OSError as error:
+            return recorder.failed(ArtaError(f"the images could not be written in "
+                                             f"{self.output}: {error}", record_id=record_id),
+                                   record_id, value["seed"])
+        return recorder.done(record_id, value["seed"], files, value["blurred"])
 
-    def run(self, resume: list[tuple[BatchJob, str]],
-            fresh: list[tuple[BatchJob, dict[str, Any]]]) -> None:
-        """Resume and submit every job; record each as it ends."""
-        for job, record_id in resume:
-            self.launch(job, record_id)
-        waiting = collections.deque(fresh)
-        threads = [threading.Thread(target=self.submitter, args=(waiting,), daemon=True,
+    def run(self, tasks: list[Task], on_outcome: Callable[[Outcome], None],
+            on_counts: Callable[[Counts], None]) -> None:
+        """Resume and submit every task; record each job as it ends."""
+        fresh = collections.deque(task for task in tasks if task.record_id is None)
+        self.counts["queued"] = len(fresh)
+        for task in tasks:
+            if task.record_id is not None:
+                self.counts["in_flight"] += 1
+                self.launch(JobRecorder(self.manifest, task), task.record_id)
+        threads = [threading.Thread(target=self.submitter, args=(fresh,), daemon=True,
                                     name=f"arta-dask-submit-{n}")
                    for n in range(min(SUBMITTERS, len(fresh)))]
         for thread in threads:
             thread.start()
         try:
-            for _ in range(len(resume) + len(fresh)):
+            for _ in tasks:
                 item = self.finished.get()
                 if isinstance(item, BaseException):
                     raise item
                 outcome = item if isinstance(item, Outcome) else self.collect(item)
-                if not isinstance(item, Outcome) and str(item.key) in self.slotted:
-                    self.window.give_back()  # resumed jobs never took a slot
-                self.outcomes.append(outcome)
-                if self.on_outcome is not None:
-                    self.on_outcome(outcome)
+                self._count({"in_flight": -1, "done" if outcome.event == "done" else "failed": 1})
+                on_outcome(outcome)
+                on_counts(dict(self.counts))
         finally:
             self.stop.set()
             for thread in threads:
                 thread.join()
-
-
-def _plan(jobs: list[BatchJob], manifest: Manifest) -> tuple[
-        list[Outcome], list[tuple[BatchJob, str]], list[tuple[BatchJob, dict[str, Any]]]]:
-    """Split the jobs: done already, to resume by record id, to submit (with which params)."""
-    latest = manifest.latest()
-    done, resume, fresh = [], [], []
-    on_the_wire = 0
-    for job in jobs:
-        record = latest.get(job.key)
-        record_id = _resumable(record)
-        if record is not None and record.get("event") == "done":
-            done.append(Outcome(job.line, "skipped", record.get("record_id"),
-                                tuple(record.get("files", ()))))
-        elif record_id is not None:
-            resume.append((job, record_id))
-        else:
-            params = dict(job.params)
-            if record is not None and record.get("event") in ("intent", "failed") \
-                    and "seed" not in params and isinstance(record.get("seed"), int):
-                params["seed"] = record["seed"]  # the same job again, recognisably
-            on_the_wire += record is not None and record.get("event") == "intent"
-            fresh.append((job, params))
-    if on_the_wire:
-        log.warning("%d job(s) had a submit on the wire when the last run stopped: they are "
-                    "submitted again with the same seed (at most %d duplicate(s))",
-                    on_the_wire, on_the_wire)
-    return done, resume, fresh
 
 
 def run_batch_on_dask(
@@ -328,34 +307,46 @@ def run_batch_on_dask(
     client_options: dict[str, Any] | None = None,
     concurrency: int = 64,
     on_outcome: Callable[[Outcome], None] | None = None,
+    on_plan: Callable[[list[Outcome], list[Task]], object] | None = None,
+    on_counts: Callable[[Counts], None] | None = None,
     output_on_workers: str | os.PathLike[str] | None = None,
     token: str = "cluster",
     timeout: float | None = None,
-) -> list[Outcome]:
-    """Run every job not yet done on a Dask cluster; return every job's outcome, by line.
+) -> BatchReport:
+    """Run every job not yet done on a Dask cluster; report every job's outcome, by line.
 
-    ``scheduler`` is an address (``tcp://host:8786``) or ``local:N``.
-    ``client_options`` are :class:`~arta.client.Client` keywords for the
-    driver and every worker (picklable: they travel). ``concurrency`` caps
-    the jobs in flight (halved on a 429, grown back as submits are
-    accepted); each job in flight holds one worker thread while it waits.
-    ``token`` is ``"cluster"`` (one token in the scheduler, the default) or
-    ``"host"`` (each host's ``auth_ARTA.json``). ``timeout`` bounds each
-    job's wait on the workers. Images are written to ``output`` on this
-    machine, or to ``output_on_workers`` by the workers. The manifest is the
-    one :func:`arta.batch.run_batch` keeps: either engine resumes the other's.
+    The counterpart of :func:`arta.batch.run_batch` (same manifest, same
+    plan, same callbacks; the caller holds the manifest's
+    :class:`~arta.manifest.RunLock`). ``scheduler`` is an address
+    (``tcp://host:8786``) or ``local:N``. ``client_options`` are
+    :class:`~arta.client.Client` keywords for the driver and every worker
+    (picklable: they travel). ``concurrency`` caps the jobs in flight (the
+    adaptive window's limit); each job in flight holds one worker thread
+    while it waits. ``token`` is ``"cluster"`` (one token in the scheduler,
+    the default) or ``"host"`` (each host's ``auth_ARTA.json``).
+    ``timeout`` bounds each job's wait on the workers. Images are written
+    to ``output`` on this machine, or to ``output_on_workers`` by the workers.
     """
     if concurrency < 1:
         raise InvalidInputError(f"concurrency must be at least 1, not {concurrency}")
-    done, resume, fresh = _plan(jobs, manifest)
-    if not resume and not fresh:
-        return sorted(done, key=lambda o: o.line)
-    options = {"client_options": dict(client_options or {}), "token": token, "timeout": timeout,
-               "output_on_workers": None if output_on_workers is None else str(output_on_workers)}
-    with connect(scheduler, concurrency=concurrency) as dask:
-        store = DaskTokenStore(client=dask) if token == "cluster" else None
-        extra: dict[str, Any] = {"token_store": store} if store is not None else {}
-        with Client(**{**dict(client_options or {}), **extra}) as client:
-            batch = _Batch(dask, client, manifest, Path(output), options, concurrency, on_outcome)
-            batch.run(resume, fresh)
-    return sorted(done + batch.outcomes, key=lambda o: o.line)
+    skipped, tasks = plan(jobs, manifest.states())
+    if on_plan is not None:
+        on_plan(skipped, tasks)
+    report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
+    if tasks:
+        options = {"client_options": dict(client_options or {}), "token": token,
+                   "timeout": timeout, "output_on_workers":
+                   None if output_on_workers is None else str(output_on_workers)}
+        with connect(scheduler, concurrency=concurrency) as dask:
+            store = DaskTokenStore(client=dask) if token == "cluster" else None
+            extra: dict[str, Any] = {"token_store": store} if store is not None else {}
+            with Client(**{**dict(client_options or {}), **extra}) as client:
+                batch = _Batch(dask, client, manifest, Path(output), options, concurrency)
+                def record(outcome: Outcome) -> None:
+                    report.outcomes.append(outcome)
+                    if on_outcome is not None:
+                        on_outcome(outcome)
+
+                batch.run(tasks, record, on_counts or (lambda counts: None))
+    report.outcomes.sort(key=lambda o: o.line)
+    return report

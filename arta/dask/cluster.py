@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -30,13 +31,22 @@ from arta.errors import ArtaError, TokenStoreError
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["NAMESPACE", "dask_client", "held", "metadata_get", "metadata_set",
+__all__ = ["NAMESPACE", "WORKER_CONFIG", "dask_client", "held", "metadata_get", "metadata_set",
            "scheduler_address", "semaphore"]
 
 log = logging.getLogger(__name__)
 
 #: The scheduler metadata key under which arta keeps its state.
 NAMESPACE = "arta.dask"
+
+#: Dask settings for the workers arta starts itself. Before Python 3.11.9
+#: the workers' statistical profiler (``sys._current_frames`` every 10 ms)
+#: can deadlock the whole worker process against threads starting and
+#: ending (CPython gh-116969, dask/distributed#8616): seen here as a worker
+#: that stops answering for good in the middle of a batch. The profiler is
+#: a diagnostic only, so it is turned off there.
+WORKER_CONFIG: dict[str, object] = (
+    {"distributed.worker.profile.enabled": False} if sys.version_info < (3, 11, 9) else {})
 
 _lock = threading.Lock()
 _clients: dict[str, distributed.Client] = {}

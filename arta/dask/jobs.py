@@ -129,7 +129,7 @@ class JobGuard:
             if mine is None or mine.get("attempt") != attempt:  # a lock lease overlapped
                 raise self._unknown(params)
             try:
-                generation = client.submit(**params.as_dict())
+                generation = client.submit_params(params)
             except SubmitOutcomeUnknown:
                 raise  # the record stays "submitting": every later run says so too
             except ArtaError:
