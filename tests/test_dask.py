@@ -390,3 +390,40 @@ def test_workers_run_without_the_profiler_where_it_deadlocks(dask: Any) -> None:
     # CPython gh-116969: before 3.11.9 the profiler can freeze a worker for good.
     expected = sys.version_info >= (3, 11, 9)
     assert set(dask.run(_profiling).values()) == {expected}
+
+
+def test_arta_batch_runs_on_a_cluster_from_the_command_line(emu: Emulator, cluster: Any,
+                                                             tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"cli fox {i}\n" for i in range(6)))
+    before = emu.stats()
+    command = [sys.executable, "-m", "arta", "batch", str(prompts), "-o", str(tmp_path / "out"),
+               "--engine", "dask", "--scheduler", cluster.scheduler_address, "--json",
+               "--poll-interval", "0.05"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARTA_ENDPOINT": emu.url,
+           "ARTA_HOME": str(tmp_path / "driver-home")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    files = [Path(f) for r in records if r.get("event") == "done" for f in r["files"]]
+    assert len(files) == 6 and all(png_size(f) == (512, 512) for f in files)
+    delta = _delta(emu, before)
+    assert delta["submits"] == 6 and delta["duplicate_submits"] == 0
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--scheduler", "local:2"], "need --engine dask"),
+    (["--engine", "dask"], "needs --scheduler"),
+    (["--engine", "dask", "--scheduler", "local:2", "--workers", "2"], "--workers is for"),
+])
+def test_dask_flags_are_checked_before_any_request(emulator: Emulator, tmp_path: Path,
+                                                   flags: list[str], says: str) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "arta", "batch", str(prompts), "-o", str(tmp_path / "out"),
+         *flags], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ARTA_ENDPOINT": emulator.url})
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert emulator.stats()["signups"] == 0 and emulator.stats()["submits"] == 0
