@@ -44,7 +44,8 @@ from arta.errors import (
     TokenStoreError,
     TransportError,
 )
-from arta.generation import Generation, OnChange, PollPolicy, Status
+from arta.generation import Generation, OnChange, PollPlanner, PollPolicy, Status
+from arta.learned import LearnedPollPolicy, default_poll_policy
 from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
 from arta.result import Image, Result
 from arta.retry import RetryPolicy
@@ -85,9 +86,11 @@ __all__ = [
     "InvalidParameterError",
     "InvalidPromptError",
     "InvalidStyleError",
+    "LearnedPollPolicy",
     "LoggingTransport",
     "MemoryTokenStore",
     "NoResponseError",
+    "PollPlanner",
     "PollPolicy",
     "ProtocolError",
     "QuotaExceededError",
@@ -107,6 +110,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "default_client",
+    "default_poll_policy",
     "generate",
     "set_default_client",
 ]

@@ -17,7 +17,8 @@ from arta.errors import (
     ServiceError,
     SubmitOutcomeUnknown,
 )
-from arta.generation import Generation, OnChange, PollPolicy
+from arta.generation import Generation, OnChange, PollPlanner, PollPolicy
+from arta.learned import default_poll_policy
 from arta.params import DEFAULT_NEGATIVE_PROMPT, GenerationParams
 from arta.result import Result
 from arta.retry import RetryPolicy, surely_not_taken, transient
@@ -67,7 +68,7 @@ class Client:
         home: PathLike | None = None,
         transport: Transport | None = None,
         token_store: TokenStore | None = None,
-        poll_policy: PollPolicy | None = None,
+        poll_policy: PollPlanner | None = None,
         timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
         request_timeout: Timeout = DEFAULT_TIMEOUT,
@@ -80,7 +81,7 @@ class Client:
         self._owns_transport = transport is None
         self.transport: Transport = transport or RequestsTransport(pool_size=pool_size)
         self.token_store: TokenStore = token_store or FileTokenStore(self.settings.token_file)
-        self.poll_policy = poll_policy or PollPolicy()
+        self.poll_policy = poll_policy or default_poll_policy(self.settings)
         self.retry_policy = retry_policy or RetryPolicy()
         self.request_timeout = request_timeout
         self.timeout = timeout
