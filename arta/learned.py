@@ -37,7 +37,7 @@ from typing import Any, Callable
 from arta.config import Settings
 from arta.generation import Generation, PollPlanner, PollPolicy, Status
 from arta.poll_model import DurationModel, QueueModel, Samples, after, convolve
-from arta.poll_stats import ClassKey, Interval, PollStats, shared_stats
+from arta.poll_stats import ClassKey, Interval, PollStats, StatsState, shared_stats
 
 __all__ = ["STATS_FILE", "LearnedPollPolicy", "Timeline", "default_poll_policy"]
 
@@ -133,7 +133,7 @@ class LearnedPollPolicy:
                  lateness_per_poll: float = 0.08, start_lateness_per_poll: float = 1.2,
                  half_life: float = 10.0, min_observations: int = 3,
                  min_delay: float = 0.25, max_delay: float = 30.0, refit_interval: float = 0.5,
-                 clock: Callable[[], float] = time.time) -> None:
+                 probe_ratio: float = 0.5, clock: Callable[[], float] = time.time) -> None:
         self.fallback = fallback or PollPolicy()
         if stats is None:
             folder = Path(home).expanduser() if home is not None else Settings.resolve().home
@@ -145,11 +145,14 @@ class LearnedPollPolicy:
         self.min_observations = min_observations
         self.min_delay, self.max_delay = min_delay, max_delay
         self.refit_interval = refit_interval
+        self.probe_ratio = probe_ratio
         self.clock = clock
         self._lock = threading.Lock()
         self._fitted: tuple[int, DurationModel | None, QueueModel | None] = (-1, None, None)
         self._fitted_at = -math.inf
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: Jobs that outlived every prediction (record id -> when): polled at a bounded interval.
+        self._overdue_jobs: collections.OrderedDict[str, float] = collections.OrderedDict()
         #: Jobs being waited on and seen IN_PROGRESS: record id -> (class, started by, last seen).
         self._running: collections.OrderedDict[str, tuple[ClassKey, float, float]] = \
             collections.OrderedDict()
@@ -179,6 +182,7 @@ class LearnedPollPolicy:
             if len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
             self._running.pop(generation.record_id, None)
+            self._overdue_jobs.pop(generation.record_id, None)
         timeline = Timeline.of(generation)
         key, duration = class_key(generation), timeline.duration()
         queue = timeline.queue()
@@ -201,7 +205,7 @@ class LearnedPollPolicy:
             if stale or (self._running and now - self._fitted_at >= self.refit_interval):
                 enough = sum(len(c.recent) for c in state.classes.values()) \
                     >= self.min_observations
-                running = [(key, last - started, started)
+                running = [(key, min(last - started, _longest(state, key)), started)
                            for key, started, last in self._running.values()]
                 durations = DurationModel.fit(state, self.half_life, running=running) \
                     if enough else None
@@ -230,6 +234,8 @@ class LearnedPollPolicy:
         if durations is None:
             return None
         now = max(self.clock(), timeline.last)
+        if generation.record_id in self._overdue_jobs:
+            return self._overdue(generation, self._overdue_jobs[generation.record_id])
         work = durations.samples(key)
         starts, probe = self._starts(timeline, queue, work)
         if starts is None:
@@ -262,10 +268,14 @@ class LearnedPollPolicy:
         if not points:
             return [], False
         starts = [(t0 + q, w) for q, w in points]
-        return starts, _spread(starts) > _spread(work)
+        return starts, _spread(starts) > self.probe_ratio * _spread(work)
 
     def _overdue(self, generation: Generation, since: float) -> float:
         """For a job past every prediction: the fallback's later polls, bounded by its max_delay."""
+        with self._lock:
+            self._overdue_jobs.setdefault(generation.record_id, since)
+            while len(self._overdue_jobs) > 10_000:
+                self._overdue_jobs.popitem(last=False)
         late_polls = sum(1 for at, _ in generation.seen if at > since)
         return self.fallback.next_delay(generation, late_polls + 2)
 
@@ -274,7 +284,8 @@ class LearnedPollPolicy:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.update(_lock=None, _fitted=(-1, None, None), _fitted_at=-math.inf,
-                     _running=collections.OrderedDict(), stats=self.stats.path)
+                     _running=collections.OrderedDict(), _overdue_jobs=collections.OrderedDict(),
+                     stats=self.stats.path)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -284,6 +295,18 @@ class LearnedPollPolicy:
 
     def __repr__(self) -> str:
         return f"LearnedPollPolicy(stats={str(self.stats.path)!r}, fallback={self.fallback!r})"
+
+
+def _longest(state: StatsState, key: ClassKey) -> float:
+    """Twice the longest finished job of ``key``'s class (else of any class).
+
+    A running job counts as lasting at least this long, no more: one stuck
+    job must not teach that every job is slow.
+    """
+    stats = state.classes.get(key)
+    pool = stats.recent if stats is not None and stats.recent else \
+        [item for other in state.classes.values() for item in other.recent]
+    return 2 * max((hi for _, hi, _ in pool), default=math.inf)
 
 
 def _spread(points: Sequence[tuple[float, float]]) -> float:

@@ -52,7 +52,7 @@ _Z_WIDE = tuple(_NORMAL.inv_cdf((i + 0.5) / 8) for i in range(8))
 #: it were about to end at every poll.
 _WIDE_SHARE, _WIDE_FACTOR = 0.06, 3.0
 #: The spread assumed before data says otherwise (log seconds), and its weight in jobs.
-_PRIOR_SIGMA, _PRIOR_WEIGHT = 0.3, 2.0
+_PRIOR_SIGMA, _PRIOR_WEIGHT = 0.3, 0.5
 _MIN_SIGMA = 0.02
 
 #: Weighted points of a distribution, sorted by value: ``(value, weight)``.
@@ -194,7 +194,7 @@ class DurationModel:
         """
         x = math.log(work_units(key[1], key[2], key[3]))
         own = self.class_weight.get(key, 0.0)
-        sigma = self.sigma * math.sqrt(1 + 1 / (own + 1))
+        sigma = self.sigma * math.sqrt(1 + 1 / (own + 2))
         if key[0] not in self.alpha:
             sigma = math.hypot(sigma, 0.25)
         return self._mean(key, x), sigma
