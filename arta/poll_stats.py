@@ -167,7 +167,7 @@ class PollStats:
         self._state = StatsState()
         self._pending = StatsState()
         self._has_pending = False
-        self._last_flush = 0.0
+        self._last_flush = -math.inf
         self._timer: threading.Timer | None = None
         self._file_stamp: tuple[int, int] | None = None
         self._last_check = 0.0
