@@ -52,9 +52,9 @@ def test_concurrent_writer_processes_lose_no_observation(tmp_path: Path) -> None
     b"garbage{",
     b'{"format": "something else", "classes": []}',
     b'{"format": "arta-poll-stats/1", "classes": {"not": "a list"}, "queue": {}}',
-    b'{"format": "arta-poll-stats/1", "classes": [{"style": "Flux", "steps": 30, "n": 1, '
+    (b'{"format": "arta-poll-stats/1", "classes": [{"style": "Flux", "steps": 30, "n": 1, '
     b'"aspect_ratio": "1:1", "count": 1, "recent": [[NaN, 1, 2]]}], '
-    b'"queue": {"count": 0, "recent": []}}',
+    b'"queue": {"count": 0, "recent": []}}'),
     b"[" * 100_000 + b"]" * 100_000,
     b"\xff\xfe not utf-8 \x80",
     b"[]",
