@@ -244,29 +244,40 @@ class QueueModel:
         total = sum(p[2] for p in pieces)
         if total <= 1e-12:
             return []
-        return [(_mixture_quantile(pieces, total, (i + 0.5) / count), 1 / count)
-                for i in range(count)]
+        qs = [(i + 0.5) / count for i in range(count)]
+        return [(value, 1 / count) for value in _mixture_quantiles(pieces, total, qs)]
 
 
-def _mixture_quantile(pieces: list[tuple[float, float, float]], total: float, q: float) -> float:
-    """The q-quantile of a mixture of uniforms (and points), by bisection on its CDF."""
-    def cdf(t: float) -> float:
+def _mixture_quantiles(pieces: list[tuple[float, float, float]], total: float,
+                       qs: Sequence[float]) -> list[float]:
+    """The ``qs``-quantiles (increasing) of a mixture of uniforms ``(a, b, weight)`` and points.
+
+    The CDF is linear between breakpoints and jumps at points: it is
+    evaluated at each breakpoint from both sides, then inverted in one sweep.
+    """
+    def cdf(t: float, inclusive: bool) -> float:
         mass = 0.0
         for a, b, w in pieces:
-            if t >= b:
+            if t > b or (inclusive and t >= b):
                 mass += w
             elif t > a:
                 mass += w * (t - a) / (b - a)
         return mass / total
 
-    lo, hi = min(p[0] for p in pieces), max(p[1] for p in pieces)
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if cdf(mid) < q:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    xs = sorted({x for a, b, _ in pieces for x in (a, b)})
+    left = [cdf(x, False) for x in xs]
+    right = [cdf(x, True) for x in xs]
+    out, i = [], 0
+    for q in qs:
+        while i < len(xs) - 1 and right[i] < q:
+            i += 1
+        if left[i] >= q and i > 0:  # inside the segment before xs[i]
+            low, high = right[i - 1], left[i]
+            share = (q - low) / (high - low) if high > low else 1.0
+            out.append(xs[i - 1] + share * (xs[i] - xs[i - 1]))
+        else:  # at xs[i] (a point's jump, or the first breakpoint)
+            out.append(xs[i])
+    return out
 
 
 def _quantile(points: Samples, q: float) -> float:
