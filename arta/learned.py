@@ -202,7 +202,8 @@ class LearnedPollPolicy:
         now = self.clock()
         with self._lock:
             stale = self._fitted[0] != version
-            if stale or (self._running and now - self._fitted_at >= self.refit_interval):
+            due = now - self._fitted_at >= self.refit_interval or self._fitted[1] is None
+            if due and (stale or self._running):
                 enough = sum(len(c.recent) for c in state.classes.values()) \
                     >= self.min_observations
                 running = [(key, min(last - started, _longest(state, key)), started)

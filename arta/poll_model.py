@@ -129,13 +129,13 @@ class DurationModel:
             return None
         raw += [(key, (lo, math.inf, at)) for key, lo, at in running if lo > 0]
         weights = recency_weights([item[2] for _, item in raw], half_life)
-        obs = [
+        obs = [  # observations under 1% of the newest one's weight change nothing
             _Obs(key, math.log(work_units(key[1], key[2], key[3])),
                  math.log(lo) if lo > 0 else -math.inf,
                  math.log(max(hi, 1e-3)) if hi < math.inf else math.inf, weight)
-            for (key, (lo, hi, _)), weight in zip(raw, weights)
+            for (key, (lo, hi, _)), weight in zip(raw, weights) if weight >= 0.01
         ]
-        model = cls({}, 0.0, 1.0, {}, defaultdict(float), _PRIOR_SIGMA, sum(weights))
+        model = cls({}, 0.0, 1.0, {}, defaultdict(float), _PRIOR_SIGMA, sum(o.weight for o in obs))
         for o in obs:
             model.class_weight[o.key] += o.weight
         z = [o.hi + math.log(0.5) if o.lo == -math.inf else o.lo if o.hi == math.inf
