@@ -208,8 +208,8 @@ class LearnedPollPolicy:
                     >= self.min_observations
                 running = [(key, min(last - started, _longest(state, key)), started)
                            for key, started, last in self._running.values()]
-                durations = DurationModel.fit(state, self.half_life, running=running) \
-                    if enough else None
+                durations = DurationModel.fit(state, self.half_life, running=running,
+                                              previous=self._fitted[1]) if enough else None
                 queue = QueueModel.fit(state, self.half_life) if stale else self._fitted[2]
                 self._fitted, self._fitted_at = (version, durations, queue), now
             return self._fitted[1], self._fitted[2]

@@ -115,13 +115,15 @@ class DurationModel:
 
     @classmethod
     def fit(cls, state: StatsState, half_life: float = 10.0, iterations: int = 6,
-            running: Sequence[tuple[ClassKey, float, float]] = ()) -> DurationModel | None:
+            running: Sequence[tuple[ClassKey, float, float]] = (),
+            previous: DurationModel | None = None) -> DurationModel | None:
         """Fit the model to ``state``'s observations; None if there are none.
 
         ``running`` are jobs still in progress, ``(class, seconds so far,
         when they started)``: right-censored observations. Without them the
         first jobs to finish, the short ones, would teach that every job is
-        short.
+        short. ``previous`` (the last fit) is a warm start: two EM rounds
+        then suffice.
         """
         raw: list[tuple[ClassKey, Interval]] = [
             (key, item) for key, stats in state.classes.items() for item in stats.recent]
@@ -141,12 +143,21 @@ class DurationModel:
         z = [o.hi + math.log(0.5) if o.lo == -math.inf else o.lo if o.hi == math.inf
              else (o.lo + o.hi) / 2 for o in obs]
         v = [0.0] * len(obs)
+        if previous is not None:
+            model.alpha, model.alpha_mean = dict(previous.alpha), previous.alpha_mean
+            model.beta, model.gamma = previous.beta, dict(previous.gamma)
+            model.sigma, iterations = previous.sigma, min(iterations, 2)
+            model._e_step(obs, z, v)
         for _ in range(iterations):
             model._m_step(obs, z, v)
-            for i, o in enumerate(obs):  # E step: each interval's conditional moments
-                z[i], v[i] = _truncated_moments(model._mean(o.key, o.x), model.sigma, o.lo, o.hi)
+            model._e_step(obs, z, v)
         model._m_step(obs, z, v)
         return model
+
+    def _e_step(self, obs: list[_Obs], z: list[float], v: list[float]) -> None:
+        """Each interval's mean and variance under the current normal, truncated to it."""
+        for i, o in enumerate(obs):
+            z[i], v[i] = _truncated_moments(self._mean(o.key, o.x), self.sigma, o.lo, o.hi)
 
     def _mean(self, key: ClassKey, x: float) -> float:
         return (self.alpha.get(key[0], self.alpha_mean) + self.beta * x
@@ -154,7 +165,7 @@ class DurationModel:
 
     def _m_step(self, obs: list[_Obs], z: list[float], v: list[float]) -> None:
         """Weighted least squares by alternation, each effect pooled toward its prior."""
-        for _ in range(3):
+        for _ in range(2):
             # style levels, shrunk toward their common mean (one job's weight)
             sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
             for o, zi in zip(obs, z):

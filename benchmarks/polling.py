@@ -31,6 +31,7 @@ import argparse
 import json
 import multiprocessing
 import random
+import resource
 import statistics
 import tempfile
 import threading
@@ -118,7 +119,8 @@ def run(workload: str, policy_name: str, jobs: int, threads: int, out: Any) -> N
             with urllib.request.urlopen(f"{url}/emulator/jobs/{record_id}") as answer:
                 finished = json.load(answer)["finished_at"]
             records.append((polls, returned - finished))
-        out.put((workload, policy_name, records))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out.put((workload, policy_name, records, (usage.ru_utime + usage.ru_stime) / jobs))
     finally:
         parent.send(("stop",))
         server.join()
@@ -167,6 +169,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--threads", type=int, default=48)
     parser.add_argument("--workloads", default="service,flat,drift")
+    parser.add_argument("--save", metavar="PATH", help="also write every job's (polls, lateness)")
     args = parser.parse_args()
     workloads = args.workloads.split(",")
     runs = [(w, p) for w in workloads for p in POLICIES if not (w == "drift" and "default" in p)]
@@ -177,11 +180,15 @@ def main() -> None:
     for process in processes:
         process.start()
     results: dict[str, dict[str, list[tuple[int, float]]]] = {w: {} for w in workloads}
+    cpu: dict[tuple[str, str], float] = {}
     for _ in runs:
-        workload, name, records = out.get()
+        workload, name, records, cpu[workload, name] = out.get()
         results[workload][name] = records
     for process in processes:
         process.join()
+    if args.save:
+        with open(args.save, "w", encoding="utf-8") as file:
+            json.dump(results, file)
     print(f"{args.jobs} jobs per run, {args.threads} client threads, all runs at once "
           f"({time.monotonic() - started:.0f} s)")
     order = {name: i for i, name in enumerate(POLICIES)}
@@ -195,6 +202,8 @@ def main() -> None:
         table(f"{label}; jobs 0-{WARMUP - 1} (warm-up)",
               {k: v[:WARMUP] for k, v in rows.items()})
         table(f"{label}; jobs {WARMUP}-{args.jobs - 1}", {k: v[WARMUP:] for k, v in rows.items()})
+        print("  client CPU per job (whole run): " + ", ".join(
+            f"{name} {1000 * cpu[workload, name]:.0f} ms" for name in rows))
 
 
 if __name__ == "__main__":
