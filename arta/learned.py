@@ -130,10 +130,10 @@ class LearnedPollPolicy:
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
                  fallback: PollPolicy | None = None, stats: PollStats | None = None,
-                 lateness_per_poll: float = 0.08, start_lateness_per_poll: float = 1.2,
+                 lateness_per_poll: float = 0.1, start_lateness_per_poll: float = 1.2,
                  half_life: float = 10.0, min_observations: int = 3,
                  min_delay: float = 0.25, max_delay: float = 30.0, refit_interval: float = 0.5,
-                 probe_ratio: float = 0.5, clock: Callable[[], float] = time.time) -> None:
+                 probe_ratio: float = 0.5, max_lateness: float = 2.0, clock: Callable[[], float] = time.time) -> None:
         self.fallback = fallback or PollPolicy()
         if stats is None:
             folder = Path(home).expanduser() if home is not None else Settings.resolve().home
@@ -146,6 +146,7 @@ class LearnedPollPolicy:
         self.min_delay, self.max_delay = min_delay, max_delay
         self.refit_interval = refit_interval
         self.probe_ratio = probe_ratio
+        self.max_lateness = max_lateness
         self.clock = clock
         self._lock = threading.Lock()
         self._fitted: tuple[int, DurationModel | None, QueueModel | None] = (-1, None, None)
@@ -247,7 +248,8 @@ class LearnedPollPolicy:
         finish = after(predicted, timeline.last)
         if not finish or sum(w for _, w in finish) < 1e-3:
             return self._overdue(generation, predicted[-1][0])
-        at = time_for_lateness(finish, self.lateness_per_poll)
+        at = min(time_for_lateness(finish, self.lateness_per_poll),
+                 max(now, _first_chance(finish, 0.02)) + self.max_lateness)
         if probe:
             at = min(at, time_for_lateness(starts, self.start_lateness_per_poll))
         return min(self.max_delay, max(self.min_delay, at - now))
@@ -280,6 +282,10 @@ class LearnedPollPolicy:
         late_polls = sum(1 for at, _ in generation.seen if at > since)
         return self.fallback.next_delay(generation, late_polls + 2)
 
+    def close(self) -> None:
+        """Write what this process learned now (it is also written within a second, and at exit)."""
+        self.stats.flush()
+
     # -- plain data ------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
@@ -296,6 +302,17 @@ class LearnedPollPolicy:
 
     def __repr__(self) -> str:
         return f"LearnedPollPolicy(stats={str(self.stats.path)!r}, fallback={self.fallback!r})"
+
+
+def _first_chance(points: Samples, share: float) -> float:
+    """The time by which ``share`` of the (sorted, weighted) ``points`` is past."""
+    total = sum(w for _, w in points)
+    cumulative = 0.0
+    for value, weight in points:
+        cumulative += weight
+        if cumulative >= share * total:
+            return value
+    return points[-1][0]
 
 
 def _longest(state: StatsState, key: ClassKey) -> float:

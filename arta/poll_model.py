@@ -129,8 +129,14 @@ class DurationModel:
             (key, item) for key, stats in state.classes.items() for item in stats.recent]
         if not raw:
             return None
+        # Recency by start time, for every job alike: the jobs started lately, the
+        # short ones finished and the long ones still running, are a fair sample;
+        # ranked by end time the running ones would all count as newest, and the
+        # long jobs among them (most running jobs are long ones) would pull the fit.
+        started = [at - (lo + hi) / 2 for _, (lo, hi, at) in raw]
         raw += [(key, (lo, math.inf, at)) for key, lo, at in running if lo > 0]
-        weights = recency_weights([item[2] for _, item in raw], half_life)
+        started += [at for key, lo, at in running if lo > 0]
+        weights = recency_weights(started, half_life)
         obs = [  # observations under 1% of the newest one's weight change nothing
             _Obs(key, math.log(work_units(key[1], key[2], key[3])),
                  math.log(lo) if lo > 0 else -math.inf,
