@@ -123,9 +123,13 @@ class LearnedPollPolicy:
     or pass ``stats``. ``lateness_per_poll`` is how many seconds of noticing
     late one status request is worth: lower polls more. ``half_life`` is in
     jobs: how fast old observations fade. Delays stay within
-    ``[min_delay, max_delay]``; a job past every prediction is polled every
-    ``fallback.max_delay`` seconds at most. ``clock`` gives Unix time (tests
-    replace it).
+    ``[min_delay, max_delay]``, and no poll comes more than ``max_lateness``
+    seconds after the job's first 2% chance of being done; a job past every
+    prediction is polled every ``fallback.max_delay`` seconds at most. While
+    a job queues, its start is probed (``start_lateness_per_poll``) when the
+    queue's spread is over ``probe_ratio`` times the in-progress time's.
+    ``refit_interval`` bounds how often the model is refitted. ``clock``
+    gives Unix time (tests replace it).
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
@@ -133,7 +137,8 @@ class LearnedPollPolicy:
                  lateness_per_poll: float = 0.1, start_lateness_per_poll: float = 1.2,
                  half_life: float = 10.0, min_observations: int = 3,
                  min_delay: float = 0.25, max_delay: float = 30.0, refit_interval: float = 0.5,
-                 probe_ratio: float = 0.5, max_lateness: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+                 probe_ratio: float = 0.5, max_lateness: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.fallback = fallback or PollPolicy()
         if stats is None:
             folder = Path(home).expanduser() if home is not None else Settings.resolve().home
@@ -243,7 +248,7 @@ class LearnedPollPolicy:
         if starts is None:
             return None
         if not starts:  # waiting in the queue longer than any job seen
-            return self._overdue(generation, timeline.start_after or now)
+            return self._overdue(generation, timeline.start_after or now, sticky=False)
         predicted = convolve(starts, work)
         finish = after(predicted, timeline.last)
         if not finish or sum(w for _, w in finish) < 1e-3:
@@ -273,10 +278,16 @@ class LearnedPollPolicy:
         starts = [(t0 + q, w) for q, w in points]
         return starts, _spread(starts) > self.probe_ratio * _spread(work)
 
-    def _overdue(self, generation: Generation, since: float) -> float:
-        """For a job past every prediction: the fallback's later polls, bounded by its max_delay."""
+    def _overdue(self, generation: Generation, since: float, sticky: bool = True) -> float:
+        """For a job past every prediction: the fallback's later polls, bounded by its max_delay.
+
+        A job that outlived its predicted end stays so until it ends (the
+        prediction was wrong for it); one that queued longer than any other
+        is planned again once it starts.
+        """
         with self._lock:
-            self._overdue_jobs.setdefault(generation.record_id, since)
+            if sticky:
+                self._overdue_jobs.setdefault(generation.record_id, since)
             while len(self._overdue_jobs) > 10_000:
                 self._overdue_jobs.popitem(last=False)
         late_polls = sum(1 for at, _ in generation.seen if at > since)
