@@ -253,8 +253,11 @@ class LearnedPollPolicy:
         finish = after(predicted, timeline.last)
         if not finish or sum(w for _, w in finish) < 1e-3:
             return self._overdue(generation, predicted[-1][0])
+        # the job's first 2% chance of being done: the earliest start plus the
+        # 2% quantile of its work (the points are too coarse in the tail for it)
+        first_chance = starts[0][0] + durations.quantile(key, 0.02)
         at = min(time_for_lateness(finish, self.lateness_per_poll),
-                 max(now, _first_chance(finish, 0.02)) + self.max_lateness)
+                 max(now, first_chance) + self.max_lateness)
         if probe:
             at = min(at, time_for_lateness(starts, self.start_lateness_per_poll))
         return min(self.max_delay, max(self.min_delay, at - now))
@@ -313,17 +316,6 @@ class LearnedPollPolicy:
 
     def __repr__(self) -> str:
         return f"LearnedPollPolicy(stats={str(self.stats.path)!r}, fallback={self.fallback!r})"
-
-
-def _first_chance(points: Samples, share: float) -> float:
-    """The time by which ``share`` of the (sorted, weighted) ``points`` is past."""
-    total = sum(w for _, w in points)
-    cumulative = 0.0
-    for value, weight in points:
-        cumulative += weight
-        if cumulative >= share * total:
-            return value
-    return points[-1][0]
 
 
 def _longest(state: StatsState, key: ClassKey) -> float:

@@ -216,6 +216,11 @@ class DurationModel:
             sigma = math.hypot(sigma, 0.25)
         return self._mean(key, x), sigma
 
+    def quantile(self, key: ClassKey, q: float) -> float:
+        """The ``q``-quantile of class ``key``'s in-progress seconds (from the model, not points)."""
+        mu, sigma = self.predict(key)
+        return math.exp(mu + sigma * _NORMAL.inv_cdf(q))
+
     def samples(self, key: ClassKey) -> Samples:
         """Weighted points of the predicted in-progress seconds of class ``key``, sorted."""
         mu, sigma = self.predict(key)
