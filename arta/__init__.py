@@ -50,6 +50,7 @@ from arta.errors import (
     TransportError,
 )
 from arta.generation import Generation, OnChange, PollPlanner, PollPolicy, Status
+from arta.learned import LearnedPollPolicy, default_poll_policy
 from arta.params import (
     GenerationOptions,
     GenerationParams,
@@ -103,6 +104,7 @@ __all__ = [
     "Job",
     "JobNotFoundError",
     "JobRun",
+    "LearnedPollPolicy",
     "LoggingTransport",
     "MalformedResponse",
     "MemoryTokenStore",
@@ -131,6 +133,7 @@ __all__ = [
     "TransportError",
     "as_completed",
     "default_client",
+    "default_poll_policy",
     "generate",
     "set_default_client",
 ]

@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--show-token", action="store_true",
                        help="also print the ID token itself (a secret: handle with care)")
 
+    commands.add_parser("stats", parents=[common],
+                        help="show what the learned poll policy knows of job durations")
+
     emulator = commands.add_parser("emulator", parents=[common],
                                    help="run the offline emulator of the service")
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -429,6 +432,13 @@ def _token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from arta.learned import describe_stats
+
+    print(describe_stats(Settings.resolve().home))
+    return EXIT_OK
+
+
 def _emulator(args: argparse.Namespace) -> int:
     from arta.emulator import Emulator
 
@@ -448,7 +458,7 @@ def _emulator(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"generate": _generate, "status": _status, "batch": _batch, "styles": _styles,
-             "token": _token, "emulator": _emulator}
+             "token": _token, "stats": _stats, "emulator": _emulator}
 
 
 def _exit_code(error: ArtaError) -> int:

@@ -23,9 +23,10 @@ from arta.errors import (
     SubmitOutcomeUnknown,
 )
 from arta.generation import Generation, OnChange
+from arta.learned import default_poll_policy
 from arta.loop import PollLoop, Watch
 from arta.params import GenerationOptions, GenerationParams, shows_generation_options
-from arta.polling import PollPlanner, PollPolicy, check_timeout, check_wait_options
+from arta.polling import PollPlanner, check_timeout, check_wait_options
 from arta.redact import redact
 from arta.result import MAX_DOWNLOAD_THREADS, Result
 from arta.retry import RetryPolicy, surely_not_taken, transient
@@ -143,7 +144,7 @@ class Client:
             transport or RequestsTransport(pool_size=_connections(pool_size)),
             self.request_timeout)
         self.token_store: TokenStore = token_store or FileTokenStore(self.settings.token_file)
-        self.poll_policy: PollPlanner = poll_policy or PollPolicy()
+        self.poll_policy: PollPlanner = poll_policy or default_poll_policy(self.settings)
         self.retry_policy = retry_policy or RetryPolicy()
         self.timeout = check_timeout(timeout)
         self.pool_size = pool_size
@@ -346,6 +347,9 @@ class Client:
             loop, self._loop = self._loop, None
         if loop is not None and loop.pid == os.getpid():
             loop.close()
+        flush = getattr(self.poll_policy, "close", None)  # a learning policy writes what it saw
+        if callable(flush):
+            flush()
         if self._owns_transport:
             self.transport.close()
 

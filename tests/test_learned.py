@@ -1,0 +1,222 @@
+"""The learned poll policy, driven by synthetic jobs on a fake clock (no emulator, no sleeping).
+
+Each job is played as the poll loop plays it: the submit's answer, then a
+poll after every ``next_delay``, each answer computed from the job's true
+start and end, until one finds it DONE and ``finished`` is called.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+import arta
+from arta.config import Settings
+from arta.generation import Generation, Status
+from arta.learned import LearnedPollPolicy, Timeline, default_poll_policy
+from arta.params import GenerationParams
+from arta.poll_model import DurationModel, QueueModel
+from arta.poll_stats import ClassStats, PollStats
+
+NO_JITTER = arta.PollPolicy(jitter=0)
+
+
+class Clock:
+    """A clock that moves only when a test moves it."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def params(style: str = "Flux", steps: int = 30, n: int = 1, ratio: str = "1:1") -> GenerationParams:
+    return GenerationParams.create("a fox", style=style, steps=steps, n=n, aspect_ratio=ratio,
+                                   seed=1)
+
+
+def play(policy: LearnedPollPolicy, clock: Clock, duration: float, queue: float = 0.0,
+         p: GenerationParams | None = None, record_id: str = "job",
+         max_polls: int = 10_000) -> tuple[list[float], float]:
+    """Run one job through ``policy``: return its delays and how late DONE was seen."""
+    generation = Generation(record_id, params=p or params())
+    submitted = clock.now
+    start, end = submitted + queue, submitted + queue + duration
+    generation.status = Status.IN_QUEUE if queue > 0 else Status.IN_PROGRESS
+    generation.seen.append((clock.now, generation.status))
+    delays: list[float] = []
+    while len(delays) < max_polls:
+        delay = policy.next_delay(generation, len(delays) + 1)
+        delays.append(delay)
+        clock.now += delay
+        status = (Status.IN_QUEUE if clock.now < start else
+                  Status.IN_PROGRESS if clock.now < end else Status.DONE)
+        generation.seen.append((clock.now, status))
+        generation.status = status
+        if status is Status.DONE:
+            policy.finished(generation)
+            return delays, clock.now - end
+    return delays, math.inf
+
+
+def learned(tmp_path: Path, clock: Clock, **options: object) -> LearnedPollPolicy:
+    stats = PollStats(tmp_path / "poll_stats.json", flush_interval=0)
+    return LearnedPollPolicy(stats=stats, clock=clock, fallback=NO_JITTER, **options)  # type: ignore[arg-type]
+
+
+def test_cold_start_polls_exactly_like_the_fixed_default(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    job = Generation("cold", params=params())
+    job.seen.append((clock.now, Status.IN_QUEUE))
+    assert [policy.next_delay(job, a) for a in range(1, 12)] == \
+        [NO_JITTER.next_delay(job, a) for a in range(1, 12)]
+    assert policy.timeout == NO_JITTER.timeout
+    for index in range(policy.min_observations - 1):  # not yet enough to go by
+        play(policy, clock, 10.0, record_id=f"warm{index}")
+    assert [policy.next_delay(job, a) for a in range(1, 12)] == \
+        [NO_JITTER.next_delay(job, a) for a in range(1, 12)]
+
+
+def test_the_estimate_converges_to_the_true_duration_from_coarse_intervals() -> None:
+    # Polls every 2 s at a random phase bound each 10 s (+-5%) job to a ~4 s
+    # wide interval; the interval-censored fit still finds 10 s.
+    rng = random.Random(3)
+    stats = PollStats("/nonexistent/never-written.json")
+    key = ("Flux", 30, 1, "1:1")
+    for index in range(40):
+        start = rng.uniform(0, 2)  # the job started between the polls at 0 and 2
+        end = start + 10 * rng.uniform(0.95, 1.05)
+        end_by = 2 * math.ceil(end / 2)
+        stats.state().classes.setdefault(key, ClassStats()).add(
+            [(end_by - 2 - 2, end_by - 0, float(index))], 1, keep=40)
+    model = DurationModel.fit(stats.state(), half_life=1000)
+    assert model is not None
+    mu, sigma = model.predict(key)
+    assert math.exp(mu) == pytest.approx(10, rel=0.04)
+    assert sigma < 0.2  # the spread, too, is the jobs', not the polls'
+
+
+def test_a_learned_class_is_polled_near_its_end_with_few_requests(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    fixed_delays, _ = play(arta.PollPolicy(jitter=0), clock, 12.0)  # type: ignore[arg-type]
+    rng = random.Random(5)
+    for index in range(12):
+        play(policy, clock, 12.0 * rng.uniform(0.95, 1.05), record_id=f"j{index}")
+    polls, late = [], []
+    for index in range(10):
+        delays, lateness = play(policy, clock, 12.0 * rng.uniform(0.95, 1.05), record_id=f"k{index}")
+        polls.append(len(delays))
+        late.append(lateness)
+    assert sum(polls) / len(polls) < len(fixed_delays) / 2
+    assert sorted(late)[5] < 0.6  # the median: the fixed policy is about 1 s late here
+
+
+def test_it_replans_when_the_job_leaves_the_queue(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(8):  # jobs wait 0-8 s in the queue, then run 10 s
+        play(policy, clock, 10.0, queue=index, record_id=f"q{index}")
+    job = Generation("now", params=params())
+    job.seen.append((clock.now, Status.IN_QUEUE))
+    job.seen.append((clock.now + 1.0, Status.IN_QUEUE))
+    clock.now += 1.0
+    while_queued = policy.next_delay(job, 2)
+    assert while_queued < 5  # it probes for the start, not for the far end
+    clock.now += 0.5
+    job.seen.append((clock.now, Status.IN_PROGRESS))
+    job.status = Status.IN_PROGRESS
+    assert 8 < policy.next_delay(job, 3) < 10.5  # the end is now about 10 s away
+
+
+def test_recent_jobs_outweigh_old_ones_after_the_service_slows_down(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(30):
+        play(policy, clock, 10.0, record_id=f"fast{index}")
+    polls = []
+    for index in range(30):  # every job twice as slow from here on
+        delays, lateness = play(policy, clock, 20.0, record_id=f"slow{index}")
+        polls.append(len(delays))
+        assert lateness < 3.1  # never worse than the fallback's bounded interval
+    durations, _ = policy.models()
+    assert durations is not None
+    assert math.exp(durations.predict(("Flux", 30, 1, "1:1"))[0]) == pytest.approx(20, rel=0.1)
+    # the first slow jobs cost polls (they outlive the old prediction); the last do not
+    assert sum(polls[-10:]) / 10 <= 5 < min(polls[:3])
+
+
+def test_a_job_far_past_its_prediction_is_polled_at_a_bounded_interval_forever(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(10):
+        play(policy, clock, 5.0, record_id=f"short{index}")
+    delays, lateness = play(policy, clock, 600.0, record_id="stuck")
+    assert lateness <= NO_JITTER.max_delay
+    elapsed = [sum(delays[:i]) for i in range(len(delays))]
+    late_delays = [d for d, at in zip(delays, elapsed) if at > 60]  # long past 5 s
+    assert all(policy.min_delay <= d <= NO_JITTER.max_delay for d in late_delays)
+    assert len(delays) > 600 / NO_JITTER.max_delay  # it kept polling all along
+
+
+def test_a_job_resumed_by_id_or_without_data_uses_the_fallback(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(5):
+        play(policy, clock, 5.0, record_id=f"j{index}")
+    resumed = Generation("resumed")  # no parameters: its class is unknown
+    resumed.seen.append((clock.now, Status.IN_PROGRESS))
+    assert [policy.next_delay(resumed, a) for a in (1, 2, 3)] == \
+        [NO_JITTER.next_delay(resumed, a) for a in (1, 2, 3)]
+
+
+def test_a_finished_job_is_learned_once_however_often_it_is_reported(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    job = Generation("twice", params=params())
+    job.seen += [(0.0, Status.IN_QUEUE), (1.0, Status.IN_PROGRESS), (9.0, Status.IN_PROGRESS),
+                 (10.0, Status.DONE)]
+    job.status = Status.DONE
+    policy.finished(job)
+    policy.finished(job)
+    assert policy.stats.state().classes[("Flux", 30, 1, "1:1")].count == 1
+    assert Timeline.of(job).duration() == (8.0, 10.0, 10.0)
+    assert Timeline.of(job).queue() == (0.0, 1.0, 1.0)
+
+
+def test_a_new_process_starts_warm_from_the_shared_file(tmp_path: Path) -> None:
+    clock = Clock()
+    first = learned(tmp_path, clock)
+    for index in range(5):
+        play(first, clock, 8.0, record_id=f"j{index}")
+    first.stats.flush()
+    fresh = LearnedPollPolicy(stats=PollStats(tmp_path / "poll_stats.json"), clock=clock)
+    job = Generation("new", params=params())
+    job.seen.append((clock.now, Status.IN_QUEUE))
+    assert fresh.plan(job) is not None
+    durations, queue = fresh.models()
+    assert durations is not None and queue is not None
+
+
+def test_default_policy_is_learned_unless_arta_poll_is_fixed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings.resolve(home=tmp_path)
+    policy = default_poll_policy(settings)
+    assert isinstance(policy, LearnedPollPolicy)
+    assert policy.stats.path == tmp_path / "poll_stats.json"
+    monkeypatch.setenv("ARTA_POLL", "fixed")
+    assert default_poll_policy(settings) == arta.PollPolicy()
+    with arta.Client(home=tmp_path) as client:
+        assert client.poll_policy == arta.PollPolicy()
+
+
+def test_queue_model_is_the_mixture_of_the_observed_intervals() -> None:
+    model = QueueModel([(0.0, 2.0, 1.0), (4.0, 4.0, 1.0)])
+    points = model.samples(0.0, math.inf, count=4)
+    assert [round(v, 3) for v, _ in points] == [0.5, 1.5, 4.0, 4.0]
+    assert model.samples(5.0, math.inf) == []  # waiting longer than any job seen

@@ -1,0 +1,138 @@
+"""The shared ``poll_stats.json``: merged by concurrent processes, bounded, never fatal when corrupt.
+
+And the learned policy end to end: against the emulator, and from the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+import arta
+from arta import cli
+from arta.emulator import Emulator
+from arta.learned import LearnedPollPolicy
+from arta.poll_stats import FORMAT, PollStats
+
+KEY = ("Flux", 30, 1, "1:1")
+
+
+def _record_many(path: str, worker: int, count: int) -> None:
+    stats = PollStats(path, flush_interval=0)  # every record is a locked read-merge-write
+    for index in range(count):
+        at = 1000.0 + worker * count + index
+        stats.record((f"style-{worker}", 30, 1, "1:1"), (9.0, 10.0, at), (0.0, 1.0, at))
+        stats.record(KEY, (9.0, 10.0, at), None)
+    stats.flush()
+
+
+def test_concurrent_writer_processes_lose_no_observation(tmp_path: Path) -> None:
+    path = tmp_path / "poll_stats.json"
+    workers, count = 8, 15
+    processes = [multiprocessing.get_context("spawn").Process(
+        target=_record_many, args=(str(path), worker, count)) for worker in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    data = json.loads(path.read_text(encoding="utf-8"))  # never torn: it parses
+    assert data["format"] == FORMAT
+    counts = {entry["style"]: entry["count"] for entry in data["classes"]}
+    assert counts == {"Flux": workers * count, **{f"style-{w}": count for w in range(workers)}}
+    assert data["queue"]["count"] == workers * count
+    assert not list(tmp_path.glob(".poll_stats.*"))  # no temp file left behind
+
+
+@pytest.mark.parametrize("content", [
+    b"garbage{",
+    b'{"format": "something else", "classes": []}',
+    b'{"format": "arta-poll-stats/1", "classes": {"not": "a list"}, "queue": {}}',
+    (b'{"format": "arta-poll-stats/1", "classes": [{"style": "Flux", "steps": 30, "n": 1, '
+    b'"aspect_ratio": "1:1", "count": 1, "recent": [[NaN, 1, 2]]}], '
+    b'"queue": {"count": 0, "recent": []}}'),
+    b"[" * 100_000 + b"]" * 100_000,
+    b"\xff\xfe not utf-8 \x80",
+    b"[]",
+], ids=["garbage", "foreign", "wrong-shape", "nan", "deep-nesting", "not-utf8", "a-list"])
+def test_a_corrupt_file_is_ignored_with_a_warning_and_rebuilt(
+        tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "poll_stats.json"
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="arta.poll_stats"):
+        stats = PollStats(path, flush_interval=0)
+    assert stats.state().classes == {}
+    assert "unusable" in caplog.text and "will be rebuilt" in caplog.text
+    stats.record(KEY, (9.0, 10.0, 1.0), None)  # the next write rebuilds it
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["format"] == FORMAT and data["classes"][0]["count"] == 1
+
+
+def test_the_file_keeps_the_most_recently_updated_classes_only(tmp_path: Path) -> None:
+    stats = PollStats(tmp_path / "poll_stats.json", flush_interval=0, max_classes=4, keep=3)
+    for index in range(10):
+        for repeat in range(5):
+            stats.record(("Flux", 10 + index, 1, "1:1"), (1.0, 2.0, index * 10.0 + repeat), None)
+    data = json.loads(stats.path.read_text(encoding="utf-8"))
+    assert sorted(entry["steps"] for entry in data["classes"]) == [16, 17, 18, 19]
+    assert all(len(entry["recent"]) == 3 and entry["count"] == 5 for entry in data["classes"])
+
+
+def test_writes_are_batched_not_one_per_job(tmp_path: Path) -> None:
+    stats = PollStats(tmp_path / "poll_stats.json", flush_interval=3600)
+    stats.record(KEY, (9.0, 10.0, 1.0), None)  # the first write goes at once
+    written = stats.path.read_text(encoding="utf-8")
+    for index in range(50):
+        stats.record(KEY, (9.0, 10.0, 2.0 + index), None)
+    assert stats.path.read_text(encoding="utf-8") == written  # not yet: within the interval
+    assert stats.state().classes[KEY].count == 51  # though this process knows them all
+    stats.flush()  # as at exit
+    assert json.loads(stats.path.read_text(encoding="utf-8"))["classes"][0]["count"] == 51
+
+
+def test_after_a_few_jobs_of_one_class_the_next_needs_fewer_polls_than_fixed(
+        tmp_path: Path) -> None:
+    fixed = arta.PollPolicy(first_delay=0.05, interval=0.05, growth=1, max_delay=0.05, jitter=0)
+    with Emulator(queue_seconds=0, progress_seconds=0.8) as emulator, \
+            arta.Client(emulator.url, home=tmp_path, timeout=60) as client:
+        learned = LearnedPollPolicy(tmp_path, fallback=fixed, min_delay=0.02,
+                                    lateness_per_poll=0.02)
+
+        def polls(policy: arta.PollPlanner) -> int:
+            before = emulator.stats()["polls"]
+            client.submit("a fox", seed=1).wait(poll_policy=policy)
+            return emulator.stats()["polls"] - before
+
+        fixed_polls = polls(fixed)
+        for _ in range(4):
+            polls(learned)
+        assert polls(learned) < fixed_polls
+    assert (tmp_path / "poll_stats.json").exists()
+
+
+def test_arta_stats_shows_what_was_learned(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTA_HOME", str(tmp_path))
+    assert cli.main(["stats"]) == 0
+    assert "no finished job seen yet" in capsys.readouterr().out
+    stats = PollStats(tmp_path / "poll_stats.json", flush_interval=0)
+    for index in range(4):
+        stats.record(("Anime", 20, 2, "16:9"), (11.5, 12.5, float(index)), (0.5, 1.5, index))
+    assert cli.main(["stats"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "poll_stats.json") in out
+    row = next(line for line in out.splitlines() if line.startswith("Anime"))
+    assert row.split()[:5] == ["Anime", "20", "2", "16:9", "4"]
+    assert 11.0 < float(row.split()[5].rstrip("s")) < 13.0
+    assert "queue:" in out
+
+
+def test_poll_interval_on_the_command_line_is_a_fixed_policy() -> None:
+    args = cli._parser().parse_args(["generate", "a fox", "--poll-interval", "1.5"])
+    policy = cli._client_options(args)["poll_policy"]
+    assert policy == arta.PollPolicy(first_delay=1.5, interval=1.5, growth=1, max_delay=1.5,
+                                     jitter=0)
