@@ -33,45 +33,7 @@ from arta.manifest import MANIFEST_NAME, Manifest, RunLock
 from arta.progress import BatchProgress
 from arta.styles import DEFAULT_STYLE, resolve_style
 
-__all__ = ["BatchCommand", "add_batch_arguments"]
-
-
-def positive_int(text: str) -> int:
-    """A whole number of at least 1 (for ``--concurrency`` and ``--workers``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags only ``arta batch`` has."""
-    parser.add_argument("--concurrency", "-c", type=positive_int, default=64, metavar="N",
-                        help="jobs in flight at once, at most (default 64; fewer while the "
-                             "service says it is busy)")
-    parser.add_argument("--workers", "-w", type=positive_int, default=1,
-                        help="processes sharing the jobs and the concurrency (default 1)")
-    parser.add_argument("--manifest", "-m", default=None, metavar="PATH",
-                        help="the JSONL record that makes the batch resumable "
-                             "(default: DIR/arta-manifest.jsonl)")
-    parser.add_argument("--gallery", action="store_true",
-                        help="after the run, write DIR/index.html: a contact sheet of the images")
-    dask = parser.add_argument_group("on a Dask cluster (pip install 'arta[dask]')")
-    dask.add_argument("--engine", choices=("local", "dask"), default="local",
-                      help="where the jobs wait: this process (default) or a Dask cluster; "
-                           "only this process submits either way")
-    dask.add_argument("--scheduler", metavar="ADDRESS",
-                      help="with --engine dask: tcp://host:8786, or local:N for a cluster "
-                           "of N processes on this machine")
-    dask.add_argument("--output-on-workers", metavar="PATH",
-                      help="with --engine dask: the workers write the images to PATH (a "
-                           "shared filesystem) instead of sending them back")
-    dask.add_argument("--token", choices=("cluster", "host"), default="cluster",
-                      help="with --engine dask: one token kept in the scheduler (default), "
-                           "or each host's own token file")
+__all__ = ["BatchCommand"]
 
 
 def _check_engine(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 import arta
 from arta import cli
+from arta.cli_args import build_parser
 from arta.emulator import Emulator
 from arta.learned import LearnedPollPolicy
 from arta.poll_stats import FORMAT, PollStats
@@ -132,7 +133,7 @@ def test_arta_stats_shows_what_was_learned(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_poll_interval_on_the_command_line_is_a_fixed_policy() -> None:
-    args = cli._parser().parse_args(["generate", "a fox", "--poll-interval", "1.5"])
+    args = build_parser().parse_args(["generate", "a fox", "--poll-interval", "1.5"])
     policy = cli._client_options(args)["poll_policy"]
     assert policy == arta.PollPolicy(first_delay=1.5, interval=1.5, growth=1, max_delay=1.5,
                                      jitter=0)
