@@ -33,7 +33,9 @@ def test_same_prompt_style_and_seed_give_identical_bytes(client: arta.Client, tm
     assert first[0].read_bytes() != other[0].read_bytes()
 
 
-def test_generation_moves_forward_through_every_state(client: arta.Client) -> None:
+def test_generation_moves_forward_through_every_state(emulator: Emulator,
+                                                      client: arta.Client) -> None:
+    emulator.app.set_speed(5.0)  # 0.5 s in progress: seen even when polls come late
     seen = []
     generation = client.submit("a lighthouse", aspect_ratio="2:3")
     assert generation.status is arta.Status.IN_QUEUE and generation.record_id

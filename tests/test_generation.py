@@ -51,7 +51,8 @@ def test_a_status_the_protocol_does_not_know_is_failed_with_the_raw_value_kept()
     assert "CANCELLED_BY_ADMIN" in str(caught.value) and caught.value.record_id == "r2"
 
 
-def test_events_yield_each_transition(client: arta.Client) -> None:
+def test_events_yield_each_transition(emulator: Emulator, client: arta.Client) -> None:
+    emulator.app.set_speed(5.0)  # 0.5 s in progress: seen even when polls come late
     generation = client.submit("a fox")
     assert [g.status for g in generation.events()] == [Status.IN_PROGRESS, Status.DONE]
     assert list(generation.events()) == []  # already finished: nothing more to see
