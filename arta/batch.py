@@ -2,8 +2,8 @@
 
 The jobs run on the client's engine (:meth:`arta.Client.run`): ``concurrency``
 jobs in flight, a waiting job costing a heap entry in the poll loop, not a
-thread. The images of each finished job are saved on a small pool of
-threads, off the loop. With ``workers`` > 1, that many processes split the
+thread. The images of each finished job are saved on the client's I/O
+threads, beside the polls: no threads of the batch's own. With ``workers`` > 1, that many processes split the
 jobs and the concurrency between them (one shared token file: one sign-up).
 
 The batch's memory is its :class:`~arta.manifest.Manifest`. Before each
@@ -57,13 +57,11 @@ __all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Ma
 log = logging.getLogger(__name__)
 
 #: Threads that save images (downloads are short; the jobs' waits are in the poll loop).
-SAVE_THREADS = 8
-
 Counts = dict[str, int]
 
 
 class _Share:
-    """One process's share of a batch: its tasks through ``client.run``, saves on a small pool."""
+    """One process's share of a batch: its tasks through ``client.run``, saves on its I/O threads."""
 
     def __init__(self, client: Client, manifest: Manifest, output: str | os.PathLike[str],
                  tasks: Sequence[Task], concurrency: int, emit: Callable[[Outcome], None],
@@ -83,20 +81,25 @@ class _Share:
         self._run = run = self.client.run(jobs, concurrency=self.concurrency,
                                           on_submitting=self._submitting,
                                           on_submitted=self._submitted)
-        saver = concurrent.futures.ThreadPoolExecutor(SAVE_THREADS, thread_name_prefix="arta-save")
+        # Saving is downloading: it runs on the client's I/O threads, beside the
+        # polls, not on threads of its own.
+        saves: list[concurrent.futures.Future[None]] = []
         try:
             for outcome in run:
                 if outcome.result is not None:
                     with self._lock:
                         self._saving += 1
-                    saver.submit(self._save, outcome.job.tag, outcome.result)
+                    saves.append(self.client.loop.call_io(self._save, outcome.job.tag,
+                                                          outcome.result))
                 else:
                     self._end(self._failed(outcome))
         except BaseException:
             run.close()
-            saver.shutdown(wait=True, cancel_futures=True)
+            for save in saves:
+                save.cancel()
+            concurrent.futures.wait(saves)
             raise
-        saver.shutdown(wait=True)
+        concurrent.futures.wait(saves)
         self._counts()
 
     def counts(self) -> Counts:
