@@ -87,30 +87,68 @@ class Manifest:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._file_lock = filelock.FileLock(str(hidden_beside(self.path, "lock")))
-        self._thread_lock = threading.Lock()
+        # Group commit: threads that append at once share one write and one
+        # fsync. Each append still returns only once its own line is durable.
+        self._turn = threading.Condition()
+        self._pending: list[bytes] = []
+        self._queued = 0  # appends handed in so far
+        self._durable = 0  # appends known to be on disk
+        self._writing = False
+        self._failed: list[tuple[int, int, OSError]] = []  # (first, last, error) of each failure
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one line, durably (fsynced), on a fresh line; raise :class:`ManifestError` if it cannot."""
         data = (json.dumps(record, sort_keys=True) + "\n").encode()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._thread_lock, self._file_lock:
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-                try:
-                    size = os.fstat(fd).st_size
-                    if size and os.pread(fd, 1, size - 1) != b"\n":
-                        data = b"\n" + data  # the last line was torn: never glue onto it
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                if not size:
-                    _fsync_folder(self.path.parent)
-        except OSError as error:
+        with self._turn:
+            self._pending.append(data)
+            self._queued += 1
+            mine = self._queued
+            while self._durable < mine:
+                if self._writing:
+                    self._turn.wait()
+                    continue
+                self._write_pending()
+            error = next((e for first, last, e in self._failed if first <= mine <= last), None)
+        if error is not None:
             raise ManifestError(f"the manifest {self.path} could not be written: "
                                 f"{error.strerror or error}") from error
+
+    def _write_pending(self) -> None:
+        """Called holding ``_turn``: write every pending line in one go, then wake their writers."""
+        lines, self._pending = self._pending, []
+        first, last = self._durable + 1, self._queued
+        self._writing = True
+        self._turn.release()
+        try:
+            self._write(b"".join(lines))
+            error = None
+        except OSError as failure:
+            error = failure
+        finally:
+            self._turn.acquire()
+            self._writing = False
+        if error is not None:
+            self._failed = [*self._failed[-99:], (first, last, error)]  # rare: a disk full
+        self._durable = last
+        self._turn.notify_all()
+
+    def _write(self, data: bytes) -> None:
+        """Append ``data`` under the file lock (other processes), on a fresh line, and fsync it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._file_lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data  # the last line was torn: never glue onto it
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not size:
+                _fsync_folder(self.path.parent)
 
     def records(self) -> list[dict[str, Any]]:
         """Every whole record, in order; a damaged line is skipped with a warning."""

@@ -263,10 +263,12 @@ def _max_rss_mb() -> float:
 def rss_child(kind: str, mode: str, url: str, size: int) -> None:
     """Run in a subprocess: download ``size`` bytes; print JSON of RSS before and at peak."""
     transport: Transport | None = None
+    # A whole body is capped (1 MiB by default, for JSON answers): raise the cap
+    # for this test body, so that "whole" measures reading it whole.
     if kind == "requests":
-        transport = RequestsTransport()
+        transport = RequestsTransport(max_body_bytes=size + 1)
     elif kind == "httpx":
-        transport = HttpxTransport()
+        transport = HttpxTransport(max_body_bytes=size + 1)
     elif kind == "inprocess":
         transport = InProcessTransport(_BigApp(), base_url=url)
     before = _max_rss_mb()
