@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import filelock
+
+from arta.atomic import write_json_atomically
 
 __all__ = ["FORMAT", "ClassKey", "ClassStats", "Interval", "PollStats", "StatsState", "shared_stats"]
 
@@ -295,17 +296,8 @@ class PollStats:
         return state
 
     def _write(self, state: StatsState) -> None:
-        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".poll_stats.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump(state.to_json(), file, separators=(",", ":"))
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        write_json_atomically(self.path, state.to_json(), prefix=".poll_stats.",
+                              separators=(",", ":"))
 
     def __repr__(self) -> str:
         return f"PollStats({str(self.path)!r})"

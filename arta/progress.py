@@ -31,10 +31,48 @@ _COLOURS = {"DONE": "32", "FAILED": "31", "IN_PROGRESS": "33", "IN_QUEUE": "36"}
 _SPINNER = "|/-\\"
 
 
-class StatusLine:
+class _Redrawn:
+    """A display that a background thread redraws until the ``with`` block ends."""
+
+    enabled: bool
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _period(self) -> float:
+        """Seconds between two redraws."""
+        raise NotImplementedError
+
+    def _redraw(self) -> None:
+        """Draw once more (on the background thread)."""
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Leave the stream as it should stay once the work has ended."""
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period()):
+            self._redraw()
+
+    def __enter__(self) -> Self:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="arta-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._finish()
+
+
+class StatusLine(_Redrawn):
     """A status line with a spinner and the elapsed time; use as a context manager."""
 
     def __init__(self, stream: TextIO, *, enabled: bool = True, interval: float = 0.1) -> None:
+        super().__init__()
         self.stream = stream
         self.enabled = enabled and stream.isatty()
         self.colour = (self.enabled and "NO_COLOR" not in os.environ
@@ -42,9 +80,8 @@ class StatusLine:
         self.interval = interval
         self.started = time.monotonic()
         self._text = ""
+        self._turn = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def paint(self, word: str) -> str:
         """``word`` in its status colour, when colour is on."""
@@ -57,37 +94,30 @@ class StatusLine:
             self._text = text
         self._draw()
 
-    def _draw(self, turn: int = 0) -> None:
+    def _draw(self) -> None:
         if not self.enabled:
             return
         with self._lock:
             elapsed = time.monotonic() - self.started
-            self.stream.write(f"{_CLEAR}{_SPINNER[turn % 4]} {self._text} ({elapsed:.1f}s)")
+            self.stream.write(f"{_CLEAR}{_SPINNER[self._turn % 4]} {self._text} "
+                              f"({elapsed:.1f}s)")
             self.stream.flush()
 
-    def _run(self) -> None:
-        turn = 0
-        while not self._stop.wait(self.interval):
-            turn += 1
-            self._draw(turn)
+    def _period(self) -> float:
+        return self.interval
 
-    def __enter__(self) -> Self:
-        if self.enabled:
-            self._thread = threading.Thread(target=self._run, name="arta-progress", daemon=True)
-            self._thread.start()
-        return self
+    def _redraw(self) -> None:
+        self._turn += 1
+        self._draw()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    def _finish(self) -> None:
         if self.enabled:
             with self._lock:
                 self.stream.write(_CLEAR)  # leave the screen as it was
                 self.stream.flush()
 
 
-class BatchProgress:
+class BatchProgress(_Redrawn):
     """The progress of a batch: a bar on a terminal, a plain line every few seconds elsewhere.
 
     Call :meth:`update` with the counts whenever they change (from any
@@ -99,6 +129,7 @@ class BatchProgress:
     def __init__(self, stream: TextIO, total: int, *, enabled: bool = True,
                  window: float = 60.0, every: float = 5.0, width: int = 24,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.stream = stream
         self.total = total
         self.enabled = enabled
@@ -110,8 +141,6 @@ class BatchProgress:
         self._ends: collections.deque[float] = collections.deque()  # when each job ended
         self._lock = threading.Lock()
         self._draw_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def update(self, *, done: int, in_flight: int, queued: int, failed: int) -> None:
         """The counts now; jobs that ended since the last call feed the rate."""
@@ -167,20 +196,13 @@ class BatchProgress:
             self.stream.write(line)
             self.stream.flush()
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.2 if self.tty else self.every):
-            self._draw()
+    def _period(self) -> float:
+        return 0.2 if self.tty else self.every
 
-    def __enter__(self) -> Self:
-        if self.enabled:
-            self._thread = threading.Thread(target=self._run, name="arta-progress", daemon=True)
-            self._thread.start()
-        return self
+    def _redraw(self) -> None:
+        self._draw()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    def _finish(self) -> None:
         if self.tty:
             with self._draw_lock:
                 self.stream.write(_CLEAR)

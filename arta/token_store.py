@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import filelock
 
+from arta.atomic import write_json_atomically
 from arta.config import Settings
 from arta.errors import ConfigurationError, TokenStoreError
 from arta.token import Token
@@ -258,18 +259,8 @@ class FileTokenStore:
         """
         self._ensure_folder()
         self._remove_temps(STALE_TEMP_SECONDS)
-        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=_TEMP_PREFIX,
-                                    suffix=_TEMP_SUFFIX)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:  # mkstemp makes it 0600
-                json.dump(token.to_json(), file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        write_json_atomically(self.path, token.to_json(), prefix=_TEMP_PREFIX,
+                              suffix=_TEMP_SUFFIX)
 
     def clear(self) -> None:
         """Delete the token file, and every temporary copy of a token beside it."""
