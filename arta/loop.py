@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 STOP_CHECK_INTERVAL = 0.05
 
 Listener = Callable[[Generation], object]
+_numbers = itertools.count(1)  # one per loop, for its threads' names
 T = TypeVar("T")
 
 
@@ -188,6 +189,8 @@ class PollLoop:
     def __init__(self, io_threads: int = 16, name: str = "arta") -> None:
         self.io_threads = io_threads
         self.pid = os.getpid()
+        #: The names of this loop's I/O threads start with this (one number per loop).
+        self.io_thread_prefix = f"{name}-io-{next(_numbers)}"
         self._name = name
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
@@ -236,7 +239,7 @@ class PollLoop:
                 raise ArtaError("the client is closed")
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self.io_threads, thread_name_prefix=f"{self._name}-io")
+                    self.io_threads, thread_name_prefix=self.io_thread_prefix)
             pool = self._pool
         return pool.submit(function, *args)
 
