@@ -170,9 +170,9 @@ def test_every_flag_is_checked_before_any_request(emulator: Emulator, tmp_path: 
 
 
 def _tiny_files() -> None:
-    """Under `ulimit -f`: no file may grow past 8 kB (the images are bigger)."""
+    """Under `ulimit -f`: no file may grow past 4 kB (the images are bigger, the manifest smaller)."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death (Python does it too)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (8000, 8000))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))
 
 
 def test_images_that_cannot_be_saved_are_recorded_and_a_rerun_saves_them(
