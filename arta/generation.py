@@ -94,6 +94,11 @@ class JobSession(Protocol):
         ...
 
     @property
+    def timeout(self) -> float | None:
+        """The default bound of a wait, in seconds (None: the policy's)."""
+        ...
+
+    @property
     def retry_policy(self) -> RetryPolicy:
         """How persistently calls are repeated (image downloads use it too)."""
         ...
@@ -258,7 +263,7 @@ class Generation:
             future: concurrent.futures.Future[Result] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()
             self._future = future
-            waiter = self.watch(getattr(self._require_session(), "timeout", None))
+            waiter = self.watch(self._require_session().timeout)
             waiter.future.add_done_callback(lambda done: self._settle(done, future))
         return self._future
 

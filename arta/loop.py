@@ -33,7 +33,7 @@ from typing import Callable, Protocol, TypeVar
 
 from arta import api
 from arta.errors import ArtaError
-from arta.generation import Generation, PollPlanner
+from arta.generation import Generation, PollPlanner, Status
 from arta.retry import RetryPolicy, transient
 
 __all__ = ["PollLoop", "Watch"]
@@ -158,7 +158,7 @@ class Watch:
         if self.timeout == 0:
             self._end(error=self.generation.timeout_error(0.0))
             return
-        known = self.generation.status.value != "SUBMITTED"
+        known = self.generation.status is not Status.SUBMITTED
         # A job whose state is known (from its submit, or a resume) is not
         # asked again at once: the first wait comes first.
         self._schedule(self.policy.next_delay(self.generation, 1) if known else 0.0)
@@ -196,6 +196,9 @@ class PollLoop:
         self._order = itertools.count()
         self._wake = threading.Condition()
         self._watches: set[Watch] = set()
+        # The waits with a stop event, apart: the scheduler looks at their
+        # events on every wake-up, and must not walk thousands of others to do so.
+        self._stoppable: set[Watch] = set()
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
@@ -213,6 +216,8 @@ class PollLoop:
             if self._closed:
                 raise ArtaError("the client is closed", record_id=generation.record_id)
             self._watches.add(watch)
+            if stop is not None:
+                self._stoppable.add(watch)
         watch._start()
         return watch
 
@@ -247,6 +252,7 @@ class PollLoop:
         """Drop an ended watch (its heap entries fire and find it done)."""
         with self._wake:
             self._watches.discard(watch)
+            self._stoppable.discard(watch)
 
     @property
     def in_flight(self) -> int:
@@ -260,7 +266,7 @@ class PollLoop:
             if self._closed:
                 return
             self._closed = True
-            watches, self._watches = list(self._watches), set()
+            watches, self._watches, self._stoppable = list(self._watches), set(), set()
             self._heap.clear()
             self._wake.notify()
             thread, pool = self._thread, self._pool
@@ -285,12 +291,12 @@ class PollLoop:
                 while True:
                     if self._closed:
                         return
-                    stopped = [w for w in self._watches if w.stop is not None and w.stop.is_set()]
+                    stopped = [w for w in self._stoppable if w.stop is not None and w.stop.is_set()]
                     now = time.monotonic()
                     if stopped or (self._heap and self._heap[0][0] <= now):
                         break
                     timeout = self._heap[0][0] - now if self._heap else None
-                    if any(w.stop is not None for w in self._watches):
+                    if self._stoppable:
                         timeout = min(timeout or STOP_CHECK_INTERVAL, STOP_CHECK_INTERVAL)
                     self._wake.wait(timeout)
                 due = heapq.heappop(self._heap)[2] if self._heap and \
