@@ -9,169 +9,93 @@
 ``arta.generate`` uses a default :class:`Client`, made on first use in each
 process (so it works as it is in a ``multiprocessing.Pool``, and every
 process shares the one file-locked token). Build your own :class:`Client`
-for another endpoint, transport, token store or poll policy.
+for another endpoint, transport, token store or poll policy. Every error is
+in :mod:`arta.errors` (the ones most often caught are here too); transports
+are in :mod:`arta.transport`, token stores in :mod:`arta.auth`, poll
+policies in :mod:`arta.polling`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import warnings
+from typing import Any
 
-from arta.auth import FileTokenStore, MemoryTokenStore, Token, TokenStore
-from arta.client import Client, ConnectionOptions, split_options
-from arta.defaults import default_client, set_default_client
+from arta.api import default_client, generate, set_default_client
+from arta.client import Client
+from arta.engine.run import Outcome, as_completed
 from arta.errors import (
     ArtaError,
-    AuthError,
     ConfigurationError,
-    ConnectError,
-    DownloadError,
     GenerationCancelled,
     GenerationFailed,
-    GenerationInterrupted,
     GenerationTimeout,
-    InvalidAspectRatioError,
     InvalidInputError,
-    InvalidParameterError,
-    InvalidPromptError,
-    InvalidStyleError,
-    JobNotFoundError,
-    MalformedResponse,
-    NoResponseError,
-    ProtocolError,
-    QuotaExceededError,
-    RateLimitedError,
-    RejectedError,
-    SaveError,
-    ServiceError,
-    SubmitInterrupted,
     SubmitOutcomeUnknown,
-    TokenStoreError,
     TransportError,
 )
-from arta.generation import Generation, OnChange, PollPlanner, PollPolicy, Status
-from arta.learned import LearnedPollPolicy, default_poll_policy
-from arta.params import (
-    GenerationOptions,
-    GenerationParams,
-    shows_generation_options,
-)
-from arta.result import Image, Result
+from arta.generation import Generation, Status
+from arta.images import Image
+from arta.params import GenerationParams
+from arta.polling import PollPolicy
+from arta.result import Result
 from arta.retry import RetryPolicy
-from arta.runner import Job, JobRun, Outcome, as_completed
-from arta.styles import ASPECT_RATIOS, STYLE_ALIASES, STYLES
-from arta.transport import (
-    HttpxTransport,
-    InProcessTransport,
-    LoggingTransport,
-    Request,
-    RequestsTransport,
-    Response,
-    Transport,
-)
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
+from arta.styles import ASPECT_RATIOS, STYLES
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ASPECT_RATIOS",
     "STYLES",
-    "STYLE_ALIASES",
     "ArtaError",
-    "AuthError",
     "Client",
     "ConfigurationError",
-    "ConnectError",
-    "DownloadError",
-    "FileTokenStore",
-    "GenerateOptions",
     "Generation",
     "GenerationCancelled",
     "GenerationFailed",
-    "GenerationInterrupted",
     "GenerationParams",
     "GenerationTimeout",
-    "HttpxTransport",
     "Image",
-    "InProcessTransport",
-    "InvalidAspectRatioError",
     "InvalidInputError",
-    "InvalidParameterError",
-    "InvalidPromptError",
-    "InvalidStyleError",
-    "Job",
-    "JobNotFoundError",
-    "JobRun",
-    "LearnedPollPolicy",
-    "LoggingTransport",
-    "MalformedResponse",
-    "MemoryTokenStore",
-    "NoResponseError",
     "Outcome",
-    "PollPlanner",
     "PollPolicy",
-    "ProtocolError",
-    "QuotaExceededError",
-    "RateLimitedError",
-    "RejectedError",
-    "Request",
-    "RequestsTransport",
-    "Response",
     "Result",
     "RetryPolicy",
-    "SaveError",
-    "ServiceError",
     "Status",
-    "SubmitInterrupted",
     "SubmitOutcomeUnknown",
-    "Token",
-    "TokenStore",
-    "TokenStoreError",
-    "Transport",
     "TransportError",
     "as_completed",
     "default_client",
-    "default_poll_policy",
     "generate",
     "set_default_client",
 ]
 
-class GenerateOptions(GenerationOptions, ConnectionOptions, total=False):
-    """:func:`generate`'s keywords: a generation's, and a client's for a client of its own."""
-
-
-@shows_generation_options
-def generate(prompt: str, *, timeout: float | None = None, on_change: OnChange | None = None,
-             poll_policy: PollPlanner | None = None,
-             **options: Unpack[GenerateOptions]) -> Result:
-    """Generate images for ``prompt`` and return the :class:`Result` once the job is DONE.
-
-    ``style`` is a display name or an alias (see ``arta styles``); ``n`` is
-    1 to 4 images; ``seed`` makes a job repeatable (random when None).
-    ``timeout`` bounds the wait in seconds; ``poll_policy`` says how often
-    to ask (see :class:`PollPolicy`). Any other keyword is a
-    :class:`Client` option (``endpoint=``, ``home=``, ``transport=``, ...):
-    with them, a client is made for this call alone.
-
-    Raises an :class:`InvalidInputError` (also a ``ValueError``) before any
-    request for bad input, :class:`GenerationFailed` if the service failed
-    the job, :class:`GenerationTimeout` past ``timeout``; every error raised
-    after the submit carries the job's ``record_id``.
-    """
-    params, client_options = split_options(options)
-    client = Client(**client_options) if client_options else default_client()
-    try:
-        return client.generate(prompt, timeout=timeout, on_change=on_change,
-                               poll_policy=poll_policy, **params)
-    finally:
-        if client_options:
-            client.close()
+#: Names that were at the top level before 0.2, and where they live now.
+_MOVED = {
+    **{name: "arta.errors" for name in (
+        "AuthError", "ConnectError", "DownloadError", "GenerationInterrupted",
+        "InvalidAspectRatioError", "InvalidParameterError", "InvalidPromptError",
+        "InvalidStyleError", "JobNotFoundError", "MalformedResponse", "NoResponseError",
+        "ProtocolError", "QuotaExceededError", "RateLimitedError", "RejectedError",
+        "SaveError", "ServiceError", "SubmitInterrupted", "TokenStoreError")},
+    **{name: "arta.transport" for name in (
+        "HttpxTransport", "InProcessTransport", "LoggingTransport", "Request",
+        "RequestsTransport", "Response", "Transport")},
+    **{name: "arta.auth" for name in ("FileTokenStore", "MemoryTokenStore", "Token", "TokenStore")},
+    **{name: "arta.polling" for name in ("LearnedPollPolicy", "PollPlanner", "default_poll_policy")},
+    **{name: "arta.engine.run" for name in ("Job", "JobRun")},
+    "GenerateOptions": "arta.api",
+    "STYLE_ALIASES": "arta.styles",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """``arta.aio`` and ``arta.provider`` load on first use: sync code never pays for asyncio."""
+    """``arta.aio`` and ``arta.provider`` load on first use; names moved in 0.2 still resolve."""
     if name in ("aio", "provider"):
         return importlib.import_module(f"arta.{name}")
-    raise AttributeError(f"module 'arta' has no attribute {name!r}")
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module 'arta' has no attribute {name!r}")
+    warnings.warn(f"arta.{name} moved to {home}.{name} (the top level keeps the everyday names)",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(home), name)

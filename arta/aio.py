@@ -36,18 +36,17 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+from arta.api import GenerateOptions, default_client
 from arta.client import Client, split_options
-from arta.defaults import default_client
 from arta.errors import ConfigurationError
 from arta.generation import Generation, Status
 from arta.params import GenerationParams, shows_generation_options
-from arta.polling import PollPlanner, check_wait_options
+from arta.polling.policy import PollPlanner, check_wait_options
 from arta.result import Result
 
 if TYPE_CHECKING:  # typing.Self and Unpack are newer than 3.9; only the type checker needs them
     from typing_extensions import Self, Unpack
 
-    from arta import GenerateOptions
     from arta.params import GenerationOptions
 
 __all__ = ["AsyncClient", "AsyncGeneration", "AsyncOnChange", "generate", "run_sync", "save"]

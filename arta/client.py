@@ -8,9 +8,11 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Callable, TypedDict, TypeVar, Union
 
-from arta import api
+from arta import protocol
 from arta.auth import Authenticator, FileTokenStore, Token, TokenStore
 from arta.config import Settings
+from arta.engine.run import Job, JobRun, Outcome, map_outcomes
+from arta.engine.window import AdaptiveWindow
 from arta.errors import (
     AuthError,
     ConfigurationError,
@@ -23,14 +25,13 @@ from arta.errors import (
     SubmitOutcomeUnknown,
 )
 from arta.generation import Generation, OnChange
-from arta.learned import default_poll_policy
-from arta.loop import PollLoop, Watch
+from arta.loop import PollLoop
 from arta.params import GenerationOptions, GenerationParams, shows_generation_options
-from arta.polling import PollPlanner, check_timeout, check_wait_options
+from arta.polling.learned import default_poll_policy
+from arta.polling.policy import PollPlanner, check_timeout, check_wait_options
 from arta.redact import redact
 from arta.result import MAX_DOWNLOAD_THREADS, Result
-from arta.retry import RetryPolicy, surely_not_taken, transient
-from arta.runner import Job, JobRun, Outcome, map_outcomes
+from arta.retry import RetryPolicy, surely_not_taken
 from arta.transport import (
     DEFAULT_POOL_SIZE,
     DEFAULT_TIMEOUT,
@@ -41,7 +42,6 @@ from arta.transport import (
     Transport,
 )
 from arta.transport.timeouts import TimeoutTransport
-from arta.window import AdaptiveWindow
 
 if TYPE_CHECKING:  # typing.Self and Unpack are newer than 3.9; only the type checker needs them
     from collections.abc import Iterator
@@ -178,11 +178,11 @@ class Client:
         """
         token = self.auth.token()  # a token error is no submit failure: nothing was sent
         try:
-            state = self._authorized(
-                lambda token: api.submit_request(self.settings, token, params),
-                lambda response: api.parse_job(response, "submit"),
-                retry_on=surely_not_taken if retry else _never, token=token,
-            )
+            state = self.retry_policy.call(
+                lambda: self._authorized(
+                    lambda id_token: protocol.submit_request(self.settings, id_token, params),
+                    lambda response: protocol.parse_job(response, "submit"), token),
+                retry_on=surely_not_taken if retry else _never)
         except KeyboardInterrupt:
             log.warning("interrupted while the submit was on its way: the job may exist "
                         "(seed %s)", params.seed)
@@ -255,7 +255,7 @@ class Client:
         """
         GenerationParams.create("a prompt", **defaults)  # bad defaults fail here, before any request
         check_wait_options(timeout, None, poll_policy)
-        return map_outcomes(self, items, concurrency=concurrency, ordered=ordered,
+        return map_outcomes(self, self.window, items, concurrency=concurrency, ordered=ordered,
                             timeout=timeout, poll_policy=poll_policy, defaults=dict(defaults))
 
     def run(self, jobs: Iterable[Job], *, concurrency: int = 64, timeout: float | None = None,
@@ -270,11 +270,11 @@ class Client:
         the record id, before the job is polled (record it there).
         """
         check_wait_options(timeout, None, poll_policy)
-        return JobRun(self, jobs, concurrency=concurrency, timeout=timeout,
+        return JobRun(self, self.window, jobs, concurrency=concurrency, timeout=timeout,
                       poll_policy=poll_policy, on_submitting=on_submitting,
                       on_submitted=on_submitted)
 
-    # -- what a Generation and the loop need (JobSession, StatusSource) -----
+    # -- what a Generation and the engine need (arta.generation.Session) ----
 
     @property
     def loop(self) -> PollLoop:
@@ -284,50 +284,29 @@ class Client:
                 self._loop = PollLoop(self.pool_size)
             return self._loop
 
-    def watch(self, generation: Generation, policy: PollPlanner, timeout: float | None,
-              stop: threading.Event | None) -> Watch:
-        """Wait on ``generation`` in the poll loop (see :meth:`Generation.watch`)."""
-        return self.loop.watch(generation, self, policy, timeout, stop)
-
-    def fetch_state(self, record_id: str) -> api.JobState:
-        """Ask the service how job ``record_id`` stands (retrying transient failures)."""
+    def poll(self, record_id: str, deadline: float | None = None) -> protocol.JobState:
+        """Ask the service once how job ``record_id`` stands; no request outlasts ``deadline``."""
         return self._authorized(
-            lambda token: api.status_request(self.settings, token, record_id),
-            lambda response: api.parse_job(response, "status", record_id),
-            retry_on=transient,
-        )
-
-    def fetch_state_once(self, record_id: str) -> api.JobState:
-        """Ask once: the poll loop retries on its heap, not in a sleeping thread."""
-        return self._authorized(
-            lambda token: api.status_request(self.settings, token, record_id),
-            lambda response: api.parse_job(response, "status", record_id),
-            retry_on=_never,
-        )
+            lambda token: protocol.status_request(self.settings, token, record_id, deadline),
+            lambda response: protocol.parse_job(response, "status", record_id))
 
     # -- plumbing ------------------------------------------------------------
 
     def _authorized(self, build: Callable[[str], Request], parse: Callable[[Response], T],
-                    retry_on: Callable[[BaseException], bool], token: Token | None = None) -> T:
-        """Send with the shared token, retrying per ``retry_on``.
+                    token: Token | None = None) -> T:
+        """Send once with the shared token; on 401/403 replace exactly that token and send once more.
 
-        On 401/403, exactly the rejected token is replaced and the call is
-        made once more. The token's own calls retry inside the
-        Authenticator: retries are never nested.
+        The token's own calls retry inside the Authenticator; the caller
+        decides whether the whole call is worth another try.
         """
-
-        def send(token: Token) -> T:
-            return self.retry_policy.call(lambda: self._send(build(token.id_token), parse),
-                                          retry_on=retry_on)
-
         token = token or self.auth.token()
         try:
-            return send(token)
-        except api.TokenRejected:
+            return self._send(build(token.id_token), parse)
+        except protocol.TokenRejected:
             pass
         try:
-            return send(self.auth.replace(token))
-        except api.TokenRejected as error:
+            return self._send(build(self.auth.replace(token).id_token), parse)
+        except protocol.TokenRejected as error:
             raise AuthError(
                 f"{error}, even with a fresh token. The service may have changed how it "
                 "signs in; check the endpoint and API key, or clear the token with "

@@ -1,4 +1,4 @@
-"""A submitted job: the ``Generation`` state machine and its polling policy.
+"""A submitted job: the ``Generation`` state machine, and how one waits on it.
 
 ::
 
@@ -10,102 +10,63 @@ protocol does not know becomes FAILED with the raw value kept. Client-side
 outcomes (timed out, gave up) are exceptions carrying the ``record_id``, not
 states: the job is never lost, it can always be resumed.
 
-A ``Generation`` is plain data plus a handle to the client that polls it, so
+A wait is a :class:`Watch`: a few entries in the client's poll loop, polled
+by the policy's clock, failed polls retried by tenacity's state machine
+(the client's :class:`~arta.retry.RetryPolicy`) with the sleeping done on the
+loop's heap. A ``Generation`` is plain data plus a handle to its client, so
 it pickles (without the handle) and can be re-attached anywhere.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import enum
+import logging
 import queue
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Callable, Protocol
 
-from arta import api
-from arta.errors import (
-    ArtaError,
-    GenerationCancelled,
-    GenerationFailed,
-    GenerationTimeout,
-)
+import tenacity
+
+from arta.errors import ArtaError, GenerationCancelled, GenerationFailed, GenerationTimeout
+from arta.images import Image
+from arta.loop import PollLoop
 from arta.params import GenerationParams
-from arta.polling import PollPlanner, PollPolicy, check_wait_options
-from arta.result import Image, Result
-from arta.retry import RetryPolicy
+from arta.polling.policy import PollPlanner, PollPolicy, check_wait_options
+from arta.protocol import RANK, JobState, Status
+from arta.result import Result
+from arta.retry import RetryPolicy, transient
 from arta.transport import Transport
 
-__all__ = ["Generation", "JobSession", "PollPlanner", "PollPolicy", "Status", "Waiter"]
+__all__ = ["Generation", "OnChange", "PollPlanner", "PollPolicy", "Session", "Status", "Watch"]
+
+log = logging.getLogger(__name__)
 
 
-class Status(str, enum.Enum):
-    """Where a job stands."""
+class Session(Protocol):
+    """What a generation and the engine need of their client (an :class:`arta.Client` is one)."""
 
-    SUBMITTED = "SUBMITTED"
-    IN_QUEUE = "IN_QUEUE"
-    IN_PROGRESS = "IN_PROGRESS"
-    DONE = "DONE"
-    FAILED = "FAILED"
-
-    @property
-    def terminal(self) -> bool:
-        """True once the job can change no more."""
-        return self in (Status.DONE, Status.FAILED)
-
-    def __str__(self) -> str:
-        return self.value
-
-
-_RANK = {Status.SUBMITTED: 0, Status.IN_QUEUE: 1, Status.IN_PROGRESS: 2,
-         Status.DONE: 3, Status.FAILED: 3}
-
-
-class Waiter(Protocol):
-    """One wait on a job in the client's poll loop (see :class:`arta.loop.Watch`)."""
-
-    future: concurrent.futures.Future[Generation]
-
-    def add_listener(self, listener: Callable[[Generation], object]) -> None:
-        """Call ``listener(generation)`` at each change of status."""
-        ...
-
-    def cancel(self, message: str | None = None) -> bool:
-        """End the wait now."""
-        ...
-
-
-class JobSession(Protocol):
-    """What a generation needs of its client: one status call, the poll loop, a transport."""
-
-    def fetch_state(self, record_id: str) -> api.JobState:
-        """Ask the service how job ``record_id`` stands (transient failures retried)."""
-        ...
-
-    def watch(self, generation: Generation, policy: PollPlanner, timeout: float | None,
-              stop: threading.Event | None) -> Waiter:
-        """Wait on ``generation`` in the client's poll loop."""
-        ...
+    transport: Transport
+    retry_policy: RetryPolicy
+    poll_policy: PollPlanner
+    timeout: float | None
 
     @property
-    def transport(self) -> Transport:
-        """Where image downloads go."""
+    def loop(self) -> PollLoop:
+        """The poll loop every wait of this client runs in."""
         ...
 
-    @property
-    def timeout(self) -> float | None:
-        """The default bound of a wait, in seconds (None: the policy's)."""
+    def poll(self, record_id: str, deadline: float | None = None) -> JobState:
+        """Ask the service once how job ``record_id`` stands (a rejected token renewed once)."""
         ...
 
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        """How persistently calls are repeated (image downloads use it too)."""
+    def submit_params(self, params: GenerationParams, *, retry: bool = True) -> Generation:
+        """Start a job for validated ``params``."""
         ...
 
-    @property
-    def poll_policy(self) -> PollPlanner:
-        """How often a job is asked about, unless a wait says otherwise."""
+    def resume(self, record_id: str) -> Generation:
+        """Pick up a job submitted earlier."""
         ...
 
 
@@ -123,7 +84,7 @@ class Generation:
     """
 
     def __init__(self, record_id: str, *, params: GenerationParams | None = None,
-                 session: JobSession | None = None,
+                 session: Session | None = None,
                  status: Status = Status.SUBMITTED) -> None:
         self.record_id = record_id
         self.params = params
@@ -148,7 +109,7 @@ class Generation:
         """True once the job is DONE or FAILED."""
         return self.status.terminal
 
-    def apply(self, state: api.JobState) -> bool:
+    def apply(self, state: JobState) -> bool:
         """Take in one answer of the service; return True if the status moved."""
         if state.seed is not None:
             self.seed = state.seed
@@ -157,7 +118,7 @@ class Generation:
         except ValueError:
             status = Status.FAILED  # the protocol says any other value is a failure
         self.seen.append((time.time(), status))
-        if status is Status.SUBMITTED or _RANK[status] < _RANK[self.status] or status is self.status:
+        if status is Status.SUBMITTED or RANK[status] < RANK[self.status] or status is self.status:
             return False  # only forward; a repeat (or a stale answer) changes nothing
         if self.status.terminal:
             return False
@@ -171,12 +132,12 @@ class Generation:
 
     # -- talking to the service --------------------------------------------
 
-    def attach(self, session: JobSession) -> Generation:
+    def attach(self, session: Session) -> Generation:
         """Re-attach a generation (after unpickling) to a client; return it."""
         self._session = session
         return self
 
-    def _require_session(self) -> JobSession:
+    def _require_session(self) -> Session:
         if self._session is None:
             raise ArtaError(
                 "this generation is not attached to a client: call "
@@ -186,16 +147,17 @@ class Generation:
         return self._session
 
     def refresh(self) -> Status:
-        """Poll the service once; return the (possibly new) status."""
+        """Poll the service once (transient failures retried); return the (possibly new) status."""
         session = self._require_session()
         try:
-            self.apply(session.fetch_state(self.record_id))
+            self.apply(session.retry_policy.call(lambda: session.poll(self.record_id),
+                                                 retry_on=transient))
         except ArtaError as error:
             raise error.with_record_id(self.record_id) from error
         return self.status
 
     def watch(self, timeout: float | None = None, poll_policy: PollPlanner | None = None,
-              stop: threading.Event | None = None) -> Waiter:
+              stop: threading.Event | None = None) -> Watch:
         """Start a wait in the client's poll loop and return it (the facades' entry point).
 
         ``timeout`` (default: the policy's) bounds the wait; the waiter's
@@ -206,9 +168,10 @@ class Generation:
         session = self._require_session()
         policy = poll_policy or session.poll_policy
         bound = timeout if timeout is not None else policy.timeout
-        waiter = session.watch(self, policy, bound, stop)
-        waiter.future.add_done_callback(self._keep_wait_error)
-        return waiter
+        watch = Watch(self, session, policy, bound, stop)
+        watch.future.add_done_callback(self._keep_wait_error)
+        watch.start()
+        return watch
 
     def _keep_wait_error(self, future: concurrent.futures.Future[Generation]) -> None:
         self.wait_error = None if future.cancelled() else future.exception()
@@ -334,3 +297,149 @@ class Generation:
 
     def __repr__(self) -> str:
         return f"<Generation {self.record_id} {self.status}>"
+
+
+Listener = Callable[[Generation], object]
+
+
+class Watch:
+    """One wait on one job in the client's poll loop: its schedule, listeners and ``future``.
+
+    The future ends with the generation once it is DONE or FAILED, else with
+    the error that ended the wait (timeout, cancellation, a failure), always
+    carrying the record id. Every poll is bounded by the wait's deadline.
+    """
+
+    def __init__(self, generation: Generation, session: Session, policy: PollPlanner,
+                 timeout: float | None, stop: threading.Event | None) -> None:
+        self.generation = generation
+        self.policy = policy
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.stop = stop
+        #: The generation once DONE or FAILED; else the error that ended the wait.
+        self.future: concurrent.futures.Future[Generation] = concurrent.futures.Future()
+        self._session = session
+        self._loop = session.loop
+        self._listeners: list[Listener] = []
+        self._polls = 0
+        self._retrying: tenacity.Retrying | None = None
+        self._failures: tenacity.RetryCallState | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the wait has ended, however."""
+        return self.future.done()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(generation)`` (on an I/O thread; keep it quick) at each change of status."""
+        self._listeners.append(listener)
+
+    def cancel(self, message: str | None = None) -> bool:
+        """End the wait now with :class:`~arta.errors.GenerationCancelled`; False if it had ended."""
+        return self._end(error=self.generation.cancelled_error(message))
+
+    def start(self) -> None:
+        """Enter the loop: the first poll now, or after the policy's first wait if the state is known."""
+        if self.timeout == 0:
+            self._end(error=self.generation.timeout_error(0.0))
+            return
+        self._loop.add(self)
+        known = self.generation.status is not Status.SUBMITTED
+        # A job whose state is known (from its submit, or a resume) is not
+        # asked again at once: the first wait comes first.
+        self._schedule(self.policy.next_delay(self.generation, 1) if known else 0.0)
+
+    # -- driven by the loop --------------------------------------------------
+
+    def _schedule(self, delay: float) -> None:
+        if self.deadline is not None:
+            delay = min(delay, max(0.0, self.deadline - time.monotonic()))
+        self._loop.call_at(time.monotonic() + delay, self._due)
+
+    def _due(self) -> None:
+        """On the scheduler thread: the time has come; poll on an I/O thread."""
+        if self.done:
+            return
+        if self.stop is not None and self.stop.is_set():
+            self.cancel()
+            return
+        self._loop.run_io(self._poll)
+
+    def _poll(self) -> None:
+        """On an I/O thread: one status call, then the next step.
+
+        Whatever goes wrong here (a bug in a policy, a listener, a parser)
+        ends the wait with an error carrying the record id: never a wait
+        that hangs, never an error without the id of a job already paid for.
+        """
+        if self.done:
+            return
+        try:
+            self._step()
+        except Exception as error:  # noqa: BLE001 - see above
+            if not isinstance(error, ArtaError):
+                wrapped = ArtaError(f"the wait failed: {type(error).__name__}: {error}")
+                wrapped.__cause__ = error
+                error = wrapped
+            self._end(error=error.with_record_id(self.generation.record_id))
+
+    def _step(self) -> None:
+        try:
+            state = self._session.poll(self.generation.record_id, self.deadline)
+        except ArtaError as error:
+            self._failed(error)
+            return
+        self._failures = None
+        self._polls += 1
+        generation = self.generation
+        if generation.apply(state):
+            for listener in list(self._listeners):
+                listener(generation)
+        if generation.done:
+            self.policy.finished(generation)
+            self._end(result=generation)
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
+            self._end(error=generation.timeout_error(self.timeout))
+        else:
+            self._schedule(self.policy.next_delay(generation, self._polls + 1))
+
+    def _failed(self, error: ArtaError) -> None:
+        """Ask tenacity whether and when to poll again; the sleeping is a heap entry."""
+        if self._retrying is None:
+            self._retrying = self._session.retry_policy.retrying(transient, deadline=self.deadline)
+        state = self._failures or tenacity.RetryCallState(self._retrying, None, (), {})
+        state.set_exception((type(error), error, error.__traceback__))
+        self._retrying.begin()  # tenacity's statistics are per thread; polls move between threads
+        try:
+            delay = self._retrying.iter(state)  # a DoSleep (a float): tenacity says retry
+        except ArtaError as final:
+            self._end(error=self._final_error(final, state.attempt_number))
+            return
+        state.prepare_for_next_attempt()
+        self._failures = state
+        self._schedule(float(delay))  # type: ignore[arg-type]
+
+    def _final_error(self, error: ArtaError, attempts: int) -> ArtaError:
+        policy = self._session.retry_policy
+        if transient(error) and attempts < policy.attempts and self.deadline is not None:
+            # Stopped by the deadline: sleeping through it would only postpone the answer.
+            return self.generation.timeout_error(
+                self.timeout, f"the service asked to wait {policy.delay(error, attempts):g}s "
+                              f"more ({error})")
+        return error.with_record_id(self.generation.record_id)
+
+    def _end(self, *, result: Generation | None = None,
+             error: BaseException | None = None) -> bool:
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)  # type: ignore[arg-type]
+        except concurrent.futures.InvalidStateError:
+            return False  # it had ended already (a race with cancel or close)
+        self._loop.forget(self)
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Watch {self.generation.record_id} polls={self._polls} done={self.done}>"

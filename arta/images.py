@@ -13,16 +13,15 @@ import base64
 import html
 import io
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from arta.errors import ArtaError, DownloadError, ProtocolError, ServiceError
-from arta.retry import TRANSIENT_STATUSES, RetryPolicy, transient
-from arta.transport import RequestsTransport, Response, Transport
+from arta.retry import TRANSIENT_STATUSES, RetryPolicy, retry_after, transient
+from arta.transport import Request, RequestsTransport, Response, Transport
 
-if TYPE_CHECKING:
-    from arta.api import Image
-
-__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DISPLAY_MAX_BYTES", "extension_of", "image_html",
+__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DISPLAY_MAX_BYTES", "Image", "extension_of", "image_html",
+           "image_request",
            "open_image", "read_image"]
 
 #: Largest image accepted from the service.
@@ -37,6 +36,57 @@ _MAGIC = {
     ".jpg": (b"\xff\xd8\xff",),
     ".webp": (b"RIFF",),  # then 4 bytes of size, then b"WEBP" (checked below)
 }
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image of a finished job, as the service listed it.
+
+    Plain data; :meth:`read` and :meth:`open` fetch its bytes (through the
+    ``transport`` given, else a short-lived one), and Jupyter shows it
+    inline.
+    """
+
+    url: str
+    name: str
+    mime: str
+    blurred: bool
+
+    def read(self, transport: Transport | None = None, *,
+             max_bytes: int | None = None) -> bytes:
+        """The image's bytes, in memory: for users who do not want files.
+
+        Checked as :meth:`arta.Result.save` checks a file (an image type,
+        the format's signature, a whole body, at most ``max_bytes``,
+        default 50 MiB); transient failures are retried.
+        """
+        return read_image(self, transport, max_bytes=max_bytes or DEFAULT_MAX_IMAGE_BYTES)
+
+    def open(self, transport: Transport | None = None, *,
+             max_bytes: int | None = None) -> BinaryIO:
+        """The image as a binary stream (``with image.open() as f: ...``), checked as it is read."""
+        return open_image(self, transport, max_bytes=max_bytes or DEFAULT_MAX_IMAGE_BYTES)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """Jupyter's display: the picture inline, fetched once when shown."""
+        return {"text/html": image_html(self), "text/plain": repr(self)}
+
+    def _repr_html_(self) -> str:
+        return image_html(self)
+
+    def _repr_png_(self) -> bytes | None:
+        """The PNG bytes to show (None for another type, or one too big to show)."""
+        if extension_of(self.mime) != ".png":
+            return None
+        try:
+            return self.read(max_bytes=DISPLAY_MAX_BYTES)
+        except (ArtaError, OSError):
+            return None
+
+
+def image_request(url: str) -> Request:
+    """docs/protocol.rst section 6: fetch one image, streamed."""
+    return Request("GET", url, headers={"Accept": "image/*"}, stream=True)
 
 
 def extension_of(mime: str) -> str:
@@ -63,11 +113,9 @@ def magic_ok(extension: str, head: bytes) -> bool:
 def checked_response(response: Response, name: str) -> None:
     """Raise for an answer that is no image: a retryable error for a transient status."""
     if response.status != 200:
-        from arta.api import retry_after
-
         if response.status in TRANSIENT_STATUSES:
             raise ServiceError(f"image {name}: HTTP {response.status}",
-                               status=response.status, retry_after=retry_after(response))
+                               status=response.status, retry_after=retry_after(response.headers))
         raise DownloadError(f"image {name}: HTTP {response.status}")
     mime = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if not mime.startswith("image/"):
@@ -135,8 +183,6 @@ def open_image(image: Image, transport: Transport | None = None, *,
     as it is read (a cut-short image raises at the end, not silently). Made
     without a ``transport``, the stream closes its own when closed.
     """
-    from arta.api import image_request
-
     own = transport is None
     used: Transport = transport if transport is not None else RequestsTransport(pool_size=1)
     try:

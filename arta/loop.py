@@ -1,22 +1,10 @@
-"""The poll loop: one scheduler thread and a timer heap for every job a client waits on.
+"""The poll loop: one scheduler thread, a timer heap, and a bounded pool of I/O threads.
 
 A job spends nearly all its life waiting on the service, so a waiting job
 costs a heap entry here, not a thread: the scheduler thread sleeps until
-the earliest due time, then hands the due job's status call to a bounded
-pool of I/O threads (the client's connection pool size). Threads make HTTP
-calls; none ever sleeps on behalf of a job.
-
-Each :class:`Watch` is one wait on one :class:`~arta.generation.Generation`
-with its own poll planner, deadline and stop event, ending in its
-``future``: the generation once it is DONE or FAILED, else the error that
-ended the wait (timeout, cancellation, a failure), always carrying the
-record id. Transient failures of a poll are retried on the heap too, with
-the client's :class:`~arta.retry.RetryPolicy` waits (``Retry-After``
-honoured), and a wait the server asks for that reaches past the deadline
-ends the wait at once instead of sleeping through it.
-
-The loop is made lazily by its client, and anew in a forked child (the
-parent's threads do not exist there).
+the earliest due time and hands the due call to an I/O thread. Threads make
+HTTP calls; none ever sleeps on behalf of a job. The loop knows nothing of
+jobs: a wait (:class:`arta.generation.Watch`) schedules itself here.
 """
 
 from __future__ import annotations
@@ -31,152 +19,27 @@ import threading
 import time
 from typing import Callable, Protocol, TypeVar
 
-from arta import api
 from arta.errors import ArtaError
-from arta.generation import Generation, PollPlanner, Status
-from arta.retry import RetryPolicy, transient
 
-__all__ = ["PollLoop", "Watch"]
+__all__ = ["PollLoop", "Wait"]
 
 log = logging.getLogger(__name__)
 
 #: How often a stop event is looked at while a job waits (seconds).
 STOP_CHECK_INTERVAL = 0.05
 
-Listener = Callable[[Generation], object]
 _numbers = itertools.count(1)  # one per loop, for its threads' names
 T = TypeVar("T")
 
 
-class StatusSource(Protocol):
-    """What the loop needs of its client: one status call, and how to retry it."""
+class Wait(Protocol):
+    """A wait the loop keeps track of, so that closing the loop ends it."""
 
-    def fetch_state_once(self, record_id: str) -> api.JobState:
-        """Ask the service once (a rejected token is renewed and the call made once more)."""
-        ...
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        """How failed polls are retried."""
-        ...
-
-
-class Watch:
-    """One wait on one job: its schedule, its listeners and its ``future``."""
-
-    def __init__(self, loop: PollLoop, generation: Generation, source: StatusSource,
-                 policy: PollPlanner, timeout: float | None,
-                 stop: threading.Event | None) -> None:
-        self.generation = generation
-        self.policy = policy
-        self.timeout = timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.stop = stop
-        #: The generation once DONE or FAILED; else the error that ended the wait.
-        self.future: concurrent.futures.Future[Generation] = concurrent.futures.Future()
-        self._loop = loop
-        self._source = source
-        self._listeners: list[Listener] = []
-        self._polls = 0
-        self._failures = 0
-
-    @property
-    def done(self) -> bool:
-        """True once the wait has ended, however."""
-        return self.future.done()
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(generation)`` (on an I/O thread; keep it quick) at each change of status."""
-        self._listeners.append(listener)
+    stop: threading.Event | None
 
     def cancel(self, message: str | None = None) -> bool:
-        """End the wait now with :class:`~arta.errors.GenerationCancelled`; False if it had ended."""
-        return self._end(error=self.generation.cancelled_error(message))
-
-    # -- driven by the loop --------------------------------------------------
-
-    def _schedule(self, delay: float) -> None:
-        if self.deadline is not None:
-            delay = min(delay, max(0.0, self.deadline - time.monotonic()))
-        self._loop.call_at(time.monotonic() + delay, self._due)
-
-    def _due(self) -> None:
-        """On the scheduler thread: the time has come; poll on an I/O thread."""
-        if self.done:
-            return
-        if self.stop is not None and self.stop.is_set():
-            self.cancel()
-            return
-        self._loop.run_io(self._poll)
-
-    def _poll(self) -> None:
-        """On an I/O thread: one status call, then the next step."""
-        if self.done:
-            return
-        try:
-            state = self._source.fetch_state_once(self.generation.record_id)
-        except ArtaError as error:
-            self._failed(error)
-            return
-        except Exception as error:  # noqa: BLE001 - a bug must end the wait, not the thread
-            self._end(error=error)
-            return
-        self._failures = 0
-        self._polls += 1
-        if self.generation.apply(state):
-            for listener in list(self._listeners):
-                listener(self.generation)
-        self._next()
-
-    def _next(self) -> None:
-        generation = self.generation
-        if generation.done:
-            self.policy.finished(generation)
-            self._end(result=generation)
-        elif self.deadline is not None and time.monotonic() >= self.deadline:
-            self._end(error=generation.timeout_error(self.timeout))
-        else:
-            self._schedule(self.policy.next_delay(generation, self._polls + 1))
-
-    def _failed(self, error: ArtaError) -> None:
-        self._failures += 1
-        policy = self._source.retry_policy
-        if not transient(error) or self._failures >= policy.attempts:
-            self._end(error=error.with_record_id(self.generation.record_id))
-            return
-        delay = policy.delay(error, self._failures)
-        if self.deadline is not None and time.monotonic() + delay > self.deadline:
-            # Sleeping through the deadline would only postpone the same answer.
-            self._end(error=self.generation.timeout_error(
-                self.timeout, f"the service asked to wait {delay:g}s more ({error})"))
-            return
-        log.info("job %s: poll failed (%s); retrying in %.2fs",
-                 self.generation.record_id, error, delay)
-        self._schedule(delay)
-
-    def _start(self) -> None:
-        if self.timeout == 0:
-            self._end(error=self.generation.timeout_error(0.0))
-            return
-        known = self.generation.status is not Status.SUBMITTED
-        # A job whose state is known (from its submit, or a resume) is not
-        # asked again at once: the first wait comes first.
-        self._schedule(self.policy.next_delay(self.generation, 1) if known else 0.0)
-
-    def _end(self, *, result: Generation | None = None,
-             error: BaseException | None = None) -> bool:
-        try:
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(result)  # type: ignore[arg-type]
-        except concurrent.futures.InvalidStateError:
-            return False  # it had ended already (a race with cancel or close)
-        self._loop.forget(self)
-        return True
-
-    def __repr__(self) -> str:
-        return f"<Watch {self.generation.record_id} polls={self._polls} done={self.done}>"
+        """End the wait now (the job goes on at the service)."""
+        ...
 
 
 class PollLoop:
@@ -195,31 +58,24 @@ class PollLoop:
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._wake = threading.Condition()
-        self._watches: set[Watch] = set()
+        self._watches: set[Wait] = set()
         # The waits with a stop event, apart: the scheduler looks at their
         # events on every wake-up, and must not walk thousands of others to do so.
-        self._stoppable: set[Watch] = set()
+        self._stoppable: set[Wait] = set()
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
 
     # -- what the client and its facades use -------------------------------
 
-    def watch(self, generation: Generation, source: StatusSource, policy: PollPlanner,
-              timeout: float | None = None, stop: threading.Event | None = None,
-              listener: Listener | None = None) -> Watch:
-        """Start waiting on ``generation``; its :attr:`Watch.future` says how the wait ended."""
-        watch = Watch(self, generation, source, policy, timeout, stop)
-        if listener is not None:
-            watch.add_listener(listener)
+    def add(self, wait: Wait) -> None:
+        """Keep ``wait`` until :meth:`forget`: closing the loop cancels it, a set stop event too."""
         with self._wake:
             if self._closed:
-                raise ArtaError("the client is closed", record_id=generation.record_id)
-            self._watches.add(watch)
-            if stop is not None:
-                self._stoppable.add(watch)
-        watch._start()
-        return watch
+                raise ArtaError("the client is closed")
+            self._watches.add(wait)
+            if wait.stop is not None:
+                self._stoppable.add(wait)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the scheduler thread at ``when`` (a ``time.monotonic()`` value)."""
@@ -248,7 +104,7 @@ class PollLoop:
             pool = self._pool
         return pool.submit(function, *args)
 
-    def forget(self, watch: Watch) -> None:
+    def forget(self, watch: Wait) -> None:
         """Drop an ended watch (its heap entries fire and find it done)."""
         with self._wake:
             self._watches.discard(watch)

@@ -21,7 +21,7 @@ class ResponseError(ArtaError):
     """The service (or the way to it) failed a call: the provider's error, now an ``ArtaError``.
 
     ``record_id`` is set once a job exists; ``__cause__`` is the precise
-    ``arta`` error (:class:`arta.GenerationFailed`, :class:`arta.AuthError`, ...).
+    ``arta`` error (:class:`arta.GenerationFailed`, :class:`arta.errors.AuthError`, ...).
     """
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from arta import api
 from arta.errors import (
     ArtaError,
     DownloadError,
@@ -37,22 +36,22 @@ from arta.errors import (
 )
 from arta.images import (
     DEFAULT_MAX_IMAGE_BYTES,
+    Image,
     extension_of,
     image_html,
+    image_request,
     magic_ok,
     read_image,
     whole,
 )
 from arta.params import GenerationParams
 from arta.redact import printable
-from arta.retry import TRANSIENT_STATUSES, RetryPolicy, transient
-from arta.transport import Transport
+from arta.retry import TRANSIENT_STATUSES, RetryPolicy, retry_after, transient
+from arta.transport import RequestsTransport, Transport
 
 __all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DEFAULT_NAME", "Image", "Result"]
 
 log = logging.getLogger(__name__)
-
-Image = api.Image
 
 #: The default file name template of :meth:`Result.save`.
 DEFAULT_NAME = "{record_id}-{index}-s{seed}"
@@ -127,17 +126,6 @@ def _metadata_address(host: str) -> bool:
     return address.is_link_local or address == _EC2_METADATA_V6
 
 
-def _default_transport() -> Transport:
-    """Where a result that lost its client (it was pickled) downloads: the process's default client.
-
-    So the user's transport, proxies and CA bundle, set through
-    :func:`arta.set_default_client`, still apply; a bare transport would drop them.
-    """
-    from arta.defaults import default_client  # a lookup at call time, not a layer above
-
-    return default_client().transport
-
-
 @dataclass(frozen=True)
 class Result:
     """A finished job: its images, the seed used and the record id.
@@ -209,8 +197,13 @@ class Result:
                                     record_id=self.record_id)
 
     def save(self, folder: str | os.PathLike[str] = ".", *, name: str = DEFAULT_NAME,
-             overwrite: bool = False, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> list[Path]:
+             overwrite: bool = False, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+             transport: Transport | None = None) -> list[Path]:
         """Download every image into ``folder`` (created if needed), in parallel; return the paths.
+
+        The downloads go through ``transport``, else the client's that made
+        the result, else (a result unpickled in another process) a
+        short-lived :class:`~arta.transport.RequestsTransport`.
 
         File names come from the template ``name`` (see :meth:`filename`);
         ``-{index}`` is added if it would give two images one name. An
@@ -239,7 +232,16 @@ class Result:
             _remove_stale_parts(target)
         except OSError as error:
             raise self._save_error(target, error) from None
-        transport = self.transport or _default_transport()
+        own = transport is None and self.transport is None
+        used = transport or self.transport or RequestsTransport(pool_size=MAX_DOWNLOAD_THREADS)
+        try:
+            return self._save_all(used, paths, target, max_bytes, overwrite)
+        finally:
+            if own:
+                used.close()
+
+    def _save_all(self, transport: Transport, paths: list[Path], target: Path,
+                  max_bytes: int, overwrite: bool) -> list[Path]:
         policy = self.retry_policy or RetryPolicy()
         stop = threading.Event()
 
@@ -290,11 +292,11 @@ class Result:
                   overwrite: bool = False, stop: threading.Event | None = None) -> None:
         """Fetch one image to a temp file beside ``path``, check it is whole, rename it."""
         extension = path.suffix
-        with transport.handle_request(api.image_request(image.url)) as response:
+        with transport.handle_request(image_request(image.url)) as response:
             if response.status != 200:
                 if response.status in TRANSIENT_STATUSES:
                     raise ServiceError(f"image {path.name}: HTTP {response.status}",
-                                       status=response.status, retry_after=api.retry_after(response))
+                                       status=response.status, retry_after=retry_after(response.headers))
                 raise DownloadError(f"image {path.name}: HTTP {response.status}")
             mime = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if not mime.startswith("image/"):

@@ -20,7 +20,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Callable, TypeVar
 
 import tenacity
@@ -33,7 +35,7 @@ from arta.errors import (
     TransportError,
 )
 
-__all__ = ["TRANSIENT_STATUSES", "RetryPolicy", "surely_not_taken", "transient"]
+__all__ = ["TRANSIENT_STATUSES", "RetryPolicy", "retry_after", "surely_not_taken", "transient"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,21 @@ def surely_not_taken(error: BaseException) -> bool:
     if isinstance(error, ServiceError):
         return error.status in (429, 503)
     return isinstance(error, ConnectError)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait (``Retry-After``, seconds or HTTP date)."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _log_retry(retry_state: tenacity.RetryCallState) -> None:
@@ -95,14 +112,17 @@ class RetryPolicy:
             wait = max(wait, min(float(asked), self.max_retry_after))
         return wait
 
-    def call(self, function: Callable[[], T], retry_on: Callable[[BaseException], bool],
-             *, deadline: float | None = None, stop: threading.Event | None = None) -> T:
-        """Call ``function``, repeating it after errors ``retry_on`` accepts; raise the last one.
+    def retrying(self, retry_on: Callable[[BaseException], bool], *,
+                 deadline: float | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> tenacity.Retrying:
+        """This policy as a :class:`tenacity.Retrying`: the one place a retry is decided.
 
-        No sleep outlasts ``deadline`` (a ``time.monotonic()`` value): a
-        retry that could only start after it is not made, and the last error
-        is raised at once. Setting ``stop`` ends a sleep early, raising the
-        last error.
+        Errors ``retry_on`` accepts are retried, at most :attr:`attempts`
+        tries; the waits are :meth:`delay`'s; a retry that could only start
+        after ``deadline`` (a ``time.monotonic()`` value) is not made, and
+        the last error is raised as it is. Blocking calls run through it
+        (:meth:`call`); the poll loop drives the same object step by step
+        (``Retrying.iter``), sleeping on its heap instead of a thread.
         """
 
         def wait(retry_state: tenacity.RetryCallState) -> float:
@@ -110,26 +130,30 @@ class RetryPolicy:
             error = outcome.exception() if outcome is not None else None
             return self.delay(error or Exception(), retry_state.attempt_number)
 
-        def too_late(retry_state: tenacity.RetryCallState) -> bool:
-            if deadline is None:
-                return False
-            return time.monotonic() + wait(retry_state) > deadline
+        def stop(retry_state: tenacity.RetryCallState) -> bool:
+            return retry_state.attempt_number >= self.attempts or (
+                deadline is not None and time.monotonic() + wait(retry_state) > deadline)
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(retry_on), wait=wait, stop=stop,
+            before_sleep=_log_retry, sleep=sleep,
+            reraise=True,  # the caller sees the last typed error, not tenacity's RetryError
+        )
+
+    def call(self, function: Callable[[], T], retry_on: Callable[[BaseException], bool],
+             *, deadline: float | None = None, stop: threading.Event | None = None) -> T:
+        """Call ``function``, repeating it after errors ``retry_on`` accepts; raise the last one.
+
+        No sleep outlasts ``deadline`` (see :meth:`retrying`). Setting
+        ``stop`` ends a sleep early, raising the last error.
+        """
+        last: list[BaseException] = []
 
         def sleep(seconds: float) -> None:
             if stop is None:
                 time.sleep(seconds)
             elif stop.wait(seconds):
                 raise _Stopped
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(retry_on),
-            wait=wait,
-            stop=lambda state: state.attempt_number >= self.attempts or too_late(state),
-            before_sleep=_log_retry,
-            sleep=sleep,
-            reraise=True,  # the caller sees the last typed error, not tenacity's RetryError
-        )
-        last: list[BaseException] = []
 
         def attempt() -> T:
             try:
@@ -139,7 +163,7 @@ class RetryPolicy:
                 raise
 
         try:
-            return retrying(attempt)
+            return self.retrying(retry_on, deadline=deadline, sleep=sleep)(attempt)
         except _Stopped:
             raise last[0] from None
 

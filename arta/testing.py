@@ -44,8 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from arta.api import set_default_client
 from arta.client import Client
-from arta.defaults import set_default_client
 from arta.emulator import Emulator, FaultPlan
 from arta.generation import PollPolicy
 from arta.retry import RetryPolicy

@@ -51,13 +51,13 @@ STYLES, STEPS, IMAGES, RATIOS = ("Flux", "Anime", "Watercolor", "F Pro"), (20, 3
     ("1:1", "16:9", "9:21")
 
 
-def make_policy(name: str, home: str) -> arta.PollPlanner:
+def make_policy(name: str, home: str) -> arta.polling.PollPlanner:
     """The policy under test; the learned one keeps its statistics in ``home``."""
     if name.startswith("fixed"):
         return arta.PollPolicy(first_delay=0, interval=2, growth=1, max_delay=2, jitter=0)
     if name.startswith("PollPolicy"):
         return arta.PollPolicy()
-    return arta.LearnedPollPolicy(home)
+    return arta.polling.LearnedPollPolicy(home)
 
 
 def emulator_options(workload: str) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def run(workload: str, policy_name: str, jobs: int, threads: int, out: Any) -> N
 
             with ThreadPoolExecutor(threads) as pool:
                 done = list(pool.map(one, range(jobs)))
-            if isinstance(policy, arta.LearnedPollPolicy):
+            if isinstance(policy, arta.polling.LearnedPollPolicy):
                 policy.stats.flush()
         records = []
         for record_id, polls, returned in done:

@@ -105,21 +105,21 @@ def by_hand(make: Callable[[], Transport]) -> Callable[[str, int, Path], None]:
     """The bare-requests calls, sent through a transport: its own cost, without the client's."""
 
     def run(url: str, generations: int, folder: Path) -> None:
-        from arta import api
+        from arta import protocol
         from arta.params import GenerationParams
 
         settings = arta.Client(url, home=folder).settings
         params = GenerationParams.create(PROMPT, seed=SEED)
         transport = make()
         try:
-            token = api.parse_signup(transport.handle_request(api.signup_request(settings))).id_token
+            token = protocol.parse_signup(transport.handle_request(protocol.signup_request(settings))).id_token
             for _ in range(generations):
-                job = api.parse_job(transport.handle_request(
-                    api.submit_request(settings, token, params)))
-                state = api.parse_job(transport.handle_request(
-                    api.status_request(settings, token, job.record_id)))
+                job = protocol.parse_job(transport.handle_request(
+                    protocol.submit_request(settings, token, params)))
+                state = protocol.parse_job(transport.handle_request(
+                    protocol.status_request(settings, token, job.record_id)))
                 assert state.status == "DONE", state
-                with transport.handle_request(api.image_request(state.images[0].url)) as image, \
+                with transport.handle_request(protocol.image_request(state.images[0].url)) as image, \
                         open(folder / "image.png", "wb") as file:
                     file.writelines(image.iter_bytes())
         finally:

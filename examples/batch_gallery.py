@@ -2,8 +2,8 @@
 
 ``arta batch --json`` prints one JSON object per job as it ends (its line
 in the prompts file, its files or its error); this script turns them into
-:class:`arta.gallery.GalleryEntry` values and writes ``index.html`` beside
-the images with :func:`arta.gallery.write_gallery`::
+:class:`arta.batch.gallery.GalleryEntry` values and writes ``index.html`` beside
+the images with :func:`arta.batch.gallery.write_gallery`::
 
     $ python examples/batch_gallery.py prompts.txt images/
     $ xdg-open images/index.html
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from arta.gallery import GalleryEntry, write_gallery
+from arta.batch.gallery import GalleryEntry, write_gallery
 
 
 def run_batch(prompts: Path, folder: Path) -> list[dict]:

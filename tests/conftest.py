@@ -63,7 +63,7 @@ def emulator() -> Iterator[Emulator]:
         yield emu
 
 
-def transport_from_env(emulator: Emulator) -> arta.Transport | None:
+def transport_from_env(emulator: Emulator) -> arta.transport.Transport | None:
     """The transport that ``ARTA_TEST_TRANSPORT`` names: requests (the default), httpx, inprocess.
 
     None stands for requests: the client then makes its default transport,

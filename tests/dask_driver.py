@@ -12,8 +12,8 @@ import sys
 
 import arta
 from arta.batch import Manifest, read_jobs
+from arta.batch.manifest import RunLock
 from arta.dask import run_batch_on_dask
-from arta.manifest import RunLock
 
 POLL = arta.PollPolicy(first_delay=0.02, growth=1.5, max_delay=0.1, jitter=0.01)
 

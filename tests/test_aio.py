@@ -131,7 +131,7 @@ def test_a_timeout_raises_generation_timeout_with_its_record_id(
 
 
 def test_bad_input_fails_before_any_request(emulator: Emulator, tmp_path: Path) -> None:
-    with pytest.raises(arta.InvalidStyleError, match="Fantasy Art"):
+    with pytest.raises(arta.errors.InvalidStyleError, match="Fantasy Art"):
         run(lambda client: client.submit("a fox", style="fantasy arts"), emulator, tmp_path)
     assert emulator.stats()["submits"] == emulator.stats()["signups"] == 0
 

@@ -83,7 +83,7 @@ def test_a_rejected_token_is_replaced_once_transparently(emulator: Emulator,
 
 
 def test_a_persistent_rejection_raises_auth_error(emulator: Emulator, tmp_path: Path) -> None:
-    class RevokingStore(arta.MemoryTokenStore):
+    class RevokingStore(arta.auth.MemoryTokenStore):
         """Revokes every token as it is saved: the service never takes one."""
 
         def save(self, token: Token) -> None:
@@ -91,7 +91,7 @@ def test_a_persistent_rejection_raises_auth_error(emulator: Emulator, tmp_path: 
             emulator.app.revoke_tokens()
 
     with arta.Client(emulator.url, token_store=RevokingStore()) as client, \
-            pytest.raises(arta.AuthError, match="even with a fresh token"):
+            pytest.raises(arta.errors.AuthError, match="even with a fresh token"):
         client.generate("a fox")
     assert emulator.stats()["submits"] == 0
 
@@ -120,7 +120,7 @@ def test_store_lock_times_out_with_a_clear_error(tmp_path: Path) -> None:
 
     store = FileTokenStore(tmp_path / "auth_ARTA.json", lock_timeout=0.2)
     holder = filelock.FileLock(store.lock_path)
-    with holder, pytest.raises(arta.TokenStoreError, match="stayed taken"), store.lock():
+    with holder, pytest.raises(arta.errors.TokenStoreError, match="stayed taken"), store.lock():
         pass
     with store.lock():  # released: usable again
         assert store.load() is None

@@ -23,9 +23,9 @@ from conftest import FAST_POLL, png_size
 
 import arta
 from arta.batch import Manifest, read_jobs, run_batch
+from arta.batch.manifest import ManifestError
 from arta.cli import main
 from arta.emulator import Emulator
-from arta.manifest import ManifestError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -238,7 +238,7 @@ def test_bad_lines_are_refused_before_anything_is_sent(tmp_path: Path) -> None:
 
 
 def test_gallery_is_a_contact_sheet_of_the_batch(batch_emulator: Emulator, tmp_path: Path) -> None:
-    pytest.importorskip("arta.gallery")
+    pytest.importorskip("arta.batch.gallery")
     batch_emulator.app.inject("submit", "fail", times=1)
     command, env = _batch(tmp_path, batch_emulator, 3, "--gallery")
     done = _run(command, env)

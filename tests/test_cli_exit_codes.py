@@ -183,7 +183,7 @@ def test_the_emulator_command_injects_the_faults_it_is_given(tmp_path: Path) -> 
         with arta.Client(url, home=tmp_path, retry_policy=arta.RetryPolicy(
                 attempts=2, first_delay=0.01, max_retry_after=0.01)) as client:
             generation = client.submit("a fox")
-            with pytest.raises(arta.ServiceError) as caught:
+            with pytest.raises(arta.errors.ServiceError) as caught:
                 generation.refresh()
         assert caught.value.status == 503 and caught.value.record_id == generation.record_id
         stats = requests.get(f"{url}/emulator/stats", timeout=5).json()

@@ -213,7 +213,7 @@ def test_styles_as_json_sorted() -> None:
     records = [json.loads(line) for line in done.stdout.splitlines()]
     names = [record["name"] for record in records]
     assert names == sorted(arta.STYLES) and len(names) == len(arta.STYLES)
-    assert all(arta.STYLE_ALIASES[alias] == record["name"]
+    assert all(arta.styles.STYLE_ALIASES[alias] == record["name"]
                for record in records for alias in record["aliases"])
 
 

@@ -72,21 +72,21 @@ def test_a_hostile_name_or_record_id_cannot_leave_the_folder(server, tmp_path: P
     ("/missing.png", "HTTP 404"),
 ])
 def test_what_is_not_an_image_is_refused(server, tmp_path: Path, path: str, words: str) -> None:
-    with pytest.raises(arta.DownloadError, match=words) as caught:
+    with pytest.raises(arta.errors.DownloadError, match=words) as caught:
         _result(server, path).save(tmp_path)
     assert caught.value.record_id == "job-1"
     assert list(tmp_path.iterdir()) == []  # no file, no temp file
 
 
 def test_an_oversized_body_is_cut_off(server, tmp_path: Path) -> None:
-    with pytest.raises(arta.DownloadError, match="larger than the 100000-byte limit"):
+    with pytest.raises(arta.errors.DownloadError, match="larger than the 100000-byte limit"):
         _result(server, "/big.png").save(tmp_path, max_bytes=100_000)
     assert list(tmp_path.iterdir()) == []
     assert png_size(_result(server, "/big.png").save(tmp_path)[0]) == (4, 3)  # default cap: fine
 
 
 def test_a_body_cut_short_is_retried_then_refused(server, tmp_path: Path) -> None:
-    with pytest.raises(arta.ProtocolError, match="ended early"):
+    with pytest.raises(arta.errors.ProtocolError, match="ended early"):
         _result(server, "/cut.png").save(tmp_path)
     assert server.hits.count("/cut.png") == 3  # every attempt of the retry policy
     assert list(tmp_path.iterdir()) == []
@@ -97,7 +97,7 @@ def test_an_existing_file_is_kept_only_if_it_is_this_image(server, tmp_path: Pat
     first = result.save(tmp_path)[0]
     assert result.save(tmp_path) == [first] and first.read_bytes() == PNG  # the same image
     first.write_bytes(b"mine")  # another file under this job's name: never taken for its image
-    with pytest.raises(arta.DownloadError, match="already exists and holds something else"):
+    with pytest.raises(arta.errors.DownloadError, match="already exists and holds something else"):
         result.save(tmp_path)
     assert first.read_bytes() == b"mine"
     assert result.save(tmp_path, overwrite=True)[0].read_bytes() == PNG

@@ -68,10 +68,10 @@ def test_waiting_past_the_timeout_raises_with_the_record_id(tmp_path: Path) -> N
 
 
 def test_resuming_an_unknown_record_id_fails_clearly(client: arta.Client) -> None:
-    with pytest.raises(arta.JobNotFoundError) as caught:  # a RejectedError too
+    with pytest.raises(arta.errors.JobNotFoundError) as caught:  # a RejectedError too
         client.resume("no-such-job")
     assert caught.value.status == 404 and caught.value.record_id == "no-such-job"
-    assert isinstance(caught.value, arta.RejectedError) and "resume" not in str(caught.value)
+    assert isinstance(caught.value, arta.errors.RejectedError) and "resume" not in str(caught.value)
 
 
 def test_configuration_from_the_environment(emulator: Emulator, tmp_path: Path,

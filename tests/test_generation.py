@@ -12,10 +12,10 @@ import pytest
 from conftest import FAST_POLL, png_size
 
 import arta
-from arta.api import JobState
 from arta.emulator import Emulator
 from arta.errors import ConnectError
 from arta.generation import Generation, Status
+from arta.protocol import JobState
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_RETRY = arta.RetryPolicy(attempts=4, first_delay=0.01, max_delay=0.05, jitter=0.01)
@@ -119,12 +119,12 @@ def test_a_submit_the_server_surely_did_not_take_is_sent_again(
 
 
 def test_a_submit_that_never_connected_is_sent_again(emulator: Emulator, tmp_path: Path) -> None:
-    class RefusesFirstSubmit(arta.RequestsTransport):
+    class RefusesFirstSubmit(arta.transport.RequestsTransport):
         """The real transport, but the first submit fails to connect."""
 
         refused = 0
 
-        def handle_request(self, request: arta.Request) -> arta.Response:
+        def handle_request(self, request: arta.transport.Request) -> arta.transport.Response:
             if request.method == "POST" and request.url.endswith("/text2image") and not self.refused:
                 self.refused += 1
                 raise ConnectError("could not connect (injected)")
@@ -156,7 +156,7 @@ def test_exhausted_poll_retries_raise_a_typed_error_with_the_record_id(
 ) -> None:
     generation = client.submit("a fox")
     emulator.app.inject("status", "500", times=FAST_RETRY.attempts)
-    with pytest.raises(arta.ServiceError) as caught:
+    with pytest.raises(arta.errors.ServiceError) as caught:
         generation.wait()
     assert caught.value.status == 500 and caught.value.record_id == generation.record_id
     assert generation.wait().done  # the job was never lost: it can still be waited for

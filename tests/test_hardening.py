@@ -25,7 +25,7 @@ from conftest import FAST_POLL
 from hostile_server import HostileServer
 
 import arta
-from arta import api
+from arta import protocol
 from arta.auth import Authenticator, FileTokenStore, MemoryTokenStore, Token
 from arta.cli import main as cli_main
 from arta.config import API_KEY, Settings
@@ -129,7 +129,7 @@ def _jwt(exp: float, iat: float) -> str:
 def test_a_clock_ahead_of_the_server_still_sees_a_new_token_as_fresh() -> None:
     now = time.time() + 7200  # this machine's clock, two hours ahead
     server_now = now - 7200
-    grant = api.TokenGrant(_jwt(server_now + 3600, server_now), "refresh", 3600.0, "u")
+    grant = protocol.TokenGrant(_jwt(server_now + 3600, server_now), "refresh", 3600.0, "u")
     token = Token.from_grant(grant, now)
     assert token.fresh(now) and token.expires_at == pytest.approx(now + 3600)
 
@@ -225,7 +225,7 @@ def test_a_bad_setting_is_a_configuration_error_naming_the_variable(
 
 
 def test_a_prompt_with_a_lone_surrogate_is_refused() -> None:
-    with pytest.raises(arta.InvalidPromptError, match="surrogate"):
+    with pytest.raises(arta.errors.InvalidPromptError, match="surrogate"):
         arta.GenerationParams.create("a fox \ud800")
 
 
@@ -261,8 +261,8 @@ def test_redact_covers_urls_tokens_and_given_secrets() -> None:
 def test_fastapi_detail_with_terminal_escapes_is_printed_plain() -> None:
     body = json.dumps({"detail": [{"loc": ["body", "prompt\x1b]0;x\x07"],
                                    "msg": "\x1b[2Jbad\r"}]}).encode()
-    with pytest.raises(arta.RejectedError) as caught:
-        api.parse_job(Response(422, {}, content=body), "submit")
+    with pytest.raises(arta.errors.RejectedError) as caught:
+        protocol.parse_job(Response(422, {}, content=body), "submit")
     assert "prompt" in str(caught.value) and "bad" in str(caught.value)
     assert not any(ord(c) < 32 or 0x7f <= ord(c) < 0xa0 for c in str(caught.value))
 
@@ -279,7 +279,7 @@ def test_downloads_run_on_a_bounded_pool(hostile: HostileServer, tmp_path: Path)
 def test_a_declared_size_over_the_cap_is_refused_before_reading(hostile: HostileServer,
                                                                 tmp_path: Path) -> None:
     result = arta.Result("job-big", _images(hostile, "announced-huge", 1), seed=1)
-    with pytest.raises(arta.DownloadError, match="announced as 1000000000000 bytes"):
+    with pytest.raises(arta.errors.DownloadError, match="announced as 1000000000000 bytes"):
         result.save(tmp_path)
     assert hostile.counts["announced-huge"]["image"] == 1  # not retried
 
@@ -295,7 +295,7 @@ def test_stale_part_files_are_cleaned_at_the_next_save(hostile: HostileServer,
 
 
 def test_a_done_job_without_images_is_a_protocol_error(tmp_path: Path) -> None:
-    with pytest.raises(arta.ProtocolError, match="listed no images") as caught:
+    with pytest.raises(arta.errors.ProtocolError, match="listed no images") as caught:
         arta.Result("job-empty", ()).save(tmp_path)
     assert caught.value.record_id == "job-empty"
 

@@ -16,10 +16,10 @@ import pytest
 import arta
 from arta.config import Settings
 from arta.generation import Generation, Status
-from arta.learned import LearnedPollPolicy, Timeline, default_poll_policy
 from arta.params import GenerationParams
-from arta.poll_model import DurationModel, QueueModel
-from arta.poll_stats import ClassStats, PollStats
+from arta.polling.learned import LearnedPollPolicy, Timeline, default_poll_policy
+from arta.polling.model import DurationModel, QueueModel
+from arta.polling.stats import ClassStats, PollStats
 
 NO_JITTER = arta.PollPolicy(jitter=0)
 

@@ -11,7 +11,7 @@ from conftest import FAST_POLL
 
 import arta
 from arta.emulator import Emulator
-from arta.window import AdaptiveWindow
+from arta.engine.window import AdaptiveWindow
 
 SLOW_POLL = arta.PollPolicy(first_delay=0.3, interval=0.3, growth=1, max_delay=0.3, jitter=0)
 
@@ -142,7 +142,7 @@ def test_map_yields_outcomes_and_errors_as_values(emulator: Emulator, client: ar
     by_index = {o.index: o for o in outcomes}
     assert sorted(by_index) == [0, 1, 2, 3]
     bad = by_index[2]
-    assert isinstance(bad.error, arta.InvalidParameterError) and bad.record_id is None
+    assert isinstance(bad.error, arta.errors.InvalidParameterError) and bad.record_id is None
     failed = [o for o in outcomes if isinstance(o.error, arta.GenerationFailed)]
     assert len(failed) == 1 and failed[0].record_id  # the failure carries its record id
     done = [o for o in outcomes if o.ok]
@@ -158,7 +158,7 @@ def test_map_in_order(client: arta.Client) -> None:
 
 def test_map_refuses_bad_defaults_before_any_request(
         emulator: Emulator, client: arta.Client) -> None:
-    with pytest.raises(arta.InvalidStyleError):
+    with pytest.raises(arta.errors.InvalidStyleError):
         client.map(["a fox"], style="no such style")
     assert emulator.stats()["submits"] == 0
 
@@ -223,10 +223,10 @@ def test_a_sign_up_failure_is_a_token_error_not_a_submit_failure(tmp_path: Path)
 class _CtrlCAfterSubmit:
     """A transport that sends each request, then acts as if Ctrl-C came before a submit's answer."""
 
-    def __init__(self, inner: arta.Transport) -> None:
+    def __init__(self, inner: arta.transport.Transport) -> None:
         self.inner = inner
 
-    def handle_request(self, request: arta.Request) -> arta.Response:
+    def handle_request(self, request: arta.transport.Request) -> arta.transport.Response:
         response = self.inner.handle_request(request)
         if request.method == "POST" and request.url.endswith("/text2image"):
             response.close()
@@ -240,9 +240,9 @@ class _CtrlCAfterSubmit:
 def test_ctrl_c_during_a_submit_says_the_job_may_exist_with_its_seed(
         emulator: Emulator, tmp_path: Path) -> None:
     """Issue 11, item 24: not a bare "interrupted": the params and seed to recognise the job."""
-    inner = arta.RequestsTransport()
+    inner = arta.transport.RequestsTransport()
     with arta.Client(emulator.url, home=tmp_path, transport=_CtrlCAfterSubmit(inner)) as client, \
-            pytest.raises(arta.SubmitInterrupted) as caught:
+            pytest.raises(arta.errors.SubmitInterrupted) as caught:
         client.submit("a fox", seed=4242)
     inner.close()
     assert isinstance(caught.value, KeyboardInterrupt)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import arta
+from arta.batch.gallery import GalleryEntry, write_gallery
 from arta.emulator import Emulator
-from arta.gallery import GalleryEntry, write_gallery
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -36,14 +36,14 @@ def test_an_image_reads_into_memory_and_streams(client: arta.Client) -> None:
 def test_reading_checks_the_bytes_as_saving_does(emulator: Emulator,
                                                  client: arta.Client) -> None:
     result = client.generate("a fox")
-    with pytest.raises(arta.DownloadError, match="larger than the 100-byte limit"):
+    with pytest.raises(arta.errors.DownloadError, match="larger than the 100-byte limit"):
         result.images[0].read(max_bytes=100)
     not_a_png = arta.Image(url=f"{emulator.url}/emulator/stats", name="x.png",
                            mime="image/png", blurred=False)
-    with pytest.raises(arta.DownloadError, match="not an image"):
+    with pytest.raises(arta.errors.DownloadError, match="not an image"):
         not_a_png.read()
     emulator.app.inject("image", "badjson", times=10)  # a PNG cut in half, every time
-    with pytest.raises(arta.ProtocolError, match="ended early") as caught:
+    with pytest.raises(arta.errors.ProtocolError, match="ended early") as caught:
         result.read(0)
     assert caught.value.record_id == result.record_id
 

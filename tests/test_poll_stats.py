@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import arta
-from arta import cli
-from arta.cli_args import build_parser
+from arta.cli import commands as cli
+from arta.cli.args import build_parser
 from arta.emulator import Emulator
-from arta.learned import LearnedPollPolicy
-from arta.poll_stats import FORMAT, PollStats
+from arta.polling.learned import LearnedPollPolicy
+from arta.polling.stats import FORMAT, PollStats
 
 KEY = ("Flux", 30, 1, "1:1")
 
@@ -64,7 +64,7 @@ def test_a_corrupt_file_is_ignored_with_a_warning_and_rebuilt(
         tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "poll_stats.json"
     path.write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="arta.poll_stats"):
+    with caplog.at_level(logging.WARNING, logger="arta.polling.stats"):
         stats = PollStats(path, flush_interval=0)
     assert stats.state().classes == {}
     assert "unusable" in caplog.text and "will be rebuilt" in caplog.text
@@ -103,7 +103,7 @@ def test_after_a_few_jobs_of_one_class_the_next_needs_fewer_polls_than_fixed(
         learned = LearnedPollPolicy(tmp_path, fallback=fixed, min_delay=0.02,
                                     lateness_per_poll=0.02)
 
-        def polls(policy: arta.PollPlanner) -> int:
+        def polls(policy: arta.polling.PollPlanner) -> int:
             before = emulator.stats()["polls"]
             client.submit("a fox", seed=1).wait(poll_policy=policy)
             return emulator.stats()["polls"] - before

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import arta
-from arta import api
+from arta import protocol
 from arta.auth import FileTokenStore, Token
 from arta.transport import Request, Response, read_body
 
@@ -77,27 +77,27 @@ def _answers(parse: Callable[[Response], Any], status: int, body: bytes,
 @FAST
 @given(statuses, bodies, header_values)
 def test_parse_job_answers_a_state_or_a_typed_error(status: int, body: bytes, wait: str) -> None:
-    _answers(lambda r: api.parse_job(r, "status", "job-1"), status, body, wait)
+    _answers(lambda r: protocol.parse_job(r, "status", "job-1"), status, body, wait)
 
 
 @FAST
 @given(statuses, bodies, header_values)
 def test_parse_signup_answers_a_grant_or_a_typed_error(status: int, body: bytes,
                                                        wait: str) -> None:
-    _answers(api.parse_signup, status, body, wait)
+    _answers(protocol.parse_signup, status, body, wait)
 
 
 @FAST
 @given(statuses, bodies, header_values)
 def test_parse_refresh_answers_a_grant_or_a_typed_error(status: int, body: bytes,
                                                         wait: str) -> None:
-    _answers(api.parse_refresh, status, body, wait)
+    _answers(protocol.parse_refresh, status, body, wait)
 
 
 @FAST
 @given(header_values)
 def test_retry_after_is_none_or_a_finite_wait(value: str) -> None:
-    seconds = api.retry_after(Response(503, {"Retry-After": value}, content=b""))
+    seconds = protocol.retry_after(Response(503, {"Retry-After": value}, content=b""))
     assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
 
 

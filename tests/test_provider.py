@@ -254,7 +254,7 @@ def test_the_prompt_is_the_argument_else_the_last_user_message(service: Emulator
     assert image(collect(model="flux", messages=messages, prompt="a fox")).alt == "a fox"
     parts = [{"role": "user", "content": [{"type": "text", "text": "a blue whale"}]}]
     assert image(collect(model="flux", messages=parts)).alt == "a blue whale"
-    with pytest.raises(arta.InvalidPromptError, match="role 'user'"):
+    with pytest.raises(arta.errors.InvalidPromptError, match="role 'user'"):
         collect(model="flux", messages=[{"role": "system", "content": "You draw."}])
 
 
@@ -331,7 +331,7 @@ def test_a_lost_status_check_raises_response_error_with_its_record_id(
     record_id = caught.value.record_id
     assert record_id is not None and record_id in str(caught.value)
     assert str(caught.value).count("(record_id ") == 1  # the resume hint, said once
-    assert isinstance(caught.value.__cause__, arta.ServiceError)
+    assert isinstance(caught.value.__cause__, arta.errors.ServiceError)
 
 
 def test_a_submit_without_an_answer_raises_response_error(service: Emulator) -> None:

@@ -39,7 +39,7 @@ def test_the_seed_aliases(alias: str, style: str) -> None:
 
 
 def test_unknown_style_names_the_closest() -> None:
-    with pytest.raises(arta.InvalidStyleError, match="did you mean 'Watercolor'"):
+    with pytest.raises(arta.errors.InvalidStyleError, match="did you mean 'Watercolor'"):
         resolve_style("watercolour")
     with pytest.raises(ValueError, match="arta styles"):
         resolve_style("zzzzzz")
@@ -54,6 +54,6 @@ def test_aspect_ratio_sizes_keep_the_ratio(ratio: str) -> None:
 
 
 def test_unknown_aspect_ratio_lists_the_valid_ones() -> None:
-    with pytest.raises(arta.InvalidAspectRatioError, match="1:1, 2:3, 3:2"):
+    with pytest.raises(arta.errors.InvalidAspectRatioError, match="1:1, 2:3, 3:2"):
         resolve_aspect_ratio("5:4")
     assert resolve_aspect_ratio(" 16:9 ") == "16:9"

@@ -259,17 +259,17 @@ def test_a_spent_sign_up_quota_is_a_typed_error_and_not_retried(tmp_path: Path) 
     calls = []
 
     class Counting(RequestsTransport):
-        def handle_request(self, request: arta.Request) -> arta.Response:
+        def handle_request(self, request: arta.transport.Request) -> arta.transport.Response:
             calls.append(request.url)
             return super().handle_request(request)
 
     with Emulator(signup_quota=0) as emu, \
             arta.Client(emu.url, home=tmp_path, transport=Counting()) as client:
         for _ in range(3):
-            with pytest.raises(arta.QuotaExceededError) as caught:
+            with pytest.raises(arta.errors.QuotaExceededError) as caught:
                 client.generate("a fox")
     assert "TOO_MANY_ATTEMPTS_TRY_LATER" in str(caught.value)
     assert "100 sign-ups per hour" in str(caught.value) or "still spent" in str(caught.value)
     assert caught.value.retry_after > 60
     assert len(calls) == 1  # asked once; the next attempts knew better
-    assert isinstance(caught.value, arta.AuthError)
+    assert isinstance(caught.value, arta.errors.AuthError)

@@ -41,7 +41,7 @@ from transport_cases import (
 )
 
 import arta
-from arta import api
+from arta import protocol
 from arta.emulator import Emulator, EmulatorApp
 from arta.transport import (
     HttpxTransport,
@@ -182,7 +182,7 @@ def test_a_large_body_streams_in_bounded_chunks_and_the_response_closes(target: 
 def test_a_large_body_can_be_read_whole_up_to_the_settable_cap(target: Target) -> None:
     size = 4 * MiB + 3
     if target.kind != "inprocess":  # the in-process app is trusted: no cap there
-        with pytest.raises(arta.MalformedResponse, match="limit"):
+        with pytest.raises(arta.errors.MalformedResponse, match="limit"):
             target.send("GET", f"/bytes/{size}")  # over the default 1 MiB cap
         transport = make_transport(target.kind, max_body_bytes=8 * MiB)
         target = Target(target.kind, transport, target.base, target.app)
@@ -230,7 +230,7 @@ def test_no_answer_within_the_read_timeout_is_no_response(target: Target) -> Non
     # In-process, the app's own sleep cannot be interrupted: keep it short there.
     slow = "/slow/1.0" if target.kind == "inprocess" else "/slow/8.0"
     started = time.monotonic()
-    with pytest.raises(arta.NoResponseError, match="read timeout"):
+    with pytest.raises(arta.errors.NoResponseError, match="read timeout"):
         target.send("POST", slow, multipart={"prompt": "x"}, timeout=(5, 0.3))
     if target.kind != "inprocess":
         assert time.monotonic() - started < 5  # gave up at the read timeout, not after 8 s
@@ -239,7 +239,7 @@ def test_no_answer_within_the_read_timeout_is_no_response(target: Target) -> Non
 
 def test_an_answer_marked_late_past_the_read_timeout_is_no_response(target: Target) -> None:
     started = time.monotonic()
-    with pytest.raises(arta.NoResponseError):
+    with pytest.raises(arta.errors.NoResponseError):
         target.send("GET", "/late/8.0", timeout=(5, 0.3))
     assert time.monotonic() - started < 5  # it gave up at the read timeout, not at 8 s
     with target.send("GET", "/late/0.05", timeout=(5, 2)) as response:  # within it: an answer
@@ -254,7 +254,7 @@ def test_a_connection_that_is_never_made_times_out_as_connect_error(kind: str) -
         transport = make_transport(kind)
         started = time.monotonic()
         try:
-            with pytest.raises(arta.ConnectError, match="connect"):
+            with pytest.raises(arta.errors.ConnectError, match="connect"):
                 transport.handle_request(Request("GET", url, timeout=(0.3, 30)))
         finally:
             transport.close()
@@ -263,16 +263,16 @@ def test_a_connection_that_is_never_made_times_out_as_connect_error(kind: str) -
 
 def test_a_refused_connection_is_connect_error(target: Target) -> None:
     # In-process this is adapted: a host that no app serves is refused the same way.
-    with pytest.raises(arta.ConnectError) as caught:
+    with pytest.raises(arta.errors.ConnectError) as caught:
         target.transport.handle_request(Request("POST", refused_url(), multipart={"a": "b"}))
-    assert not isinstance(caught.value, arta.NoResponseError)
+    assert not isinstance(caught.value, arta.errors.NoResponseError)
     assert target.app.seen == []
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_a_dropped_connection_is_no_response_and_is_not_retried(target: Target, method: str) -> None:
     body = {"multipart": {"prompt": "a fox"}} if method == "POST" else {}
-    with pytest.raises(arta.NoResponseError):
+    with pytest.raises(arta.errors.NoResponseError):
         target.send(method, "/drop", **body)
     assert target.app.seen == [(method, "/drop")]
 
@@ -281,20 +281,20 @@ def test_a_dropped_connection_is_no_response_and_is_not_retried(target: Target, 
 def test_a_body_cut_short_is_no_response(kind: str, target: Target, stream: bool) -> None:
     needs_sockets(kind, "an in-memory body cannot be cut short")
     if not stream:
-        with pytest.raises(arta.NoResponseError):
+        with pytest.raises(arta.errors.NoResponseError):
             target.send("GET", f"/cut/{MiB}")
         return
     with target.send("GET", f"/cut/{MiB}", stream=True) as response:
         assert response.status == 200  # the headers came whole; the body will not
-        with pytest.raises(arta.NoResponseError, match="cut short"):
+        with pytest.raises(arta.errors.NoResponseError, match="cut short"):
             response.read()
         assert response.closed
 
 
 def test_errors_say_which_request_without_its_query_or_headers(target: Target) -> None:
     secret_headers = {"Authorization": "TOKEN-SECRET-123"}
-    for url, error_type in ((refused_url() + "?key=KEY-SECRET-456", arta.ConnectError),
-                            (target.base + "/drop?key=KEY-SECRET-456", arta.NoResponseError)):
+    for url, error_type in ((refused_url() + "?key=KEY-SECRET-456", arta.errors.ConnectError),
+                            (target.base + "/drop?key=KEY-SECRET-456", arta.errors.NoResponseError)):
         request = Request("POST", url, headers=secret_headers, form={"refresh_token": "BODY-SECRET"})
         with pytest.raises(error_type) as caught:
             target.transport.handle_request(request)
@@ -364,7 +364,7 @@ def test_tls_is_verified_and_a_ca_bundle_is_trusted(kind: str, certificate: tupl
         url = f"{server.url}/echo"
         transport = make_transport(kind)
         try:
-            with pytest.raises(arta.ConnectError):  # self-signed: not trusted by default
+            with pytest.raises(arta.errors.ConnectError):  # self-signed: not trusted by default
                 transport.handle_request(Request("GET", url))
         finally:
             transport.close()
@@ -402,8 +402,8 @@ def test_a_client_generates_end_to_end(kind: str, tmp_path: Path) -> None:
                 paths = result.save(tmp_path / "out")  # streamed downloads
                 token = client.token_store.load()
                 assert token is not None
-                refreshed = api.parse_refresh(transport.handle_request(  # a form body
-                    api.refresh_request(client.settings, token.refresh_token)))
+                refreshed = protocol.parse_refresh(transport.handle_request(  # a form body
+                    protocol.refresh_request(client.settings, token.refresh_token)))
         finally:
             transport.close()
         stats = emulator.stats()
@@ -434,8 +434,8 @@ def test_a_submit_that_got_no_answer_is_not_sent_again(kind: str, tmp_path: Path
         assert emulator.stats()["submits"] == 1
 
 
-@pytest.mark.parametrize(("fault", "error"), [("drop", arta.NoResponseError),
-                                               ("slow", arta.NoResponseError), ("503", None)])
+@pytest.mark.parametrize(("fault", "error"), [("drop", arta.errors.NoResponseError),
+                                               ("slow", arta.errors.NoResponseError), ("503", None)])
 def test_the_emulators_own_faults_come_out_the_same_on_every_transport(
         kind: str, fault: str, error: type[Exception] | None) -> None:
     with Emulator(slow_seconds=10.0) as emulator:
@@ -445,11 +445,11 @@ def test_the_emulators_own_faults_come_out_the_same_on_every_transport(
         started = time.monotonic()
         try:
             if error is None:
-                with transport.handle_request(api.signup_request(settings)) as response:
+                with transport.handle_request(protocol.signup_request(settings)) as response:
                     assert response.status == 503 and response.headers["Retry-After"] == "1"
             else:
                 with pytest.raises(error):
-                    transport.handle_request(replace(api.signup_request(settings), timeout=(5, 0.4)))
+                    transport.handle_request(replace(protocol.signup_request(settings), timeout=(5, 0.4)))
         finally:
             transport.close()
     assert time.monotonic() - started < 5  # a slow (10 s) answer is given up at the read timeout
@@ -496,7 +496,7 @@ def test_logging_shows_method_redacted_url_status_and_latency_only(
         with logged.handle_request(Request("POST", url, headers={"Authorization": "HEADER-SECRET"},
                                            form={"refresh_token": "BODY-SECRET"})) as response:
             assert response.status == 200
-        with pytest.raises(arta.ConnectError):
+        with pytest.raises(arta.errors.ConnectError):
             logged.handle_request(Request("GET", refused_url() + "?token=Q-SECRET"))
     first, second = (record.getMessage() for record in caplog.records)
     assert re.fullmatch(
@@ -606,5 +606,5 @@ def test_the_readme_transport_works(tmp_path: Path) -> None:
                         poll_policy=FAST_POLL) as client:
         paths = client.generate("a fox", seed=2).save(tmp_path / "out")
         assert png_size(paths[0]) == (512, 512)
-    with pytest.raises(arta.ConnectError):
+    with pytest.raises(arta.errors.ConnectError):
         transport.handle_request(Request("GET", refused_url()))

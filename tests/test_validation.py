@@ -13,35 +13,35 @@ from arta.params import MAX_PROMPT_LENGTH
 
 BAD_INPUT = [
     # (keyword arguments of generate, the error type, words the message must hold)
-    ({"prompt": ""}, arta.InvalidPromptError, "must not be empty"),
-    ({"prompt": "   \n\t"}, arta.InvalidPromptError, "must not be empty"),
-    ({"prompt": "x" * (MAX_PROMPT_LENGTH + 1)}, arta.InvalidPromptError, f"maximum is {MAX_PROMPT_LENGTH}"),
-    ({"prompt": None}, arta.InvalidPromptError, "must be a str"),
-    ({"prompt": b"a fox"}, arta.InvalidPromptError, "must be a str, not bytes"),
-    ({"prompt": 42}, arta.InvalidPromptError, "must be a str, not int"),
-    ({"n": 0}, arta.InvalidParameterError, "n must be from 1 to 4"),
-    ({"n": 5}, arta.InvalidParameterError, "n must be from 1 to 4"),
-    ({"n": -1}, arta.InvalidParameterError, "n must be from 1 to 4"),
-    ({"n": 2.0}, arta.InvalidParameterError, "n must be an int"),
-    ({"n": "2"}, arta.InvalidParameterError, "n must be an int"),
-    ({"n": True}, arta.InvalidParameterError, "not bool"),
-    ({"style": "Fantasy Arts"}, arta.InvalidStyleError, "did you mean 'Fantasy Art'"),
-    ({"style": "no such style at all"}, arta.InvalidStyleError, "unknown style"),
-    ({"style": None}, arta.InvalidStyleError, "style must be a str"),
-    ({"aspect_ratio": "5:4"}, arta.InvalidAspectRatioError, "1:1, 2:3, 3:2, 3:4, 4:3, 9:16, 16:9"),
-    ({"aspect_ratio": "square"}, arta.InvalidAspectRatioError, "use one of"),
-    ({"steps": 0}, arta.InvalidParameterError, "steps must be from 1 to 150"),
-    ({"steps": 151}, arta.InvalidParameterError, "steps must be from 1 to 150"),
-    ({"steps": 30.5}, arta.InvalidParameterError, "steps must be an int"),
-    ({"guidance_scale": 0.5}, arta.InvalidParameterError, "guidance_scale must be from 1 to 20"),
-    ({"guidance_scale": 21}, arta.InvalidParameterError, "guidance_scale must be from 1 to 20"),
-    ({"guidance_scale": math.nan}, arta.InvalidParameterError, "guidance_scale must be from 1 to 20"),
-    ({"guidance_scale": "7"}, arta.InvalidParameterError, "must be a number"),
-    ({"seed": -1}, arta.InvalidParameterError, "seed must be from 0 to 4294967295"),
-    ({"seed": 2**32}, arta.InvalidParameterError, "seed must be from 0 to 4294967295"),
-    ({"seed": 1.5}, arta.InvalidParameterError, "seed must be an int"),
-    ({"seed": "42"}, arta.InvalidParameterError, "seed must be an int"),
-    ({"negative_prompt": None}, arta.InvalidPromptError, "negative_prompt must be a str"),
+    ({"prompt": ""}, arta.errors.InvalidPromptError, "must not be empty"),
+    ({"prompt": "   \n\t"}, arta.errors.InvalidPromptError, "must not be empty"),
+    ({"prompt": "x" * (MAX_PROMPT_LENGTH + 1)}, arta.errors.InvalidPromptError, f"maximum is {MAX_PROMPT_LENGTH}"),
+    ({"prompt": None}, arta.errors.InvalidPromptError, "must be a str"),
+    ({"prompt": b"a fox"}, arta.errors.InvalidPromptError, "must be a str, not bytes"),
+    ({"prompt": 42}, arta.errors.InvalidPromptError, "must be a str, not int"),
+    ({"n": 0}, arta.errors.InvalidParameterError, "n must be from 1 to 4"),
+    ({"n": 5}, arta.errors.InvalidParameterError, "n must be from 1 to 4"),
+    ({"n": -1}, arta.errors.InvalidParameterError, "n must be from 1 to 4"),
+    ({"n": 2.0}, arta.errors.InvalidParameterError, "n must be an int"),
+    ({"n": "2"}, arta.errors.InvalidParameterError, "n must be an int"),
+    ({"n": True}, arta.errors.InvalidParameterError, "not bool"),
+    ({"style": "Fantasy Arts"}, arta.errors.InvalidStyleError, "did you mean 'Fantasy Art'"),
+    ({"style": "no such style at all"}, arta.errors.InvalidStyleError, "unknown style"),
+    ({"style": None}, arta.errors.InvalidStyleError, "style must be a str"),
+    ({"aspect_ratio": "5:4"}, arta.errors.InvalidAspectRatioError, "1:1, 2:3, 3:2, 3:4, 4:3, 9:16, 16:9"),
+    ({"aspect_ratio": "square"}, arta.errors.InvalidAspectRatioError, "use one of"),
+    ({"steps": 0}, arta.errors.InvalidParameterError, "steps must be from 1 to 150"),
+    ({"steps": 151}, arta.errors.InvalidParameterError, "steps must be from 1 to 150"),
+    ({"steps": 30.5}, arta.errors.InvalidParameterError, "steps must be an int"),
+    ({"guidance_scale": 0.5}, arta.errors.InvalidParameterError, "guidance_scale must be from 1 to 20"),
+    ({"guidance_scale": 21}, arta.errors.InvalidParameterError, "guidance_scale must be from 1 to 20"),
+    ({"guidance_scale": math.nan}, arta.errors.InvalidParameterError, "guidance_scale must be from 1 to 20"),
+    ({"guidance_scale": "7"}, arta.errors.InvalidParameterError, "must be a number"),
+    ({"seed": -1}, arta.errors.InvalidParameterError, "seed must be from 0 to 4294967295"),
+    ({"seed": 2**32}, arta.errors.InvalidParameterError, "seed must be from 0 to 4294967295"),
+    ({"seed": 1.5}, arta.errors.InvalidParameterError, "seed must be an int"),
+    ({"seed": "42"}, arta.errors.InvalidParameterError, "seed must be an int"),
+    ({"negative_prompt": None}, arta.errors.InvalidPromptError, "negative_prompt must be a str"),
 ]
 
 
@@ -64,7 +64,7 @@ def test_bad_input_is_refused_before_any_request(
 
 
 def test_module_generate_validates_before_making_a_client(emulator: Emulator) -> None:
-    with pytest.raises(arta.InvalidParameterError):
+    with pytest.raises(arta.errors.InvalidParameterError):
         arta.generate("a fox", n=9, endpoint=emulator.url)
     assert emulator.stats()["signups"] == 0
 

@@ -1,9 +1,9 @@
 """``arta batch --engine dask``: the driver submits, the cluster waits and fetches.
 
 Only the driver (the ``arta batch`` process) ever submits, paced by the
-same :class:`~arta.window.AdaptiveWindow` as a single-process batch (a 429
+same :class:`~arta.engine.window.AdaptiveWindow` as a single-process batch (a 429
 or 503 halves it and is never a failed job). For each job it writes the
-records of :class:`~arta.batchplan.JobRecorder` to the manifest, each line
+records of :class:`~arta.batch.plan.JobRecorder` to the manifest, each line
 fsynced:
 
 1. ``intent`` (the parameters, the seed fixed) before the submit, so that
@@ -40,11 +40,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from arta.batchplan import BatchReport, JobRecorder, Outcome, Task, plan, save_images
+from arta.batch.jobfile import BatchJob
+from arta.batch.manifest import Manifest, ManifestError
+from arta.batch.plan import BatchReport, JobRecorder, Outcome, Task, plan, save_images
 from arta.client import Client
 from arta.dask.cluster import WORKER_CONFIG
 from arta.dask.jobs import task_client
 from arta.dask.token_store import DaskTokenStore
+from arta.engine.window import AdaptiveWindow
 from arta.errors import (
     ArtaError,
     ConnectError,
@@ -52,10 +55,7 @@ from arta.errors import (
     RateLimitedError,
     ServiceError,
 )
-from arta.jobfile import BatchJob
-from arta.manifest import Manifest, ManifestError
 from arta.result import Result
-from arta.window import AdaptiveWindow
 
 if TYPE_CHECKING:
     import distributed
@@ -317,7 +317,7 @@ def run_batch_on_dask(
 
     The counterpart of :func:`arta.batch.run_batch` (same manifest, same
     plan, same callbacks; the caller holds the manifest's
-    :class:`~arta.manifest.RunLock`). ``scheduler`` is an address
+    :class:`~arta.batch.manifest.RunLock`). ``scheduler`` is an address
     (``tcp://host:8786``) or ``local:N``. ``client_options`` are
     :class:`~arta.client.Client` keywords for the driver and every worker
     (picklable: they travel). ``concurrency`` caps the jobs in flight (the

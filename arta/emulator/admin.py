@@ -8,20 +8,62 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from arta.emulator.faults import FaultPlan
 from arta.emulator.messages import Request, Response, detail_response, json_response
+from arta.emulator.timing import TimingModel
 
-if TYPE_CHECKING:  # the app builds the routes; no import at run time, no cycle
-    from arta.emulator.app import EmulatorApp
+__all__ = ["AdminRoutes", "Controls"]
 
-__all__ = ["AdminRoutes"]
+
+class Controls(Protocol):
+    """The test hooks these routes call (an :class:`~arta.emulator.app.EmulatorApp` has them)."""
+
+    @property
+    def faults(self) -> FaultPlan:
+        """The fault plan in force."""
+        ...
+
+    @property
+    def fault_seed(self) -> int | None:
+        """The seed the plan's draws started from."""
+        ...
+
+    @property
+    def timing(self) -> TimingModel:
+        """The model of how long a job computes."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """The counters so far."""
+        ...
+
+    def reset(self) -> None:
+        """Zero the counters and forget the jobs."""
+        ...
+
+    def fault_counts(self) -> dict[str, Any]:
+        """How often each fault rule fired."""
+        ...
+
+    def set_faults(self, spec: str, *, fault_seed: int | None = None) -> None:
+        """Replace the fault plan."""
+        ...
+
+    def set_speed(self, scale: float) -> None:
+        """Scale every duration of the timing model."""
+        ...
+
+    def job_timeline(self, record_id: str) -> dict[str, Any]:
+        """When a job was queued, started and ended (KeyError if unknown)."""
+        ...
 
 
 class AdminRoutes:
-    """Handlers of ``/emulator/*``, each a thin call to an :class:`EmulatorApp` hook."""
+    """Handlers of ``/emulator/*``, each a thin call to one of the app's :class:`Controls`."""
 
-    def __init__(self, app: EmulatorApp) -> None:
+    def __init__(self, app: Controls) -> None:
         self._app = app
 
     def stats(self, request: Request, params: Mapping[str, str]) -> Response:

@@ -101,6 +101,7 @@ class Request:
     multipart: Mapping[str, str] | None = None
     timeout: Timeout = DEFAULT_TIMEOUT
     stream: bool = False
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         bodies = [name for name in ("json", "form", "multipart") if getattr(self, name) is not None]

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import filelock
 
 from arta.atomic import write_json_atomically
+from arta.auth.token import Token
 from arta.config import Settings
 from arta.errors import ConfigurationError, TokenStoreError
-from arta.token import Token
 
 __all__ = ["STALE_TEMP_SECONDS", "FileTokenStore", "MemoryTokenStore", "Token", "TokenStore"]
 

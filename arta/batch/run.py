@@ -6,7 +6,7 @@ thread. The images of each finished job are saved on the client's I/O
 threads, beside the polls: no threads of the batch's own. With ``workers`` > 1, that many processes split the
 jobs and the concurrency between them (one shared token file: one sign-up).
 
-The batch's memory is its :class:`~arta.manifest.Manifest`. Before each
+The batch's memory is its :class:`~arta.batch.manifest.Manifest`. Before each
 submit an ``intent`` (the parameters and the seed) is fsynced; the record id
 is written the moment the service answers, before any poll; the end of the
 job (``done`` with its files, or ``failed`` with the error and the record
@@ -32,7 +32,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
-from arta.batchplan import (
+from arta.batch.jobfile import FIELDS, BatchJob, read_jobs
+from arta.batch.manifest import Manifest, ManifestError
+from arta.batch.plan import (
     POSSIBLY_RESUBMITTED_NOTE,
     BatchReport,
     JobRecorder,
@@ -43,13 +45,11 @@ from arta.batchplan import (
     save_images,
 )
 from arta.client import Client
+from arta.engine.run import Job, JobRun
+from arta.engine.run import Outcome as RunOutcome
 from arta.errors import ArtaError, SubmitOutcomeUnknown
 from arta.generation import Generation
-from arta.jobfile import FIELDS, BatchJob, read_jobs
-from arta.manifest import Manifest, ManifestError
 from arta.result import Result
-from arta.runner import Job, JobRun
-from arta.runner import Outcome as RunOutcome
 
 __all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Manifest",
            "Outcome", "Task", "check_folder", "plan", "read_jobs", "run_batch", "running"]
@@ -177,7 +177,7 @@ def run_batch(
     jobs an earlier run finished and the tasks of this run, ``on_outcome``
     in this process as each job ends, ``on_counts`` with the whole batch's
     counts (queued, in flight, done, failed) as they change. The caller
-    holds the manifest's :class:`~arta.manifest.RunLock`.
+    holds the manifest's :class:`~arta.batch.manifest.RunLock`.
     """
     skipped, tasks = plan(jobs, manifest.states())
     if on_plan is not None:

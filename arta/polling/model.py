@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from arta.poll_stats import ClassKey, Interval, StatsState
+from arta.polling.stats import ClassKey, Interval, StatsState
 from arta.styles import aspect_ratio_size
 
 __all__ = ["DurationModel", "QueueModel", "Samples", "work_units"]

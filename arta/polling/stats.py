@@ -1,6 +1,6 @@
 """What every process on the host has learned about job durations: ``poll_stats.json``.
 
-The learned poll policy (:mod:`arta.learned`) needs observed timelines:
+The learned poll policy (:mod:`arta.polling.learned`) needs observed timelines:
 for each class of parameters (style, steps, n, aspect ratio), the recent
 in-progress durations, and for the service as a whole the recent queue
 waits. Each observation is an interval ``[lo, hi]`` in seconds (polls only

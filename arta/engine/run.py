@@ -2,7 +2,7 @@
 
 :class:`JobRun` is the engine under :meth:`arta.Client.map` and ``arta
 batch``. Nothing in it sleeps or holds a thread per job: submits run on the
-loop's I/O threads as the window (:mod:`arta.window`) has room, each
+loop's I/O threads as the window (:mod:`arta.engine.window`) has room, each
 submitted job is a :class:`~arta.loop.Watch` in the loop, and each ending
 puts an :class:`Outcome` on a queue that the caller iterates.
 
@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
+from arta.engine.window import AdaptiveWindow
 from arta.errors import (
     ArtaError,
     ConnectError,
@@ -33,14 +34,12 @@ from arta.errors import (
     RateLimitedError,
     ServiceError,
 )
-from arta.generation import Generation, PollPlanner
+from arta.generation import Generation, PollPlanner, Session
 from arta.params import GenerationParams
 from arta.result import Result
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-    from arta.client import Client
 
 __all__ = ["Job", "JobRun", "Outcome", "as_completed", "map_outcomes"]
 
@@ -112,7 +111,8 @@ class JobRun:
     ids and are no longer waited for).
     """
 
-    def __init__(self, client: Client, jobs: Iterable[Job], *, concurrency: int,
+    def __init__(self, client: Session, window: AdaptiveWindow, jobs: Iterable[Job], *,
+                 concurrency: int,
                  timeout: float | None, poll_policy: PollPlanner | None,
                  on_submitting: Callable[[Job], object] | None,
                  on_submitted: Callable[[Job, Generation], object] | None) -> None:
@@ -120,6 +120,7 @@ class JobRun:
             raise InvalidInputError(f"concurrency must be an int of at least 1, not {concurrency!r}")
         self.concurrency = concurrency
         self._client = client
+        self._window = window
         self._jobs = iter(jobs)
         self._timeout = timeout if timeout is not None else client.timeout
         self._policy = poll_policy
@@ -135,7 +136,7 @@ class JobRun:
         self._exhausted = False
         self._closed = False
         self.counts = {"queued": 0, "in_flight": 0, "done": 0, "failed": 0}
-        client.window.limit = concurrency  # the window never grows past what was asked
+        self._window.limit = concurrency  # the window never grows past what was asked
         self._pump()
 
     # -- the caller's side ---------------------------------------------------
@@ -194,7 +195,7 @@ class JobRun:
 
     def _pump(self) -> None:
         """Start as many jobs as this run's concurrency and the client's window allow."""
-        window = self._client.window
+        window = self._window
         with self._lock:
             while not self._closed and self._running < self.concurrency:
                 job = self._next_job()
@@ -227,12 +228,12 @@ class JobRun:
                 if self._on_submitted is not None:
                     _call_hook(self._on_submitted, job, generation, generation.record_id)
         except ArtaError as error:
-            client.window.release()
+            self._window.release()
             self._finish(Outcome(job, error=error))
             return
         with self._lock:
             if self._closed:
-                client.window.release()
+                self._window.release()
                 self._finish(Outcome(job, generation, error=generation.cancelled_error(
                     "the run was closed before the job was waited for")))
                 return
@@ -244,7 +245,7 @@ class JobRun:
         assert job.params is not None
         if self._on_submitting is not None:
             _call_hook(self._on_submitting, job, None, None)
-        window = self._client.window
+        window = self._window
         try:
             generation = self._client.submit_params(job.params, retry=False)
         except ServiceError as error:
@@ -280,7 +281,7 @@ class JobRun:
 
     def _ended(self, job: Job, generation: Generation, wait: Any,
                done: concurrent.futures.Future[Generation]) -> None:
-        self._client.window.release()
+        self._window.release()
         with self._lock:
             self._waits.discard(wait)
         error = done.exception()
@@ -334,7 +335,8 @@ def _as_params(item: str | Mapping[str, Any] | GenerationParams,
         f"an item must be a prompt, a dict with a 'prompt', or GenerationParams, not {item!r}")
 
 
-def map_outcomes(client: Client, items: Iterable[str | Mapping[str, Any] | GenerationParams],
+def map_outcomes(client: Session, window: AdaptiveWindow,
+                 items: Iterable[str | Mapping[str, Any] | GenerationParams],
                  *, concurrency: int, ordered: bool, timeout: float | None,
                  poll_policy: PollPlanner | None, defaults: Mapping[str, Any],
                  ) -> Iterator[Outcome]:
@@ -348,7 +350,8 @@ def map_outcomes(client: Client, items: Iterable[str | Mapping[str, Any] | Gener
                 failed = error if isinstance(error, ArtaError) else InvalidInputError(str(error))
                 yield Job(tag=index, error=failed)
 
-    run = client.run(jobs(), concurrency=concurrency, timeout=timeout, poll_policy=poll_policy)
+    run = JobRun(client, window, jobs(), concurrency=concurrency, timeout=timeout,
+                 poll_policy=poll_policy, on_submitting=None, on_submitted=None)
     try:
         buffered: dict[int, Outcome] = {}
         expected = 0

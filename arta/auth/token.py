@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from arta import api
+from arta import protocol
 
 __all__ = ["Token"]
 
@@ -48,7 +48,7 @@ class Token:
     user_id: str = ""
 
     @classmethod
-    def from_grant(cls, grant: api.TokenGrant, now: float) -> Token:
+    def from_grant(cls, grant: protocol.TokenGrant, now: float) -> Token:
         """Date a fresh grant by this machine's clock: received ``now``, good for ``expiresIn``.
 
         The JWT's ``exp``/``iat`` are the server's clock: a local clock an

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from arta.auth import FileTokenStore
-from arta.cli_args import build_parser
-from arta.cli_batch import BatchCommand
+from arta.batch.manifest import ManifestError
+from arta.cli.args import build_parser
+from arta.cli.batch import BatchCommand
+from arta.cli.progress import StatusLine
 from arta.client import Client
 from arta.config import Settings
 from arta.errors import (
@@ -44,8 +46,6 @@ from arta.errors import (
     SaveError,
 )
 from arta.generation import Generation, PollPolicy
-from arta.manifest import ManifestError
-from arta.progress import StatusLine
 from arta.redact import install_log_redaction
 from arta.styles import STYLE_ALIASES, STYLES
 
@@ -259,7 +259,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from arta.learned import describe_stats
+    from arta.polling.learned import describe_stats
 
     print(describe_stats(Settings.resolve().home))
     return EXIT_OK
@@ -357,7 +357,3 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt as interrupted:  # a SubmitInterrupted says what may exist
         print(f"arta: {interrupted or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -20,11 +20,11 @@ import logging
 import time
 from typing import Callable
 
-from arta import api
+from arta import protocol
+from arta.auth.stores import FileTokenStore, MemoryTokenStore, Token, TokenStore
 from arta.config import Settings
 from arta.errors import ArtaError, QuotaExceededError
 from arta.retry import RetryPolicy, transient
-from arta.token_store import FileTokenStore, MemoryTokenStore, Token, TokenStore
 from arta.transport import Request, Response, Transport
 
 __all__ = [
@@ -110,7 +110,7 @@ class Authenticator:
             try:
                 renewed = self.refresh(token.refresh_token)
                 log.debug("refreshed the shared token")
-            except api.RefreshRejected as error:
+            except protocol.RefreshRejected as error:
                 log.info("%s; signing up again", error)
                 renewed = self.sign_up()
             except ArtaError as error:
@@ -154,7 +154,7 @@ class Authenticator:
                 retry_after=wait,
             )
         try:
-            token = self._call(api.signup_request(self.settings), api.parse_signup)
+            token = self._call(protocol.signup_request(self.settings), protocol.parse_signup)
         except QuotaExceededError as error:
             self._no_sign_up_until = self.clock() + error.retry_after
             raise
@@ -163,12 +163,12 @@ class Authenticator:
 
     def refresh(self, refresh_token: str) -> Token:
         """Trade ``refresh_token`` for a new token (not stored; retried when transient)."""
-        return self._call(api.refresh_request(self.settings, refresh_token), api.parse_refresh)
+        return self._call(protocol.refresh_request(self.settings, refresh_token), protocol.parse_refresh)
 
-    def _call(self, request: Request, parse: Callable[[Response], api.TokenGrant]) -> Token:
+    def _call(self, request: Request, parse: Callable[[Response], protocol.TokenGrant]) -> Token:
         # Transient failures are retried, sign-up included: at worst a lost
         # answer costs one extra anonymous account, never a paid job.
-        def once() -> api.TokenGrant:
+        def once() -> protocol.TokenGrant:
             with self.transport.handle_request(request) as response:
                 return parse(response)
 

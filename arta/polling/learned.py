@@ -1,9 +1,9 @@
 """A poll policy that learns when jobs finish, and polls then.
 
 How it decides, for one job: from the jobs seen before (every process on
-the host, through ``poll_stats.json``; :mod:`arta.poll_stats`) it predicts
+the host, through ``poll_stats.json``; :mod:`arta.polling.stats`) it predicts
 the job's in-progress time for its parameters and how long jobs wait in
-the queue (:mod:`arta.poll_model`). What the polls of this job have seen
+the queue (:mod:`arta.polling.model`). What the polls of this job have seen
 narrows that: the job started after the last poll that found it IN_QUEUE
 and before the first that found it IN_PROGRESS, and has not finished by
 the last poll. From the predicted finish time it places the next poll at
@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from arta.config import Settings
-from arta.generation import Generation, PollPlanner, PollPolicy, Status
-from arta.poll_model import DurationModel, QueueModel, Samples, after, convolve
-from arta.poll_stats import ClassKey, Interval, PollStats, StatsState, shared_stats
+from arta.polling.model import DurationModel, QueueModel, Samples, after, convolve
+from arta.polling.policy import PolledJob, PollPlanner, PollPolicy
+from arta.polling.stats import ClassKey, Interval, PollStats, StatsState, shared_stats
+from arta.protocol import Status
 
 __all__ = ["STATS_FILE", "LearnedPollPolicy", "Timeline", "default_poll_policy"]
 
@@ -59,7 +60,7 @@ class Timeline:
     last: float | None  # the latest answer
 
     @classmethod
-    def of(cls, generation: Generation) -> Timeline:
+    def of(cls, generation: PolledJob) -> Timeline:
         """Read the bounds from ``generation.seen``."""
         seen = sorted(generation.seen, key=lambda item: item[0])
         submitted = seen[0][0] if seen and generation.params is not None else None
@@ -97,7 +98,7 @@ class Timeline:
                 self.start_by)
 
 
-def class_key(generation: Generation) -> ClassKey | None:
+def class_key(generation: PolledJob) -> ClassKey | None:
     """The class of a job: the parameters that decide how long it computes."""
     p = generation.params
     return None if p is None else (p.style, p.steps, p.n, p.aspect_ratio)
@@ -170,14 +171,14 @@ class LearnedPollPolicy:
 
     # -- PollPlanner ---------------------------------------------------------------
 
-    def next_delay(self, generation: Generation, attempt: int) -> float:
+    def next_delay(self, generation: PolledJob, attempt: int) -> float:
         """Seconds until the next poll: the learned plan, else the fallback's."""
         delay = self.plan(generation, attempt)
         if delay is None:
             return self.fallback.next_delay(generation, attempt)
         return delay
 
-    def finished(self, generation: Generation) -> None:
+    def finished(self, generation: PolledJob) -> None:
         """Learn from a job seen DONE (once per record id)."""
         if generation.status is not Status.DONE:
             return
@@ -220,7 +221,7 @@ class LearnedPollPolicy:
                 self._fitted, self._fitted_at = (version, durations, queue), now
             return self._fitted[1], self._fitted[2]
 
-    def _track(self, generation: Generation, key: ClassKey, timeline: Timeline) -> None:
+    def _track(self, generation: PolledJob, key: ClassKey, timeline: Timeline) -> None:
         """Remember a running job: how long it has run so far is data too."""
         if timeline.start_by is None or timeline.last is None:
             return
@@ -230,7 +231,7 @@ class LearnedPollPolicy:
             while len(self._running) > 1000:
                 self._running.popitem(last=False)
 
-    def plan(self, generation: Generation, attempt: int = 1) -> float | None:
+    def plan(self, generation: PolledJob, attempt: int = 1) -> float | None:
         """Seconds until the next poll, or None where the fallback decides."""
         key = class_key(generation)
         timeline = Timeline.of(generation)
@@ -281,7 +282,7 @@ class LearnedPollPolicy:
         starts = [(t0 + q, w) for q, w in points]
         return starts, _spread(starts) > self.probe_ratio * _spread(work)
 
-    def _overdue(self, generation: Generation, since: float, sticky: bool = True) -> float:
+    def _overdue(self, generation: PolledJob, since: float, sticky: bool = True) -> float:
         """For a job past every prediction: the fallback's later polls, bounded by its max_delay.
 
         A job that outlived its predicted end stays so until it ends (the

@@ -1,6 +1,6 @@
 """What a batch run is made of: its tasks, its outcomes, and the records it writes.
 
-:func:`plan` reads the manifest's :class:`~arta.manifest.JobState` of every
+:func:`plan` reads the manifest's :class:`~arta.batch.manifest.JobState` of every
 job and decides, before any request, what this run does with it: skip it
 (done), resume it by record id, or submit it (again, with the same seed, if
 an earlier run may already have: *possibly resubmitted*).
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from arta.batch.jobfile import BatchJob
+from arta.batch.manifest import JobState, Manifest, ManifestError
 from arta.errors import (
     ArtaError,
     DownloadError,
@@ -24,8 +26,6 @@ from arta.errors import (
     InvalidInputError,
     SubmitOutcomeUnknown,
 )
-from arta.jobfile import BatchJob
-from arta.manifest import JobState, Manifest, ManifestError
 from arta.params import GenerationParams
 from arta.result import Result
 

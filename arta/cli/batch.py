@@ -27,10 +27,10 @@ from arta.batch import (
     run_batch,
     running,
 )
+from arta.batch.manifest import MANIFEST_NAME, Manifest, RunLock
+from arta.cli.progress import BatchProgress
 from arta.client import Client
 from arta.errors import InvalidInputError
-from arta.manifest import MANIFEST_NAME, Manifest, RunLock
-from arta.progress import BatchProgress
 from arta.styles import DEFAULT_STYLE, resolve_style
 
 __all__ = ["BatchCommand"]
@@ -71,7 +71,7 @@ class BatchCommand:
         self._lock = RunLock(self.manifest.path)
 
     def lock(self) -> None:
-        """Hold the manifest for the run, or raise :class:`~arta.manifest.ManifestBusy`."""
+        """Hold the manifest for the run, or raise :class:`~arta.batch.manifest.ManifestBusy`."""
         self._lock.acquire()
 
     def unlock(self) -> None:
@@ -136,8 +136,8 @@ class BatchCommand:
         return self._summary()
 
     def _write_gallery(self) -> None:
-        """The ``--gallery`` contact sheet (:mod:`arta.gallery`), from every job's outcome."""
-        gallery = importlib.import_module("arta.gallery")
+        """The ``--gallery`` contact sheet (:mod:`arta.batch.gallery`), from every job's outcome."""
+        gallery = importlib.import_module("arta.batch.gallery")
         by_line = {job.line: job for job in self.jobs}
         entries = [gallery.GalleryEntry(
             prompt=by_line[o.line].prompt,

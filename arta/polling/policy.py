@@ -2,7 +2,7 @@
 
 :class:`PollPolicy` is the fixed policy (tenacity's waits, composed);
 :class:`PollPlanner` is what the loop asks of any policy, so that a policy
-that learns (:class:`arta.learned.LearnedPollPolicy`) is a value like it.
+that learns (:class:`arta.polling.learned.LearnedPollPolicy`) is a value like it.
 The checks here run before anything is sent: a bad timeout or policy is
 an :class:`~arta.errors.InvalidInputError`, never a failure after a submit.
 """
@@ -10,17 +10,41 @@ an :class:`~arta.errors.InvalidInputError`, never a failure after a submit.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import tenacity
 
 from arta.errors import InvalidInputError
+from arta.params import GenerationParams
+from arta.protocol import Status
 
-if TYPE_CHECKING:
-    from arta.generation import Generation
+__all__ = ["PollPlanner", "PollPolicy", "PolledJob", "check_timeout", "check_wait_options"]
 
-__all__ = ["PollPlanner", "PollPolicy", "check_timeout", "check_wait_options"]
+
+class PolledJob(Protocol):
+    """What a poll policy may read of a job (a :class:`~arta.generation.Generation` is one)."""
+
+    @property
+    def record_id(self) -> str:
+        """The job's id at the service."""
+        ...
+
+    @property
+    def params(self) -> GenerationParams | None:
+        """What was asked (None for a job resumed by its id alone)."""
+        ...
+
+    @property
+    def status(self) -> Status:
+        """Where the job stands."""
+        ...
+
+    @property
+    def seen(self) -> Sequence[tuple[float, Status]]:
+        """Every answer about the job: ``(unix_time, status)``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -58,11 +82,11 @@ class PollPolicy:
             raise InvalidInputError(f"PollPolicy.growth must be a number >= 1, not {self.growth!r}")
         check_timeout(self.timeout, "PollPolicy.timeout")
 
-    def next_delay(self, generation: Generation, attempt: int) -> float:
+    def next_delay(self, generation: PolledJob, attempt: int) -> float:
         """Seconds from now until poll number ``attempt`` (1: the first) of ``generation``."""
         return float(self.wait_strategy()(_Attempt(attempt)))  # type: ignore[arg-type]
 
-    def finished(self, generation: Generation) -> None:
+    def finished(self, generation: PolledJob) -> None:
         """A fixed policy learns nothing from a finished job."""
 
     def wait_strategy(self) -> tenacity.wait.wait_base:
@@ -96,11 +120,11 @@ class PollPlanner(Protocol):
         """Default bound of a whole wait, in seconds (None: no bound)."""
         ...
 
-    def next_delay(self, generation: Generation, attempt: int) -> float:
+    def next_delay(self, generation: PolledJob, attempt: int) -> float:
         """Seconds from now until poll number ``attempt`` (1: the first of this wait)."""
         ...
 
-    def finished(self, generation: Generation) -> None:
+    def finished(self, generation: PolledJob) -> None:
         """Called once when ``generation`` is seen DONE or FAILED (a place to learn)."""
         ...
 
