@@ -38,8 +38,8 @@ service-like timing model (and its default 1 s queue delay); (c) 2,000
 
 Columns: CPU ms per job is user+sys of the client process from after its
 imports to the end of its work (the sign-up included), divided by the jobs;
-status requests per job are counted by the emulator (``/emulator/stats``,
-reset before each row); threads is the peak of the client's
+status requests per job and sign-ups are counted by the emulator
+(``/emulator/stats``, reset before each row); threads is the peak of the client's
 ``/proc/PID/status`` ``Threads:``, sampled by this process every 50 ms;
 RSS is the client's ``ru_maxrss``; lateness is, per job, the wall-clock time
 at which the client had the job's URLs minus the ``finished_at`` the
@@ -47,10 +47,10 @@ emulator planned for it (``GET /emulator/jobs/{id}``), both on this
 machine's clock. Ratios are CPU per job against the old provider's row and
 against the bare row on the same transport, in the same load of this run.
 
-    python benchmarks/peer.py                   # everything (several minutes)
-    python benchmarks/peer.py --quick           # a smoke run with small N
-    python benchmarks/peer.py --only map-httpx  # one row (and what its ratios need)
-    python benchmarks/peer.py --jobs 200 --format md
+    python benchmarks/peer.py                   # everything (about 12 minutes on 2 cores)
+    python benchmarks/peer.py --quick           # a smoke run with small N (about 3 minutes)
+    python benchmarks/peer.py --only map-httpx  # one row, in each load (ratios then show -)
+    python benchmarks/peer.py --loads a,c --jobs 200 --format md
 
 No client and no emulator here contacts anything but 127.0.0.1: every client
 process refuses any other address before it connects (``_loopback_only``).
@@ -463,6 +463,7 @@ class Row:
     wall: float = 0.0
     cpu_ms: float = 0.0
     polls: float = 0.0
+    signups: int = 0
     threads: int = 0
     rss_mb: float = 0.0
     late_p50: float = math.nan
@@ -535,6 +536,7 @@ def measure(name: str, server: EmulatorProcess, jobs: int, python: Path, *,
     row.ok, row.errors = len(report["noticed"]), report["error_count"]
     row.wall, row.cpu_ms = report["wall"], 1000 * report["cpu"] / jobs
     row.polls = stats["polls"] / max(1, stats["submits"])
+    row.signups = int(stats["signups"])
     row.rss_mb, row.versions = report["maxrss_mb"], report["versions"]
     row.late_p50, row.late_p95 = percentile(lateness, 50), percentile(lateness, 95)
     if report["lags"]:
@@ -585,7 +587,7 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[str]], style: str) ->
 def load_table(rows: dict[str, Row], style: str) -> str:
     old = rows.get("old")
     headers = ["client", "ok", "wall s", "CPU ms/job", "x old", "x bare", "status req/job",
-               "threads", "RSS MB", "late p50 s", "late p95 s"]
+               "sign-ups", "threads", "RSS MB", "late p50 s", "late p95 s"]
     lines = []
     for name, row in rows.items():
         bare = rows.get(BARE_OF.get(name, ""))
@@ -593,7 +595,7 @@ def load_table(rows: dict[str, Row], style: str) -> str:
         x_bare = row.cpu_ms / bare.cpu_ms if bare and bare.cpu_ms and row.ok else math.nan
         lines.append([name + (f" ({row.note})" if row.note else ""), f"{row.ok}/{row.jobs}",
                       _fmt(row.wall, 1), _fmt(row.cpu_ms), _fmt(x_old), _fmt(x_bare),
-                      _fmt(row.polls), str(row.threads), _fmt(row.rss_mb, 0),
+                      _fmt(row.polls), str(row.signups), str(row.threads), _fmt(row.rss_mb, 0),
                       _fmt(row.late_p50), _fmt(row.late_p95)])
     return render(headers, lines, style)
 
@@ -755,7 +757,7 @@ def main() -> None:
           f"{os.cpu_count()} cores; {time.monotonic() - started:.0f} s in all.")
     print("CPU ms/job: user+sys of the client's own process after its imports / jobs; "
           "x old, x bare: that against the old provider's row and against bare calls on the "
-          "same library, same load; status req/job: counted by the emulator; threads: peak; "
+          "same library, same load; status req/job, sign-ups: counted by the emulator; threads: peak; "
           "late: when the client had the URLs minus the job's finished_at at the emulator.")
     titles = {load.key: load.title for load in loads}
     for key, rows in results.items():
