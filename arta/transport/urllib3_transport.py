@@ -129,7 +129,8 @@ class Urllib3Transport:
             late = too_late_to_send(request, now)
             if late is not None:
                 raise late
-            timeout = urllib3.util.Timeout(*bounded_timeouts(request, now))
+            connect, read = bounded_timeouts(request, now)
+            timeout = urllib3.util.Timeout(connect=connect, read=read)
         if request.json is None and request.form is None and request.multipart is None:
             headers, content = request.headers, None  # a GET: nothing to encode, nothing to copy
         else:
