@@ -7,7 +7,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import requests
 import requests.adapters
@@ -15,6 +15,7 @@ import requests.structures
 import requests.utils
 import urllib3
 import urllib3.exceptions
+from urllib3.connectionpool import HTTPConnectionPool
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
 from arta.redact import redact_logger, scrub_chain
@@ -48,11 +49,20 @@ _NO_BODY_LENGTH = frozenset({"GET", "HEAD"})
 
 
 class _WatchedAdapter(requests.adapters.HTTPAdapter):
-    """An adapter whose pools (direct or through a proxy) use watched connections.
+    """The transport's adapter: watched connections, and less work per request.
 
-    (See :mod:`arta.transport.watchdog`: the socket of a request that is
-    still waiting at its deadline is shut down.)
+    Its pools (direct or through a proxy) use watched connections (see
+    :mod:`arta.transport.watchdog`: the socket of a request that is still
+    waiting at its deadline is shut down). Through the hooks requests
+    exposes for subclasses, it remembers the pool of each origin (requests
+    builds a pool key from the URL on every call) and builds a response
+    without a cookie jar or a guessed text encoding, which the transport
+    never reads.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pools: dict[tuple[str, object, object, object], HTTPConnectionPool] = {}
+        super().__init__(*args, **kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         """Make the pool manager, with watched connections."""
@@ -64,6 +74,39 @@ class _WatchedAdapter(requests.adapters.HTTPAdapter):
         manager: urllib3.ProxyManager = super().proxy_manager_for(proxy, **proxy_kwargs)
         watch_pools(manager)
         return manager
+
+    def get_connection_with_tls_context(
+        self, request: requests.PreparedRequest, verify: bool | str | None,
+        proxies: Mapping[str, str] | None = None, cert: Any = None,
+    ) -> HTTPConnectionPool:
+        """The pool for ``request``, found by requests once per origin, TLS settings and proxy."""
+        key = (_origin(request.url or ""), verify, proxies and proxies.get("all"), cert)
+        pool = self._pools.get(key)
+        if pool is None or pool.pool is None:  # unknown, or closed since (8 hosts are kept)
+            pool = cast(HTTPConnectionPool, super().get_connection_with_tls_context(
+                request, verify, proxies=dict(proxies) if proxies else None, cert=cert))
+            if len(self._pools) >= _ORIGINS_KEPT:
+                self._pools.clear()
+            self._pools[key] = pool
+        return pool
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        """The response, as requests builds it but for its cookies and text encoding."""
+        response = requests.Response()
+        response.status_code = resp.status
+        # urllib3's headers are case-insensitive already: kept, not copied.
+        response.headers = cast("requests.structures.CaseInsensitiveDict[str]", resp.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url or ""
+        response.request = req
+        response.connection = self
+        return response
+
+    def close(self) -> None:
+        """Forget the pools, and close them."""
+        self._pools.clear()
+        super().close()
 
 
 class RequestsTransport:
@@ -233,12 +276,13 @@ class RequestsTransport:
             # Only what read_body can undo within its bound (the session's own
             # default names brotli and zstd where their packages are installed).
             headers["Accept-Encoding"] = ACCEPT_ENCODING
+        method = request.method.upper()
         if content is not None:
             headers["Content-Length"] = str(len(content))
-        elif request.method not in _NO_BODY_LENGTH:
+        elif method not in _NO_BODY_LENGTH:
             headers["Content-Length"] = "0"
         prepared = requests.PreparedRequest()
-        prepared.method = request.method
+        prepared.method = method
         prepared.url = request.url  # its origin was checked by requests when first seen
         prepared.headers = headers
         prepared.body = content

@@ -139,6 +139,7 @@ class Watchdog:
     def after_fork(self) -> None:
         """In a forked child: forget the parent's slots and thread (see the module's doc)."""
         self._reset()
+        _local.slot = None  # (the forking thread's request, if any, is the parent's)
 
     def arm(self, when: float, *, by_deadline: bool = True) -> Slot:
         """A slot whose socket is cut at ``when`` (a ``time.monotonic()`` value) unless disarmed."""
@@ -158,6 +159,8 @@ class Watchdog:
         Under the lock, so that once this returns the watchdog can no longer
         cut the socket: a connection handed back to its pool stays whole.
         """
+        if not slot.armed:  # it never turns true again: no lock needed to see that
+            return slot.fired
         with self._lock:
             if slot.armed:
                 slot.armed = False
@@ -188,10 +191,12 @@ class Watchdog:
                     if not slot.armed:
                         self._dead -= 1
                         continue
-                    slot.armed = False
                     slot.fired = True  # before reading sock: see Slot.attach
                     if slot.sock is not None:
                         cut(slot.sock)
+                    # Last: whoever sees it unarmed without the lock (disarm)
+                    # sees a socket already cut.
+                    slot.armed = False
                 self._wake_at = heap[0][0] if heap else math.inf
                 self._wake.wait(None if not heap else max(0.0, self._wake_at - now))
 
