@@ -344,6 +344,8 @@ def throughput(generations: int, rounds: int) -> list[tuple[str, float, float]]:
             ("bare requests (baseline)", lambda: measure(bare_requests, url, generations)),
             ("RequestsTransport by hand", lambda: measure(by_hand(RequestsTransport), url,
                                                           generations)),
+            ("Urllib3Transport by hand", lambda: measure(by_hand(Urllib3Transport), url,
+                                                         generations)),
         ]
         try:
             HttpxTransport().close()
@@ -355,6 +357,7 @@ def throughput(generations: int, rounds: int) -> list[tuple[str, float, float]]:
             cases.append(("HttpxTransport by hand", lambda: measure(by_hand(HttpxTransport), url,
                                                                     generations)))
         cases.append(("arta + RequestsTransport", lambda: _on(RequestsTransport(), url, generations)))
+        cases.append(("arta + Urllib3Transport", lambda: _on(Urllib3Transport(), url, generations)))
         if has_httpx:
             cases.append(("arta + HttpxTransport", lambda: _on(HttpxTransport(), url, generations)))
 
@@ -439,6 +442,8 @@ def rss_child(kind: str, mode: str, url: str, size: int) -> None:
     # for this test body, so that "whole" measures reading it whole.
     if kind == "requests":
         transport = RequestsTransport(max_body_bytes=size + 1)
+    elif kind == "urllib3":
+        transport = Urllib3Transport(max_body_bytes=size + 1)
     elif kind == "httpx":
         transport = HttpxTransport(max_body_bytes=size + 1)
     elif kind == "inprocess":
@@ -484,7 +489,7 @@ def memory(size_mb: int) -> list[tuple[str, str, float, float, float]]:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    cases = [(kind, mode) for kind in ("bare-requests", "requests", "httpx", "inprocess")
+    cases = [(kind, mode) for kind in ("bare-requests", "requests", "urllib3", "httpx", "inprocess")
              for mode in ("stream", "whole")]
     argvs = [[sys.executable, __file__, "--rss-child", kind, mode,
               "http://arta.test" if kind == "inprocess" else url, str(size_mb * 1024 * 1024)]
