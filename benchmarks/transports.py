@@ -1,5 +1,14 @@
 """Speed, CPU and memory of each transport, beside bare ``requests``, in one run.
 
+0. CPU per request: one status GET after another, against the emulator
+   over loopback (in its own process, so that its CPU is not counted), on
+   each bare HTTP stack (``http.client``, a urllib3 pool, a requests
+   session and its adapter, an httpx client) and through each arta
+   transport's ``handle_request``, with the ratio of each transport to the
+   bare call on the same stack, all measured in the same run. The CPU is
+   the whole process's (the watchdog thread included), best of several
+   interleaved rounds.
+
 1. Throughput: N generations (submit, one status poll, the image streamed
    to disk) through ``arta.Client`` on each transport, against the emulator
    over loopback (``Emulator(queue_seconds=0, progress_seconds=0)``, in its
@@ -19,12 +28,14 @@
    read whole; one subprocess per case, measured with
    ``resource.getrusage(...).ru_maxrss``.
 
-    python benchmarks/transports.py [--generations 300] [--rounds 3] [--size-mb 200]
+    python benchmarks/transports.py [--gets 2000] [--generations 300] [--rounds 3]
+                                    [--size-mb 200] [--parts cpu,throughput,memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import resource
@@ -37,11 +48,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a clone, installed or not: imports below need it
 
 import requests
+import requests.adapters
+import urllib3
 
 import arta
 from arta.transport import (
@@ -50,6 +64,7 @@ from arta.transport import (
     Request,
     RequestsTransport,
     Transport,
+    Urllib3Transport,
 )
 
 PROMPT = "a lighthouse at dusk"
@@ -61,6 +76,163 @@ _EMULATOR = (
     "Emulator(port=0, queue_seconds=0, progress_seconds=0)"
     ".serve_forever(lambda e: print(e.url, flush=True))\n"
 )
+
+
+# -- 0. CPU per status GET -------------------------------------------------------------
+
+
+def _start_emulator() -> tuple[subprocess.Popen[str], str]:
+    """The emulator in its own process (its CPU is not ours), and its URL."""
+    server = subprocess.Popen([sys.executable, "-c", _EMULATOR], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert server.stdout is not None
+    return server, server.stdout.readline().strip()
+
+
+def _status_request(url: str, folder: Path) -> Request:
+    """A status GET of one submitted job: the request a poll sends."""
+    from arta import api
+    from arta.params import GenerationParams
+
+    settings = arta.Client(url, home=folder).settings  # the URLs only
+    transport = RequestsTransport()
+    try:
+        token = api.parse_signup(transport.handle_request(api.signup_request(settings))).id_token
+        job = api.parse_job(transport.handle_request(
+            api.submit_request(settings, token, GenerationParams.create(PROMPT, seed=SEED))))
+    finally:
+        transport.close()
+    return api.status_request(settings, token, job.record_id)
+
+
+def cpu_per_get(gets: int, rounds: int) -> list[tuple[str, float, str]]:
+    """Rows of (case, CPU µs per status GET, the bare case of the same stack or "").
+
+    Each case sends the same GET (same headers), reads the whole body, and
+    parses nothing; each is warmed up (connections made) before it counts.
+    """
+    from arta.emulator import EmulatorApp
+
+    server, url = _start_emulator()
+    closers: list[Callable[[], None]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="arta-bench-") as folder:
+            request = _status_request(url, Path(folder))
+        headers = dict(request.headers)
+        parts = urlsplit(request.url)
+        host, port, path = parts.hostname or "", parts.port or 80, parts.path
+
+        connection = http.client.HTTPConnection(host, port)
+        closers.append(connection.close)
+
+        def bare_http_client() -> None:
+            connection.request("GET", path, headers=headers)
+            connection.getresponse().read()
+
+        pool = urllib3.HTTPConnectionPool(host, port, maxsize=1, retries=False)
+        closers.append(pool.close)
+
+        def bare_urllib3() -> None:
+            pool.urlopen("GET", path, headers=headers, timeout=urllib3.Timeout(5, 30)).data  # noqa: B018
+
+        session = requests.Session()
+        closers.append(session.close)
+
+        def bare_session() -> None:
+            session.get(request.url, headers=headers, timeout=(5, 30)).content  # noqa: B018
+
+        adapter = requests.adapters.HTTPAdapter(max_retries=0)
+        closers.append(adapter.close)
+        prepared = requests.Request("GET", request.url, headers=headers).prepare()
+
+        def bare_adapter() -> None:
+            adapter.send(prepared, timeout=(5, 30)).content  # noqa: B018
+
+        cases: list[tuple[str, Callable[[], None], str]] = [
+            ("bare http.client", bare_http_client, ""),
+            ("bare urllib3 pool", bare_urllib3, ""),
+            ("bare requests Session.get", bare_session, ""),
+            ("bare requests adapter.send", bare_adapter, ""),
+        ]
+        transports: list[tuple[str, Transport, str]] = [
+            ("RequestsTransport", RequestsTransport(), "bare requests Session.get"),
+            ("Urllib3Transport", Urllib3Transport(), "bare urllib3 pool"),
+        ]
+        try:
+            import httpx
+
+            client = httpx.Client()
+            closers.append(client.close)
+
+            def bare_httpx() -> None:
+                client.get(request.url, headers=headers, timeout=httpx.Timeout(30, connect=5)).content  # noqa: B018
+
+            cases.append(("bare httpx Client.get", bare_httpx, ""))
+            transports.append(("HttpxTransport", HttpxTransport(), "bare httpx Client.get"))
+        except ImportError:
+            print("  httpx not installed: its rows are skipped", file=sys.stderr)
+        for name, transport, bare in transports:
+            closers.append(transport.close)
+            cases.append((f"{name}.handle_request", lambda t=transport: t.handle_request(request),
+                          bare))
+        # In-process: the same GET to the app in this process, beside the app's
+        # own ``handle`` called directly (the app's work is in both).
+        app = EmulatorApp(queue_seconds=0, progress_seconds=0)
+        inprocess = InProcessTransport(app, base_url="http://arta.test")
+        local = _status_request_in_process(inprocess)
+        app_request = _app_request(local)
+        cases.append(("bare EmulatorApp.handle", lambda: app.handle(app_request), ""))
+        cases.append(("InProcessTransport.handle_request",
+                      lambda: inprocess.handle_request(local), "bare EmulatorApp.handle"))
+
+        best: dict[str, float] = {}
+        for name, call, _ in cases:  # warm up: connections, caches, the watchdog's thread
+            for _ in range(100):
+                call()
+        for _ in range(rounds):
+            for name, call, _ in cases:
+                started = time.process_time()
+                for _ in range(gets):
+                    call()
+                cost = (time.process_time() - started) / gets * 1e6
+                best[name] = min(best.get(name, cost), cost)
+        return [(name, best[name], bare) for name, _, bare in cases]
+    finally:
+        for close in closers:
+            close()
+        server.terminate()
+        server.wait(10)
+
+
+def _status_request_in_process(transport: InProcessTransport) -> Request:
+    from arta import api
+    from arta.params import GenerationParams
+
+    settings = arta.Client("http://arta.test", home=tempfile.mkdtemp(prefix="arta-bench-")).settings
+    token = api.parse_signup(transport.handle_request(api.signup_request(settings))).id_token
+    job = api.parse_job(transport.handle_request(
+        api.submit_request(settings, token, GenerationParams.create(PROMPT, seed=SEED))))
+    return api.status_request(settings, token, job.record_id)
+
+
+def _app_request(request: Request) -> Any:
+    """What the in-process transport hands the app for ``request``."""
+    from arta.emulator.messages import Request as AppRequest
+
+    parts = urlsplit(request.url)
+    headers, _ = request.encode()
+    return AppRequest(request.method, parts.path, {**headers, "Host": parts.netloc}, b"")
+
+
+def print_cpu(rows: list[tuple[str, float, str]], gets: int, rounds: int) -> None:
+    """The table of :func:`cpu_per_get`."""
+    print(f"CPU per sequential status GET against the emulator over loopback: {gets} GETs per"
+          f" round, best of {rounds} interleaved rounds\n")
+    costs = {name: cost for name, cost, _ in rows}
+    print(f"{'case':36} {'CPU us/GET':>11}  {'x bare, same stack':>19}")
+    for name, cost, bare in rows:
+        ratio = f"{cost / costs[bare]:6.2f} ({bare})" if bare else ""
+        print(f"{name:36} {cost:11.1f}  {ratio}")
 
 
 # -- 1. throughput and CPU -----------------------------------------------------------
@@ -172,6 +344,8 @@ def throughput(generations: int, rounds: int) -> list[tuple[str, float, float]]:
             ("bare requests (baseline)", lambda: measure(bare_requests, url, generations)),
             ("RequestsTransport by hand", lambda: measure(by_hand(RequestsTransport), url,
                                                           generations)),
+            ("Urllib3Transport by hand", lambda: measure(by_hand(Urllib3Transport), url,
+                                                         generations)),
         ]
         try:
             HttpxTransport().close()
@@ -183,6 +357,7 @@ def throughput(generations: int, rounds: int) -> list[tuple[str, float, float]]:
             cases.append(("HttpxTransport by hand", lambda: measure(by_hand(HttpxTransport), url,
                                                                     generations)))
         cases.append(("arta + RequestsTransport", lambda: _on(RequestsTransport(), url, generations)))
+        cases.append(("arta + Urllib3Transport", lambda: _on(Urllib3Transport(), url, generations)))
         if has_httpx:
             cases.append(("arta + HttpxTransport", lambda: _on(HttpxTransport(), url, generations)))
 
@@ -267,6 +442,8 @@ def rss_child(kind: str, mode: str, url: str, size: int) -> None:
     # for this test body, so that "whole" measures reading it whole.
     if kind == "requests":
         transport = RequestsTransport(max_body_bytes=size + 1)
+    elif kind == "urllib3":
+        transport = Urllib3Transport(max_body_bytes=size + 1)
     elif kind == "httpx":
         transport = HttpxTransport(max_body_bytes=size + 1)
     elif kind == "inprocess":
@@ -312,7 +489,7 @@ def memory(size_mb: int) -> list[tuple[str, str, float, float, float]]:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    cases = [(kind, mode) for kind in ("bare-requests", "requests", "httpx", "inprocess")
+    cases = [(kind, mode) for kind in ("bare-requests", "requests", "urllib3", "httpx", "inprocess")
              for mode in ("stream", "whole")]
     argvs = [[sys.executable, __file__, "--rss-child", kind, mode,
               "http://arta.test" if kind == "inprocess" else url, str(size_mb * 1024 * 1024)]
@@ -341,6 +518,9 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=300, help="generations per transport")
     parser.add_argument("--rounds", type=int, default=3, help="turns each case takes (best kept)")
     parser.add_argument("--size-mb", type=int, default=200, help="size of the large download")
+    parser.add_argument("--gets", type=int, default=2000, help="status GETs per case and round")
+    parser.add_argument("--parts", default="cpu,throughput,memory",
+                        help="which tables, comma-separated: cpu, throughput, memory")
     parser.add_argument("--rss-child", nargs=4, metavar=("KIND", "MODE", "URL", "SIZE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -349,21 +529,29 @@ def main() -> None:
         rss_child(kind, mode, url, int(size))
         return
 
+    parts = {part.strip() for part in args.parts.split(",")}
     started = time.perf_counter()
-    print(f"Throughput: {args.generations} generations per round (submit + status + image ="
-          f" 3 requests), best of {args.rounds} rounds, emulator over loopback\n")
-    rows = throughput(args.generations, args.rounds)
-    base_rps, base_cpu = rows[0][1], rows[0][2]
-    print(f"{'case':28} {'req/s':>8} {'x bare':>7} {'CPU ms/gen':>11} {'x bare':>7}")
-    for name, rps, cpu in rows:
-        print(f"{name:28} {rps:8.0f} {rps / base_rps:7.2f} {cpu:11.2f} {cpu / base_cpu:7.2f}")
-
-    print(f"\nPeak RSS downloading {args.size_mb} MB (a fresh process per case)\n")
-    print(f"{'transport':16} {'mode':8} {'RSS before MB':>14} {'peak MB':>8} "
-          f"{'growth MB':>10} {'seconds':>8}")
-    for kind, mode, before, peak, seconds in memory(args.size_mb):
-        print(f"{kind:16} {mode:8} {before:14.1f} {peak:8.1f} {peak - before:10.1f} {seconds:8.3f}")
-    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+    if "cpu" in parts:
+        print_cpu(cpu_per_get(args.gets, args.rounds), args.gets, args.rounds)
+        print()
+    if "throughput" in parts:
+        print(f"Throughput: {args.generations} generations per round (submit + status + image ="
+              f" 3 requests), best of {args.rounds} rounds, emulator over loopback\n")
+        rows = throughput(args.generations, args.rounds)
+        base_rps, base_cpu = rows[0][1], rows[0][2]
+        print(f"{'case':28} {'req/s':>8} {'x bare':>7} {'CPU ms/gen':>11} {'x bare':>7}")
+        for name, rps, cpu in rows:
+            print(f"{name:28} {rps:8.0f} {rps / base_rps:7.2f} {cpu:11.2f} {cpu / base_cpu:7.2f}")
+        print()
+    if "memory" in parts:
+        print(f"Peak RSS downloading {args.size_mb} MB (a fresh process per case)\n")
+        print(f"{'transport':16} {'mode':8} {'RSS before MB':>14} {'peak MB':>8} "
+              f"{'growth MB':>10} {'seconds':>8}")
+        for kind, mode, before, peak, seconds in memory(args.size_mb):
+            print(f"{kind:16} {mode:8} {before:14.1f} {peak:8.1f} {peak - before:10.1f} "
+                  f"{seconds:8.3f}")
+        print()
+    print(f"(total {time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

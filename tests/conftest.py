@@ -20,7 +20,7 @@ import pytest
 
 import arta
 from arta.emulator import Emulator
-from arta.transport import HttpxTransport, InProcessTransport
+from arta.transport import HttpxTransport, InProcessTransport, Urllib3Transport
 
 #: Poll fast: the emulator's jobs take a fraction of a second in tests.
 FAST_POLL = arta.PollPolicy(first_delay=0.02, growth=1.5, max_delay=0.1, jitter=0.01)
@@ -64,7 +64,7 @@ def emulator() -> Iterator[Emulator]:
 
 
 def transport_from_env(emulator: Emulator) -> arta.transport.Transport | None:
-    """The transport that ``ARTA_TEST_TRANSPORT`` names: requests (the default), httpx, inprocess.
+    """The transport that ``ARTA_TEST_TRANSPORT`` names: requests (the default), urllib3, httpx, inprocess.
 
     None stands for requests: the client then makes its default transport,
     so the default path is the one tested.
@@ -72,11 +72,14 @@ def transport_from_env(emulator: Emulator) -> arta.transport.Transport | None:
     kind = os.environ.get("ARTA_TEST_TRANSPORT", "").strip().lower() or "requests"
     if kind == "requests":
         return None
+    if kind == "urllib3":
+        return Urllib3Transport()
     if kind == "httpx":
         return HttpxTransport()
     if kind == "inprocess":
         return InProcessTransport(emulator)
-    raise pytest.UsageError(f"ARTA_TEST_TRANSPORT must be requests, httpx or inprocess, not {kind!r}")
+    raise pytest.UsageError(
+        f"ARTA_TEST_TRANSPORT must be requests, urllib3, httpx or inprocess, not {kind!r}")
 
 
 @pytest.fixture

@@ -4,6 +4,10 @@ A client reaches a mode through its endpoint: ``http://127.0.0.1:PORT/<mode>``
 makes every call (sign-up, refresh, submit, status, images) go to
 ``/<mode>/...``, so that many clients can attack in parallel, each its own way.
 The server counts what each mode was asked, by call.
+
+Leaving the ``with`` block stops the server at once: the waits of the slow
+modes end, and every connection still open is shut down, so that no handler
+thread outlives its test by more than a moment.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import collections
 import http.server
 import json
+import select
+import socket
 import threading
 import time
 import zlib
@@ -44,6 +50,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.opened(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.closed(self.connection)
+
+    def hung_up(self) -> bool:
+        """True if the client closed its end (or the server is stopping)."""
+        if self.server.stopping.is_set():
+            return True
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def _route(self) -> tuple[str, str]:
         mode, _, rest = self.path.lstrip("/").partition("/")
         return mode, rest
@@ -59,7 +85,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         mode, rest = self._route()
         call = ("signup" if "signupNewUser" in rest else "refresh" if "securetoken" in rest
-                else "status" if rest.endswith("/status") else "submit"
+                else "status" if rest.partition("?")[0].endswith("/status") else "submit"
                 if rest.startswith("api/v1/text2image") else "image")
         self.server.count(mode, call)
         self.server.enter(call)
@@ -156,6 +182,41 @@ def _dripping(handler: _Handler, mode: str) -> None:
         time.sleep(0.1)
 
 
+def _drip_status_headers(handler: _Handler, mode: str) -> None:
+    """A status answer whose status line and headers come one byte every 2 s (a new read timeout each)."""
+    handler.close_connection = True  # whatever it sent, the connection is spent
+    body = json.dumps({"record_id": "job", "status": "IN_QUEUE"}).encode()
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    for byte in head:
+        handler.wfile.write(bytes([byte]))
+        if handler.server.stopping.wait(2.0) or handler.hung_up():
+            return
+    handler.wfile.write(body)
+
+
+def _drip_status_body(handler: _Handler, mode: str) -> None:
+    """Headers at once, then a 1000-byte body one byte a second."""
+    handler.close_connection = True  # whatever it sent, the connection is spent
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    for _ in range(1000):
+        handler.wfile.write(b" ")
+        if handler.server.stopping.wait(1.0) or handler.hung_up():
+            return
+
+
+def _silent(handler: _Handler, mode: str) -> None:
+    """The request is read, then nothing: the connection is held until the client hangs up."""
+    handler.close_connection = True  # whatever it sent, the connection is spent
+    while not handler.server.stopping.wait(0.2):
+        if handler.hung_up():
+            return
+    handler.close_connection = True
+
+
 def _bomb(handler: _Handler, mode: str) -> None:
     handler.send(200, handler.server.bomb, {"Content-Encoding": "gzip"})
 
@@ -223,6 +284,12 @@ ATTACKS: dict[tuple[str, str], Handler] = {
     ("expires-negative", "signup"): _signup_with("-5"),
     ("expires-zero", "signup"): _signup_with("0"),
     ("token-newline", "signup"): _signup_with(token=f" {SECRET}\nx"),
+    # Only the status call misbehaves (sign-up, submit and images answer as usual):
+    # the deadline of one poll, and of the wait, is what these test.
+    ("drip-status-headers", "status"): _drip_status_headers,
+    ("drip-status-body", "status"): _drip_status_body,
+    ("silent-status", "status"): _silent,
+    ("status-retry-after-huge", "status"): _retry_after("1000000000"),
 }
 
 
@@ -239,7 +306,10 @@ class HostileServer(http.server.ThreadingHTTPServer):
         self.bomb = gzip_bomb(1024)  # 1 MB on the wire, 1 GB unpacked
         self.active: collections.Counter[str] = collections.Counter()
         self.most_active: collections.Counter[str] = collections.Counter()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.stopping = threading.Event()  # set on exit: the slow modes stop waiting
+        self._connections: set[socket.socket] = set()
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     @property
     def url(self) -> str:
@@ -259,10 +329,26 @@ class HostileServer(http.server.ThreadingHTTPServer):
         with self._lock:
             self.active[call] -= 1
 
+    def opened(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(connection)
+
+    def closed(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
     def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
         self.shutdown()
         self.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:  # a handler blocked on one returns at once
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler

@@ -1,4 +1,4 @@
-"""One conformance suite for every transport: requests, httpx and in-process.
+"""One conformance suite for every transport: requests, urllib3, httpx and in-process.
 
 Each case is written once and run on each transport (``target`` is the same
 :class:`~transport_cases.CaseApp`, over a loopback socket or called
@@ -51,11 +51,12 @@ from arta.transport import (
     RequestsTransport,
     Response,
     Transport,
+    Urllib3Transport,
     redact_url,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ["requests", "httpx", "inprocess"]
+KINDS = ["requests", "urllib3", "httpx", "inprocess"]
 MiB = 1024 * 1024
 
 
@@ -63,6 +64,8 @@ def make_transport(kind: str, **options: Any) -> Transport:
     """A socket transport of ``kind`` with ``options``."""
     if kind == "requests":
         return RequestsTransport(**options)
+    if kind == "urllib3":
+        return Urllib3Transport(**options)
     if kind == "httpx":
         return HttpxTransport(**options)
     raise AssertionError(f"{kind} is not a socket transport")

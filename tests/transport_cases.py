@@ -54,6 +54,14 @@ def pattern_chunks(size: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
         yield piece
 
 
+def _dripping(size: int) -> Iterator[bytes]:
+    """``size`` bytes, one a second."""
+    for index in range(size):
+        if index:
+            time.sleep(1.0)
+        yield b" "
+
+
 def dropped(response: Response) -> Response:
     """``response`` marked as the emulator marks a ``drop`` fault: never sent, connection closed."""
     # An attribute set on the instance, not a subclass default: the emulator's
@@ -84,6 +92,7 @@ class CaseApp:
     ``/drop``              no answer: the connection is closed
     ``/cut/N``             headers for N bytes, half of them, then the connection closed
     ``/status/C``          status C (with ``Retry-After: 7`` for 429 and 503)
+    ``/drip/N``            N bytes, produced one a second (a body that takes N seconds)
 
     ``seen`` lists ``(method, target)`` of every request that reached it, to
     prove that nothing was sent twice.
@@ -121,6 +130,11 @@ class CaseApp:
             size = int(arg)
             return CutResponse(200, {"Content-Type": "application/octet-stream",
                                      "Content-Length": str(size)}, pattern_bytes(size), send=size // 2)
+        if route == "drip":
+            response = Response(200, {"Content-Type": "application/octet-stream",
+                                      "Content-Length": arg}, b"")
+            response.body = _dripping(int(arg))  # type: ignore[assignment]  # streamed
+            return response
         if route == "status":
             code = int(arg)
             retry = {"Retry-After": "7"} if code in (429, 503) else {}

@@ -8,6 +8,7 @@ everything else keeps working. See :class:`Transport` for the contract.
 
 ============================  ==================================================
 :class:`RequestsTransport`    the default: one pooled ``requests.Session``
+:class:`Urllib3Transport`     a bare urllib3 pool: the same options, the fewest frames
 :class:`HttpxTransport`       httpx, HTTP/2 with ``h2`` (``pip install 'arta[httpx]'``)
 :class:`InProcessTransport`   no sockets: calls the emulator's app directly
 :class:`LoggingTransport`     wraps another; logs method, redacted URL, status, latency
@@ -17,6 +18,11 @@ Failures are mapped to two exceptions whose difference matters: a
 :class:`~arta.errors.ConnectError` means nothing was sent (safe to re-send
 anything), a :class:`~arta.errors.NoResponseError` means the request may have
 arrived (a submit must not be blindly re-sent).
+
+A request's ``deadline`` (a :func:`time.monotonic` value) bounds the whole
+exchange on every transport: one watchdog thread per process
+(:mod:`arta.transport.watchdog`) shuts down the socket of a request still
+waiting at its deadline.
 """
 
 from arta.transport.base import (
@@ -35,6 +41,7 @@ from arta.transport.httpx_transport import HttpxTransport
 from arta.transport.inprocess import InProcessTransport
 from arta.transport.logging_transport import LoggingTransport, redact_url
 from arta.transport.requests_transport import DEFAULT_POOL_SIZE, RequestsTransport
+from arta.transport.urllib3_transport import Urllib3Transport
 
 __all__ = [
     "CHUNK_SIZE",
@@ -50,6 +57,7 @@ __all__ = [
     "Response",
     "Timeout",
     "Transport",
+    "Urllib3Transport",
     "describe",
     "read_body",
     "redact_url",

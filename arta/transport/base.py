@@ -1,9 +1,12 @@
 """The transport seam: :class:`Request` and :class:`Response` as data, and the :class:`Transport` protocol.
 
 Nothing here does I/O. A request is a value (method, URL, headers, at most
-one body, timeouts, a stream flag); :meth:`Request.encode` turns its body
-into the exact bytes and ``Content-Type`` that go on the wire, so that every
-transport (and the in-process one, which has no wire) sends the same thing.
+one body, timeouts, a deadline, a stream flag); :meth:`Request.encode` turns
+its body into the exact bytes and ``Content-Type`` that go on the wire, so
+that every transport (and the in-process one, which has no wire) sends the
+same thing. The helpers at the end say what a deadline means to a
+transport: the timeouts it caps, the bound of the whole answer, and the
+error that names it.
 """
 
 from __future__ import annotations
@@ -16,33 +19,42 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol, Union
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol, Union, cast
 from urllib.parse import urlencode
 
 import requests.structures
+import urllib3._collections
 import urllib3.filepost
 
-from arta.errors import MalformedResponse, NoResponseError
+from arta.errors import ConnectError, MalformedResponse, NoResponseError, TransportError
 from arta.redact import redact
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
     from typing_extensions import Self
+
+    from arta.transport.watchdog import Slot
 
 __all__ = [
     "ACCEPT_ENCODING",
     "BODY_TIME_FACTOR",
     "CHUNK_SIZE",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_POOL_SIZE",
     "DEFAULT_TIMEOUT",
     "EncodedRequest",
     "Request",
     "Response",
     "Timeout",
     "Transport",
+    "answer_bound",
+    "bounded_timeouts",
     "connect_failure",
     "describe",
+    "expired",
+    "overdue",
     "read_body",
     "secrets_of",
+    "too_late_to_send",
 ]
 
 #: ``(connect, read)`` seconds; a float sets both.
@@ -62,6 +74,10 @@ CHUNK_SIZE = 64 * 1024
 #: not in a ``MemoryError``. Transports take ``max_body_bytes`` to change it.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
+#: Connections kept open per host: the number of threads that may share one
+#: client before a request has to open a fresh connection.
+DEFAULT_POOL_SIZE = 16  # the I/O threads of a client's poll loop
+
 #: A body that is not streamed must arrive whole within this many read
 #: timeouts: the read timeout bounds the silence between two bytes, this
 #: bounds a server dripping one byte at a time.
@@ -69,6 +85,14 @@ BODY_TIME_FACTOR = 4
 
 #: The encodings :func:`read_body` can undo (with a bound on the output).
 ACCEPT_ENCODING = "gzip, deflate"
+
+#: The shortest timeout a socket is given when a deadline is near (0 would
+#: make it non-blocking, and None would make it wait forever).
+MIN_TIMEOUT = 0.001
+
+#: A timeout that fires this close to the deadline is the deadline's doing
+#: (a capped socket timeout may fire a hair before the deadline itself).
+DEADLINE_SLACK = 0.05
 
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
@@ -91,6 +115,18 @@ class Request:
     is ``(connect, read)`` seconds, or one float for both. With ``stream``
     the response body is not read up front: iterate
     :meth:`Response.iter_bytes` and close the response.
+
+    ``deadline`` is a :func:`time.monotonic` value: the caller's whole wait
+    ends then, whatever the server does. A transport returns or raises by
+    then (give or take a few milliseconds): its connect and read timeouts
+    are each capped by the time left, and a server that keeps the socket
+    busy (a status line dripping a byte every two seconds restarts every
+    read timeout) is cut off. A streamed body is bounded by it too while it
+    is being read. None (the default): only ``timeout`` and, for a body
+    that is not streamed, :data:`BODY_TIME_FACTOR` read timeouts bound it.
+    Past the deadline the error is :class:`~arta.errors.ConnectError` if no
+    connection was made (nothing sent), else
+    :class:`~arta.errors.NoResponseError`, and its message says so.
     """
 
     method: str
@@ -166,7 +202,11 @@ class Response:
         close: Callable[[], None] | None = None,
     ) -> None:
         self.status = status
-        self.headers: MutableMapping[str, str] = requests.structures.CaseInsensitiveDict(headers)
+        # A mapping that is already case-insensitive (urllib3's, requests')
+        # is kept as it is: no copy per response.
+        self.headers: MutableMapping[str, str] = (
+            cast("MutableMapping[str, str]", headers) if isinstance(headers, _CASE_INSENSITIVE)
+            else requests.structures.CaseInsensitiveDict(headers))
         self._content = content
         self._chunks = chunks
         self._close = close
@@ -211,6 +251,9 @@ class Response:
         return f"Response({self.status})"
 
 
+_CASE_INSENSITIVE = (requests.structures.CaseInsensitiveDict, urllib3._collections.HTTPHeaderDict)
+
+
 class Transport(Protocol):
     """What :class:`arta.Client` needs of an HTTP stack: send one request, get one response.
 
@@ -220,7 +263,10 @@ class Transport(Protocol):
     never inside it: the client decides what may be sent again.
 
     The request carries its body (:meth:`Request.encode` gives the bytes),
-    its ``(connect, read)`` timeout and a ``stream`` flag. Without
+    its ``(connect, read)`` timeout, its ``deadline`` and a ``stream``
+    flag. It returns or raises by the deadline (see :class:`Request`;
+    :func:`bounded_timeouts`, :func:`answer_bound` and :func:`overdue`
+    say how). Without
     ``stream`` the response holds the whole body and no connection; with it,
     the body is an iterator of chunks and the response must be closed
     (:meth:`Response.iter_bytes` and ``with`` do it).
@@ -238,8 +284,8 @@ class Transport(Protocol):
 
     A body that is not streamed is read within bounds (:func:`read_body`):
     one over the size cap raises :class:`~arta.errors.MalformedResponse`
-    (a protocol error, never retried), one that takes longer than a few
-    read timeouts a ``NoResponseError``.
+    (a protocol error, never retried), one whose whole answer takes longer
+    than a few read timeouts a ``NoResponseError``.
 
     Neither message may hold the query string or a header value (they carry
     the API key and the token): :func:`describe` names a request safely,
@@ -267,9 +313,11 @@ def secrets_of(request: Request) -> tuple[str, ...]:
     """The values in ``request`` that must not appear in any error text.
 
     Header values (``Authorization`` is the ID token), form values (the
-    refresh token); whatever a library may quote back in its message.
+    refresh token), the query string (the API key); whatever a library may
+    quote back in its message.
     """
-    values = [*request.headers.values(), *(request.form or {}).values()]
+    values = [*request.headers.values(), *(request.form or {}).values(),
+              request.url.partition("?")[2]]
     return tuple(value for value in values if isinstance(value, str) and len(value) >= 8)
 
 
@@ -291,7 +339,9 @@ def read_body(raw: Iterator[bytes], headers: Mapping[str, str], request: Request
     - A ``Content-Length`` over ``limit`` is refused before a byte is read.
     - ``gzip``/``deflate`` are undone here, never producing more than
       ``limit + 1`` bytes at a time: a 4 MB gzip bomb costs a megabyte.
-    - The body must be whole within :data:`BODY_TIME_FACTOR` read timeouts.
+    - The body must be whole within :data:`BODY_TIME_FACTOR` read timeouts,
+      and by the request's deadline (checked as chunks arrive; the
+      watchdog of a transport's own connections cuts a silent socket too).
 
     Over the limit: :class:`~arta.errors.MalformedResponse` (not retried).
     Too slow: :class:`~arta.errors.NoResponseError`.
@@ -303,7 +353,11 @@ def read_body(raw: Iterator[bytes], headers: Mapping[str, str], request: Request
             f"{limit}-byte limit")
     decoder = _decoder(headers.get("Content-Encoding", ""))
     budget = BODY_TIME_FACTOR * request.read_timeout
+    # Checked between chunks: a backstop for stacks without the watchdog
+    # (a session or client of the caller's), which cuts a slow read itself.
     deadline = time.monotonic() + budget
+    if request.deadline is not None and request.deadline < deadline:
+        deadline = request.deadline
     parts: list[bytes] = []
     size = 0
 
@@ -328,13 +382,85 @@ def read_body(raw: Iterator[bytes], headers: Mapping[str, str], request: Request
                         f"{describe(request)}: the compressed answer is corrupt") from error
                 data = decoder.unconsumed_tail
         if time.monotonic() > deadline:
+            if deadline == request.deadline:
+                raise NoResponseError(f"no whole answer before the deadline: {describe(request)}")
             raise NoResponseError(
                 f"the answer did not arrive whole within {budget:g}s "
                 f"({BODY_TIME_FACTOR} x the read timeout): {describe(request)}")
     if decoder is not None:
         add(decoder.flush())
     return b"".join(parts)
-    return f"{request.method} {request.url.split('?', 1)[0]}"
+
+
+# -- deadlines: what a transport does with Request.deadline -------------------------
+
+
+def bounded_timeouts(request: Request, now: float) -> tuple[float, float]:
+    """``(connect, read)`` seconds for ``request`` sent at ``now``: its own, each capped by the time left."""
+    connect, read = request.connect_timeout, request.read_timeout
+    if request.deadline is not None:
+        left = max(request.deadline - now, MIN_TIMEOUT)
+        connect, read = min(connect, left), min(read, left)
+    return connect, read
+
+
+def answer_bound(request: Request, now: float) -> tuple[float | None, bool]:
+    """When the answer to ``request`` sent at ``now`` must be in, and whether that is its deadline.
+
+    A body that is not streamed must arrive whole (status line, headers and
+    body) within :data:`BODY_TIME_FACTOR` read timeouts, or by the
+    deadline if that comes first. A streamed one (an image) takes as long
+    as it takes, a chunk at most a read timeout apart, unless there is a
+    deadline. ``(None, False)``: nothing to watch.
+    """
+    deadline = request.deadline
+    if request.stream:
+        return deadline, deadline is not None
+    whole = now + BODY_TIME_FACTOR * request.read_timeout
+    if deadline is not None and deadline <= whole:
+        return deadline, True
+    return whole, False
+
+
+def too_late_to_send(request: Request, now: float) -> ConnectError | None:
+    """The error for a request whose deadline has passed before it was sent, else None."""
+    if request.deadline is not None and now >= request.deadline:
+        return ConnectError(f"no connection before the deadline: {describe(request)}")
+    return None
+
+
+def expired(request: Request) -> bool:
+    """True if ``request`` has a deadline and it has come (within :data:`DEADLINE_SLACK`)."""
+    return request.deadline is not None and time.monotonic() >= request.deadline - DEADLINE_SLACK
+
+
+def overdue(request: Request, error: TransportError, slot: Slot | None) -> TransportError:
+    """``error`` (a failure of ``request``), or the one naming the bound that ended it.
+
+    When the watchdog cut the socket (``slot.fired``), or a timeout capped
+    by the deadline fired: :class:`~arta.errors.ConnectError` if the
+    request never started to go out, else
+    :class:`~arta.errors.NoResponseError`. Messages name the request
+    safely (:func:`describe`).
+    """
+    if slot is not None and slot.sending and isinstance(error, ConnectError):
+        # A TLS or proxy error after the request started to go out: it may
+        # have arrived, whatever the library calls it.
+        error = NoResponseError(f"the connection was lost before an answer: {describe(request)}")
+    if slot is not None and slot.fired:
+        if not slot.by_deadline:
+            budget = BODY_TIME_FACTOR * request.read_timeout
+            return NoResponseError(
+                f"the answer did not arrive whole within {budget:g}s "
+                f"({BODY_TIME_FACTOR} x the read timeout): {describe(request)}")
+        sent = slot.sending  # the connection knows, whatever the library raised
+    elif isinstance(error, (ConnectError, NoResponseError)) and expired(request):
+        sent = isinstance(error, NoResponseError)
+    else:
+        return error
+    if sent:
+        return NoResponseError(f"no whole answer before the deadline: {describe(request)}")
+    return ConnectError(f"no connection before the deadline: {describe(request)}")
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:

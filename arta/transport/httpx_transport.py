@@ -7,11 +7,13 @@ tenacity and filelock.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import ssl
+import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
 from arta.redact import redact_logger, scrub_chain
@@ -19,14 +21,19 @@ from arta.transport.base import (
     ACCEPT_ENCODING,
     CHUNK_SIZE,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_POOL_SIZE,
     Request,
     Response,
+    answer_bound,
+    bounded_timeouts,
     connect_failure,
     describe,
+    overdue,
     read_body,
     secrets_of,
+    too_late_to_send,
 )
-from arta.transport.requests_transport import DEFAULT_POOL_SIZE
+from arta.transport.watchdog import Slot, current_slot, set_current_slot, watchdog
 
 if TYPE_CHECKING:
     import httpx
@@ -66,10 +73,19 @@ class HttpxTransport:
     - ``http2``: None (the default) speaks HTTP/2 to servers that offer it
       over TLS if ``h2`` is installed; True requires it.
     - ``client``: your own :class:`httpx.Client`, used as it is and not
-      closed by :meth:`close`.
+      closed by :meth:`close`. Its connections are not the transport's: a
+      request's deadline caps each of its timeouts and is checked between
+      chunks of a body, but a server that keeps a socket busy (headers
+      dripping a byte at a time) is only bounded by each byte's timeout.
     - ``max_body_bytes``: the largest answer read for a request that is
       not streamed, after decompression; such a body must also arrive
       whole within a few read timeouts (see :func:`~arta.transport.read_body`).
+
+    A request's deadline is kept whatever the server does: the watchdog
+    (:mod:`arta.transport.watchdog`) shuts down the socket of a request
+    still waiting at it, through a network backend wrapped around
+    httpcore's. Not on an HTTP/2 connection, which other requests share:
+    there the deadline caps each timeout only.
 
     Raises :class:`~arta.errors.ConfigurationError` if httpx (or, with
     ``http2=True``, h2) is not installed.
@@ -119,42 +135,65 @@ class HttpxTransport:
                 verify=verify, http2=http2, limits=limits, mounts=mounts or None,
                 trust_env=True, follow_redirects=False,
             )
+            self._watched = _watch_client(client)
+        else:
+            self._watched = False
         self.client = client
 
     def handle_request(self, request: Request) -> Response:
         """Send ``request`` through the client, mapping failures to ``TransportError``."""
         import httpx
 
+        now = time.monotonic()
+        late = too_late_to_send(request, now)
+        if late is not None:
+            raise late
         headers, content = request.encode()
         if not request.stream and not any(k.lower() == "accept-encoding" for k in headers):
             headers["Accept-Encoding"] = ACCEPT_ENCODING  # only what read_body can bound
-        timeout = httpx.Timeout(
-            connect=request.connect_timeout, read=request.read_timeout,
-            # Writing a body counts as reading's twin; waiting for a pooled
-            # connection, as connecting's (no byte has left yet).
-            write=request.read_timeout, pool=request.connect_timeout,
-        )
+        connect, read = bounded_timeouts(request, now)
+        # Writing a body counts as reading's twin; waiting for a pooled
+        # connection, as connecting's (no byte has left yet).
+        timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
+        slot: Slot | None = None
+        if self._watched:
+            when, by_deadline = answer_bound(request, now)
+            if when is not None:
+                slot = watchdog.arm(when, by_deadline=by_deadline)
+        set_current_slot(slot)
         try:
             outgoing = self.client.build_request(
                 request.method, request.url, headers=headers, content=content, timeout=timeout)
             answer = self.client.send(outgoing, stream=True)  # bodies are read here, in bounds
         except httpx.HTTPError as error:
-            raise _mapped(error, request) from scrub_chain(error, secrets_of(request))
+            if slot is not None:
+                watchdog.disarm(slot)
+            raise overdue(request, _mapped(error, request), slot) \
+                from scrub_chain(error, secrets_of(request))
         except httpx.InvalidURL as error:
+            if slot is not None:
+                watchdog.disarm(slot)
             raise TransportError(f"invalid URL: {describe(request)}") \
                 from scrub_chain(error, secrets_of(request))
+        finally:
+            set_current_slot(None)
+        if slot is not None:
+            # httpx hands the connection back as soon as the body ends, before
+            # this transport could disarm: the slot goes first (see _disarming).
+            answer.stream = _disarming()(answer.stream, slot)
         if request.stream:
             return Response(
                 answer.status_code,
                 answer.headers,
-                chunks=_guarded(answer.iter_bytes(CHUNK_SIZE), request),
+                chunks=_guarded(answer.iter_bytes(CHUNK_SIZE), request, slot),
                 close=answer.close,
             )
         try:
             content = read_body(answer.iter_raw(), answer.headers, request,
                                 limit=self.max_body_bytes)
         except httpx.HTTPError as error:
-            raise _mapped(error, request) from scrub_chain(error, secrets_of(request))
+            raise overdue(request, _mapped(error, request), slot) \
+                from scrub_chain(error, secrets_of(request))
         finally:
             answer.close()
         return Response(answer.status_code, answer.headers, content=content)
@@ -197,12 +236,136 @@ def _mapped(error: httpx.HTTPError, request: Request) -> TransportError:
     return TransportError(f"{type(error).__name__}: {where}")
 
 
-def _guarded(chunks: Iterator[bytes], request: Request) -> Iterator[bytes]:
+def _guarded(chunks: Iterator[bytes], request: Request, slot: Slot | None) -> Iterator[bytes]:
     """Map failures in the middle of a streamed body to ``NoResponseError``."""
     import httpx
 
+    deadline = request.deadline
     try:
-        yield from chunks
+        for chunk in chunks:
+            if deadline is not None and slot is None and time.monotonic() > deadline:
+                # No watchdog (the caller's client): checked between chunks.
+                raise NoResponseError(f"no whole answer before the deadline: {describe(request)}")
+            yield chunk
     except httpx.HTTPError as error:
-        raise NoResponseError(f"the answer was cut short: {describe(request)}") \
-            from scrub_chain(error, secrets_of(request))
+        raise overdue(request, NoResponseError(f"the answer was cut short: {describe(request)}"),
+                      slot) from scrub_chain(error, secrets_of(request))
+
+
+# -- the watchdog's hold on httpcore's sockets -------------------------------------------
+
+
+def _watch_client(client: httpx.Client) -> bool:
+    """Wrap the network backend of each connection pool of ``client``; True if all were.
+
+    httpx does not take a network backend, so the pools it made are
+    reached through their (private, stable in httpcore 1.x) attributes; a
+    pool without them is left as it is, and only its timeouts bound it.
+    """
+    transports = [client._transport, *client._mounts.values()]
+    watched = True
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if transport is not None and backend is None:
+            watched = False
+        elif backend is not None and not isinstance(backend, _WatchedBackend):
+            pool._network_backend = _WatchedBackend(backend)  # type: ignore[union-attr]
+    return watched
+
+
+class _WatchedBackend:
+    """An httpcore network backend whose streams register their sockets with the watchdog."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None, socket_options: Any = None) -> _WatchedStream:
+        """Connect as the inner backend does; the plain socket is registered at once."""
+        return _WatchedStream(self._inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address,
+            socket_options=socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> _WatchedStream:
+        """Connect as the inner backend does."""
+        return _WatchedStream(self._inner.connect_unix_socket(
+            path, timeout=timeout, socket_options=socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep as the inner backend does."""
+        self._inner.sleep(seconds)
+
+
+class _WatchedStream:
+    """An httpcore network stream that registers its socket in the slot of each request it sends.
+
+    A request starts with a write (its headers), in the thread that sends
+    it: that is where the slot is told which socket to cut. Reads pass
+    straight through. A ``shared`` stream (HTTP/2: many requests at once)
+    never registers: cutting it would end the others too.
+    """
+
+    def __init__(self, inner: Any, *, shared: bool = False) -> None:
+        self._inner = inner
+        self._sock = inner.get_extra_info("socket")
+        self._shared = shared or self._sock is None
+        slot = current_slot()
+        if slot is not None and not self._shared:
+            slot.attach(self._sock)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        """Read as the inner stream does."""
+        data: bytes = self._inner.read(max_bytes, timeout)
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        """Register the socket in this thread's slot, then write."""
+        slot = current_slot()
+        if slot is not None and not self._shared:
+            if slot.sock is not self._sock:
+                slot.attach(self._sock)
+            slot.sending = True
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        """Close as the inner stream does."""
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> _WatchedStream:
+        """Shake hands; the TLS stream is shared if HTTP/2 was agreed on."""
+        inner = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        ssl_object = inner.get_extra_info("ssl_object")
+        http2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+        return _WatchedStream(inner, shared=self._shared or http2)
+
+    def get_extra_info(self, info: str) -> Any:
+        """As the inner stream."""
+        return self._inner.get_extra_info(info)
+
+
+@functools.cache
+def _disarming() -> Callable[[Any, Slot], httpx.SyncByteStream]:
+    """The class of a response stream that disarms its slot before it lets its connection go.
+
+    (Made on first use, since httpx is imported only then.)
+    """
+    import httpx
+
+    class Disarming(httpx.SyncByteStream):
+        def __init__(self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, slot: Slot) -> None:
+            self._inner = inner
+            self._slot = slot
+
+        def __iter__(self) -> Iterator[bytes]:
+            assert isinstance(self._inner, httpx.SyncByteStream)
+            yield from self._inner
+
+        def close(self) -> None:
+            watchdog.disarm(self._slot)
+            assert isinstance(self._inner, httpx.SyncByteStream)
+            self._inner.close()
+
+    return Disarming

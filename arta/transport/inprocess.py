@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from arta.errors import ConnectError, NoResponseError, TransportError
-from arta.transport.base import CHUNK_SIZE, Request, Response, describe
+from arta.transport.base import (
+    CHUNK_SIZE,
+    Request,
+    Response,
+    bounded_timeouts,
+    describe,
+    too_late_to_send,
+)
 
 if TYPE_CHECKING:
     from arta.emulator.messages import Request as AppRequest
@@ -80,7 +87,10 @@ class InProcessTransport:
     The emulator's injected faults are honoured: an answer marked ``drop``
     raises :class:`~arta.errors.NoResponseError`, and one whose ``delay``
     (or the app's own slowness) passes the request's read timeout raises it
-    after waiting out the read timeout, as a socket would. An app's answer
+    after waiting out the read timeout, as a socket would. A request's
+    deadline caps that wait the same way, and is checked between the chunks
+    of a streamed answer; the app's own work cannot be cut short (it runs
+    in the caller's thread). An app's answer
     body may also be an iterable of bytes, streamed as it comes. Exceptions
     from the app are not caught: a bug in a test double shows its traceback
     (a double may raise :class:`~arta.errors.TransportError` subclasses to
@@ -114,21 +124,27 @@ class InProcessTransport:
 
     def handle_request(self, request: Request) -> Response:
         """Encode ``request`` as on the wire, call the app, and return its answer."""
+        started = time.monotonic()
+        late = too_late_to_send(request, started)
+        if late is not None:
+            raise late
         target, host = self._route(request)
         headers, content = request.encode()
         # What a socket client adds, so that the app sees what its server would.
         headers.setdefault("Host", host)
         if content is not None:
             headers["Content-Length"] = str(len(content))
-        started = time.monotonic()
         answer = self.app.handle(self._app_request(request.method, target, headers, content or b""))
         # An injected ``delay`` is how long the server would wait before answering.
         delay = float(getattr(answer, "delay", 0) or 0)
-        remaining = request.read_timeout - (time.monotonic() - started)
+        read_timeout = bounded_timeouts(request, started)[1]
+        remaining = read_timeout - (time.monotonic() - started)
         if delay > remaining:
-            # A socket client gives up at its read timeout: wait out what is
-            # left of it, then fail as a socket would.
+            # A socket client gives up at its read timeout (or deadline): wait
+            # out what is left of it, then fail as a socket would.
             time.sleep(max(0.0, remaining))
+            if read_timeout < request.read_timeout:
+                raise NoResponseError(f"no whole answer before the deadline: {describe(request)}")
             raise NoResponseError(
                 f"no answer within the {request.read_timeout:g}s read timeout: {describe(request)}")
         if delay > 0:
@@ -145,7 +161,8 @@ class InProcessTransport:
             return Response(answer.status, answer.headers, content=data)
         stream = iter(body)
         if request.stream:
-            return Response(answer.status, answer.headers, chunks=stream,
+            chunks = stream if request.deadline is None else _by(request, stream)
+            return Response(answer.status, answer.headers, chunks=chunks,
                             close=getattr(stream, "close", _noop))
         return Response(answer.status, answer.headers, content=b"".join(stream))
 
@@ -174,6 +191,15 @@ def _slices(data: bytes) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(data), CHUNK_SIZE):
         yield bytes(view[start:start + CHUNK_SIZE])
+
+
+def _by(request: Request, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks``, until the deadline of ``request`` (checked as each one is asked for)."""
+    deadline = request.deadline
+    for chunk in chunks:
+        if deadline is not None and time.monotonic() > deadline:
+            raise NoResponseError(f"no whole answer before the deadline: {describe(request)}")
+        yield chunk
 
 
 def _noop() -> None:

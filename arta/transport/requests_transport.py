@@ -1,14 +1,21 @@
-"""The default transport: one pooled :class:`requests.Session`."""
+"""The default transport: one pooled :class:`requests.Session`, sent through its adapter."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 import requests
 import requests.adapters
+import requests.structures
 import requests.utils
+import urllib3
 import urllib3.exceptions
-import urllib3.response
+from urllib3.connectionpool import HTTPConnectionPool
 
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
 from arta.redact import redact_logger, scrub_chain
@@ -16,29 +23,90 @@ from arta.transport.base import (
     ACCEPT_ENCODING,
     CHUNK_SIZE,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_POOL_SIZE,
     Request,
     Response,
-    connect_failure,
+    answer_bound,
+    bounded_timeouts,
     describe,
+    overdue,
     read_body,
     secrets_of,
+    too_late_to_send,
 )
+from arta.transport.urllib3_transport import classify, raw_chunks, read_whole
+from arta.transport.watchdog import Slot, set_current_slot, watch_pools, watchdog
 
 __all__ = ["DEFAULT_POOL_SIZE", "RequestsTransport"]
 
-#: Connections kept open per host: the number of threads that may share one
-#: client before a request has to open a fresh connection.
-DEFAULT_POOL_SIZE = 16  # the I/O threads of a client's poll loop
-
 redact_logger("urllib3.connectionpool")  # its DEBUG request lines hold whole URLs
 
-# urllib3 raises these when no connection was made at all (refused,
-# unreachable, DNS, connect timeout): nothing can have been sent.
-_NEVER_CONNECTED = (
-    urllib3.exceptions.NewConnectionError,
-    urllib3.exceptions.NameResolutionError,
-    urllib3.exceptions.ConnectTimeoutError,
-)
+#: Hosts whose proxy decision is remembered; past it, the memory is cleared.
+_ORIGINS_KEPT = 256
+
+#: Methods that requests sends without ``Content-Length: 0`` when they have no body.
+_NO_BODY_LENGTH = frozenset({"GET", "HEAD"})
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """The transport's adapter: watched connections, and less work per request.
+
+    Its pools (direct or through a proxy) use watched connections (see
+    :mod:`arta.transport.watchdog`: the socket of a request that is still
+    waiting at its deadline is shut down). Through the hooks requests
+    exposes for subclasses, it remembers the pool of each origin (requests
+    builds a pool key from the URL on every call) and builds a response
+    without a cookie jar or a guessed text encoding, which the transport
+    never reads.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pools: dict[tuple[str, object, object, object], HTTPConnectionPool] = {}
+        super().__init__(*args, **kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """Make the pool manager, with watched connections."""
+        super().init_poolmanager(*args, **kwargs)
+        watch_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.ProxyManager:
+        """The (cached) manager for ``proxy``, with watched connections."""
+        manager: urllib3.ProxyManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        watch_pools(manager)
+        return manager
+
+    def get_connection_with_tls_context(
+        self, request: requests.PreparedRequest, verify: bool | str | None,
+        proxies: Mapping[str, str] | None = None, cert: Any = None,
+    ) -> HTTPConnectionPool:
+        """The pool for ``request``, found by requests once per origin, TLS settings and proxy."""
+        key = (_origin(request.url or ""), verify, proxies and proxies.get("all"), cert)
+        pool = self._pools.get(key)
+        if pool is None or pool.pool is None:  # unknown, or closed since (8 hosts are kept)
+            pool = cast(HTTPConnectionPool, super().get_connection_with_tls_context(
+                request, verify, proxies=dict(proxies) if proxies else None, cert=cert))
+            if len(self._pools) >= _ORIGINS_KEPT:
+                self._pools.clear()
+            self._pools[key] = pool
+        return pool
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        """The response, as requests builds it but for its cookies and text encoding."""
+        response = requests.Response()
+        response.status_code = resp.status
+        # urllib3's headers are case-insensitive already: kept, not copied.
+        response.headers = cast("requests.structures.CaseInsensitiveDict[str]", resp.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url or ""
+        response.request = req
+        response.connection = self
+        return response
+
+    def close(self) -> None:
+        """Forget the pools, and close them."""
+        self._pools.clear()
+        super().close()
 
 
 class RequestsTransport:
@@ -53,18 +121,33 @@ class RequestsTransport:
     - ``ca_bundle``: a CA file (or folder) to verify servers with, e.g. a
       corporate one. TLS is always verified: there is no switch to turn it
       off. ``REQUESTS_CA_BUNDLE`` is honoured as in requests.
-    - ``session``: your own session (with its auth, adapters, certificates),
-      used as it is, except that TLS verification stays on and that it is
-      not closed by :meth:`close`, since it is yours. Mount adapters with
-      ``max_retries=0`` (requests' default) on it: a retry inside the
-      transport would re-send a submit behind the client's back.
-
+    - ``session``: your own session (with its auth, adapters, certificates,
+      cookies), used as it is, through ``session.request``, except that TLS
+      verification stays on and that it is not closed by :meth:`close`,
+      since it is yours. Mount adapters with ``max_retries=0`` (requests'
+      default) on it: a retry inside the transport would re-send a submit
+      behind the client's back.
     - ``max_body_bytes``: the largest answer read for a request that is
       not streamed, after decompression (see :func:`~arta.transport.read_body`).
 
     Connect and read timeouts come from each :class:`Request`; a body that
     is not streamed must also arrive whole within a few read timeouts.
     urllib3 is told never to retry: retries are the client's business.
+
+    Without ``session``, the environment (proxies, ``NO_PROXY``, CA bundle)
+    is read once, when the transport is made, and each request goes
+    straight to the session's adapter as a prepared request: requests'
+    ``Session.request`` would merge the environment, the cookie jar and the
+    session's settings again on every call. Cookies are not kept (the
+    service authenticates with a token). A request's deadline is kept
+    whatever the server does (the watchdog cuts the socket of a request
+    still waiting at it).
+
+    With your ``session``, whose adapters are not the transport's, a
+    deadline caps each connect and read timeout and is checked between
+    chunks of a body; but a server that keeps a socket busy (headers
+    dripping a byte at a time) is only bounded by the read timeout of each
+    byte, not by the deadline.
     """
 
     def __init__(
@@ -84,14 +167,16 @@ class RequestsTransport:
             # max_retries=0: urllib3 must send once; a retry in here would re-send a
             # submit behind the client's back. pool_connections is the number of
             # hosts kept (sign-up, refresh, image service, image CDN).
-            adapter = requests.adapters.HTTPAdapter(
-                pool_connections=8, pool_maxsize=pool_size, max_retries=0)
+            adapter = _WatchedAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
+            self._adapter: _WatchedAdapter | None = adapter
         elif session.verify is False:
             raise ConfigurationError(
                 "the session has TLS verification turned off; arta always verifies. "
                 "Pass ca_bundle= (a CA file) to trust a private certificate authority")
+        else:
+            self._adapter = None
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) \
                 or max_body_bytes < 1:
             raise ConfigurationError(
@@ -105,9 +190,127 @@ class RequestsTransport:
         self.proxies: dict[str, str] | None = dict(proxies) if proxies else None
         verify = session.verify if isinstance(session.verify, str) else True
         self._verify: bool | str = ca_bundle or verify
+        if self._adapter is not None:
+            self._settle_environment(session)
+        self._origins: dict[str, dict[str, str] | None] = {}
+        self._origins_lock = threading.Lock()
+
+    def _settle_environment(self, session: requests.Session) -> None:
+        """Read once what ``Session.request`` would read from the environment on every call."""
+        if self._verify is True:
+            self._verify = os.environ.get("REQUESTS_CA_BUNDLE") \
+                or os.environ.get("CURL_CA_BUNDLE") or True
+        environment = {scheme: url for scheme, url in urllib.request.getproxies().items()
+                       if scheme != "no"}
+        # The environment fills in what the argument leaves out, as in requests.
+        self._all_proxies = {**environment, **(self.proxies or {})}
+        self._no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+        # The session's own headers (User-Agent, Accept, Accept-Encoding,
+        # Connection) go out as requests would send them; a request's own win.
+        self._session_headers: dict[str, str] = {
+            name: value for name, value in session.headers.items() if isinstance(value, str)}
+        self._session_names = {name.lower(): name for name in self._session_headers}
+
+    # -- one request -------------------------------------------------------------
 
     def handle_request(self, request: Request) -> Response:
-        """Send ``request`` through the session, mapping failures to ``TransportError``."""
+        """Send ``request`` once through the adapter, mapping failures to ``TransportError``."""
+        now = time.monotonic()
+        late = too_late_to_send(request, now)
+        if late is not None:
+            raise late
+        if self._adapter is None:
+            return self._through_session(request, now)
+        adapter = self._adapter
+        prepared = self._prepare(request)
+        when, by_deadline = answer_bound(request, now)
+        slot = None if when is None else watchdog.arm(when, by_deadline=by_deadline)
+        set_current_slot(slot)
+        try:
+            try:
+                proxies = self._origins[_origin(request.url)]
+            except KeyError:
+                proxies = self._proxies_for(request.url)
+            answer = adapter.send(prepared, stream=True, timeout=bounded_timeouts(request, now),
+                                  verify=self._verify, proxies=proxies)
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                ValueError) as error:
+            if slot is not None:
+                watchdog.disarm(slot)
+            raise overdue(request, _mapped(error, request), slot) \
+                from scrub_chain(error, secrets_of(request))
+        finally:
+            set_current_slot(None)
+        if request.stream:
+            return Response(answer.status_code, answer.headers,
+                            chunks=_guarded(answer.iter_content(CHUNK_SIZE), request, slot),
+                            close=lambda: _close(answer, slot))
+        try:
+            content = read_whole(answer.raw, request, self.max_body_bytes)
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            _close(answer, slot)
+            raise overdue(request, NoResponseError(f"the answer was cut short: {describe(request)}"),
+                          slot) from scrub_chain(error, secrets_of(request))
+        except BaseException:
+            _close(answer, slot)  # over the size limit, interrupted: the connection goes
+            raise
+        answer.raw.release_conn()  # (already back in its pool when the body ended)
+        if slot is not None:
+            watchdog.disarm(slot)  # (a no-op: the pool took the connection back, disarming it)
+        return Response(answer.status_code, answer.headers, content=content)
+
+    def _prepare(self, request: Request) -> requests.PreparedRequest:
+        """``request`` as requests would prepare it in our session, without re-reading the session."""
+        if request.json is None and request.form is None and request.multipart is None:
+            own: Mapping[str, str] = request.headers
+            content = None
+        else:
+            own, content = request.encode()
+        headers = requests.structures.CaseInsensitiveDict(self._session_headers)
+        for name, value in own.items():
+            session_name = self._session_names.get(name.lower())
+            if session_name is not None and session_name != name:
+                del headers[session_name]  # (case-insensitive: a different spelling is the same)
+            headers[name] = value
+        if not request.stream and not any(name.lower() == "accept-encoding" for name in own):
+            # Only what read_body can undo within its bound (the session's own
+            # default names brotli and zstd where their packages are installed).
+            headers["Accept-Encoding"] = ACCEPT_ENCODING
+        method = request.method.upper()
+        if content is not None:
+            headers["Content-Length"] = str(len(content))
+        elif method not in _NO_BODY_LENGTH:
+            headers["Content-Length"] = "0"
+        prepared = requests.PreparedRequest()
+        prepared.method = method
+        prepared.url = request.url  # its origin was checked by requests when first seen
+        prepared.headers = headers
+        prepared.body = content
+        return prepared
+
+    def _proxies_for(self, url: str) -> dict[str, str] | None:
+        """The proxies for the origin of ``url`` (None: go direct), decided once per origin.
+
+        The URL is first prepared by requests, so that an invalid one fails
+        as it would in requests, before any connection.
+        """
+        if not url[:8].lower().startswith(("http://", "https://")):
+            raise requests.exceptions.InvalidSchema(f"no adapter for {url.split(':', 1)[0]!r}")
+        requests.PreparedRequest().prepare_url(url, None)
+        proxies: dict[str, str] | None = None
+        if self._all_proxies and not requests.utils.should_bypass_proxies(
+                url, no_proxy=self._no_proxy):
+            proxy = requests.utils.select_proxy(url, self._all_proxies)
+            if proxy is not None:
+                proxies = {"all": proxy}  # the adapter selects it for this URL again
+        with self._origins_lock:
+            if len(self._origins) >= _ORIGINS_KEPT:
+                self._origins.clear()
+            self._origins[_origin(url)] = proxies
+        return proxies
+
+    def _through_session(self, request: Request, now: float) -> Response:
+        """Send ``request`` through the caller's session, as it is configured."""
         headers, content = request.encode()
         if not request.stream and not any(k.lower() == "accept-encoding" for k in headers):
             headers["Accept-Encoding"] = ACCEPT_ENCODING  # only what read_body can bound
@@ -120,27 +323,29 @@ class RequestsTransport:
                 request.url,
                 headers=headers,
                 data=content,
-                timeout=(request.connect_timeout, request.read_timeout),
+                timeout=bounded_timeouts(request, now),
                 stream=True,  # even a small body is read here, within bounds
                 verify=self._verify,
                 proxies=proxies,
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as error:
-            raise _mapped(error, request) from scrub_chain(error, secrets_of(request))
+            raise overdue(request, _mapped(error, request), None) \
+                from scrub_chain(error, secrets_of(request))
         if request.stream:
             return Response(
                 answer.status_code,
                 answer.headers,
-                chunks=_guarded(answer.iter_content(chunk_size=CHUNK_SIZE), request),
+                chunks=_guarded(answer.iter_content(chunk_size=CHUNK_SIZE), request, None),
                 close=answer.close,
             )
         try:
-            content = read_body(_raw_chunks(answer.raw), answer.headers, request,
+            content = read_body(raw_chunks(answer.raw), answer.headers, request,
                                 limit=self.max_body_bytes)
         except (urllib3.exceptions.HTTPError, OSError) as error:
             scrub_chain(error, secrets_of(request))
-            raise NoResponseError(f"the answer was cut short: {describe(request)}") from error
+            raise overdue(request, NoResponseError(f"the answer was cut short: {describe(request)}"),
+                          None) from error
         finally:
             answer.close()
         return Response(answer.status_code, answer.headers, content=content)
@@ -154,8 +359,17 @@ class RequestsTransport:
         return f"RequestsTransport(pool_size={self.pool_size})"
 
 
-def _mapped(error: requests.exceptions.RequestException, request: Request) -> TransportError:
-    """The ``TransportError`` for a failure of ``session.request``."""
+def _origin(url: str) -> str:
+    """The start of ``url`` up to its path (``scheme://host:port``, as written)."""
+    start = url.find("://") + 3
+    for index in range(start, len(url)):
+        if url[index] in "/?#":
+            return url[:index]
+    return url
+
+
+def _mapped(error: BaseException, request: Request) -> TransportError:
+    """The ``TransportError`` for a failure of ``session.request`` or ``adapter.send``."""
     where = describe(request)
     # The order matters: ConnectTimeout is also a Timeout, ProxyError and
     # SSLError are also ConnectionErrors.
@@ -166,54 +380,36 @@ def _mapped(error: requests.exceptions.RequestException, request: Request) -> Tr
     if isinstance(error, requests.exceptions.SSLError):
         return ConnectError(f"TLS handshake failed (certificate not trusted?): {where}")
     if isinstance(error, requests.exceptions.ConnectionError):
-        return _classify(error, where)
+        return classify(error, where)
     if isinstance(error, requests.exceptions.Timeout):
         return NoResponseError(f"no answer within the {request.read_timeout:g}s read timeout: {where}")
     if isinstance(error, (requests.exceptions.ChunkedEncodingError,
                           requests.exceptions.ContentDecodingError)):
         return NoResponseError(f"the answer was cut short: {where}")
+    if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                          requests.exceptions.MissingSchema, urllib3.exceptions.LocationValueError)):
+        return TransportError(f"invalid URL: {where}")
+    if isinstance(error, ValueError) and not isinstance(error, requests.exceptions.RequestException):
+        return TransportError(f"invalid request (a header value?): {where}")
     return TransportError(f"{type(error).__name__}: {where}")
 
 
-def _classify(error: BaseException, where: str) -> TransportError:
-    """Tell "never connected" from "sent, then the connection died".
-
-    urllib3 wraps a failure to connect in ``NewConnectionError`` (or a name
-    or connect-timeout error), somewhere down the chain of causes; anything
-    else under ``ConnectionError`` happened on a live connection, after the
-    request may have been sent.
-    """
-    cause: BaseException | None = error
-    seen = 0
-    while cause is not None and seen < 10:  # a bound, in case a chain loops
-        if isinstance(cause, _NEVER_CONNECTED):
-            return ConnectError(f"{connect_failure(error)}: {where}")
-        reason = getattr(cause, "reason", None)
-        if isinstance(reason, BaseException):
-            cause = reason
-        elif cause.args and isinstance(cause.args[0], BaseException):
-            cause = cause.args[0]
-        else:
-            cause = cause.__cause__ or cause.__context__
-        seen += 1
-    return NoResponseError(f"the connection was lost before an answer: {where}")
-
-
-def _raw_chunks(raw: urllib3.response.BaseHTTPResponse) -> Iterator[bytes]:
-    """The body's bytes as they arrive, still encoded: each read waits for one network read."""
-    read1 = getattr(raw, "read1", None)  # urllib3 2; 1.26 has only read()
-    while True:
-        data = read1(CHUNK_SIZE, decode_content=False) if read1 is not None \
-            else raw.read(1024, decode_content=False)
-        if not data:
-            return
-        yield data
-
-
-def _guarded(chunks: Iterator[bytes], request: Request) -> Iterator[bytes]:
+def _guarded(chunks: Iterator[bytes], request: Request, slot: Slot | None) -> Iterator[bytes]:
     """Map failures in the middle of a streamed body to ``NoResponseError``."""
+    deadline = request.deadline
     try:
-        yield from chunks
+        for chunk in chunks:
+            if deadline is not None and slot is None and time.monotonic() > deadline:
+                # No watchdog (the caller's session): checked between chunks.
+                raise NoResponseError(f"no whole answer before the deadline: {describe(request)}")
+            yield chunk
     except requests.exceptions.RequestException as error:
-        raise NoResponseError(f"the answer was cut short: {describe(request)}") \
-            from scrub_chain(error, secrets_of(request))
+        raise overdue(request, NoResponseError(f"the answer was cut short: {describe(request)}"),
+                      slot) from scrub_chain(error, secrets_of(request))
+
+
+def _close(answer: requests.Response, slot: Slot | None) -> None:
+    """Stop watching, then release the connection (see ``urllib3_transport._close``)."""
+    if slot is not None:
+        watchdog.disarm(slot)
+    answer.close()
