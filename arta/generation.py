@@ -1,26 +1,13 @@
-"""A submitted job: the ``Generation`` state machine, and how one waits on it.
+"""A submitted job: the ``Generation`` state machine, and how one waits on it (a :class:`Watch`).
 
-::
-
-    SUBMITTED -> IN_QUEUE -> IN_PROGRESS -> DONE
-                        \\-------------\\--> FAILED   (the service said so)
-
-Transitions only move forward; a repeated status is a no-op; a status the
-protocol does not know becomes FAILED with the raw value kept. Client-side
-outcomes (timed out, gave up) are exceptions carrying the ``record_id``, not
-states: the job is never lost, it can always be resumed.
-
-A wait is a :class:`Watch`: a few entries in the client's poll loop, polled
-by the policy's clock, failed polls retried by tenacity's state machine
-(the client's :class:`~arta.retry.RetryPolicy`) with the sleeping done on the
-loop's heap. A ``Generation`` is plain data plus a handle to its client, so
-it pickles (without the handle) and can be re-attached anywhere.
+States and waits are described in docs/design.rst; in short, a status only
+moves forward, and whatever ends a wait without the job's end is an
+exception carrying the ``record_id``: a submitted job is never lost.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import logging
 import queue
 import threading
 import time
@@ -40,8 +27,6 @@ from arta.retry import RetryPolicy, transient
 from arta.transport import Transport
 
 __all__ = ["Generation", "OnChange", "PollPlanner", "PollPolicy", "Session", "Status", "Watch"]
-
-log = logging.getLogger(__name__)
 
 
 class Session(Protocol):
@@ -65,22 +50,16 @@ class Session(Protocol):
         """Start a job for validated ``params``."""
         ...
 
-    def resume(self, record_id: str) -> Generation:
-        """Pick up a job submitted earlier."""
-        ...
-
 
 OnChange = Callable[["Generation"], object]
 
 
 class Generation:
-    """One job on the service, from its submit to DONE or FAILED.
+    """One job on the service, from its submit to DONE or FAILED (``Client.submit``, ``Client.resume``).
 
-    ``refresh()`` polls once; ``wait()`` waits until the job ends;
-    ``result()`` gives the images; ``future()`` is the same wait as a
-    :class:`concurrent.futures.Future`. Every wait runs in the client's poll
-    loop: a waiting job costs a heap entry, not a thread. Obtain one from
-    ``Client.submit`` or ``Client.resume``.
+    ``refresh()`` polls once; ``wait()`` waits until the job ends (a heap
+    entry in the client's poll loop, not a thread); ``result()`` gives the
+    images; ``future()`` is the same wait as a ``concurrent.futures.Future``.
     """
 
     def __init__(self, record_id: str, *, params: GenerationParams | None = None,
@@ -158,12 +137,7 @@ class Generation:
 
     def watch(self, timeout: float | None = None, poll_policy: PollPlanner | None = None,
               stop: threading.Event | None = None) -> Watch:
-        """Start a wait in the client's poll loop and return it (the facades' entry point).
-
-        ``timeout`` (default: the policy's) bounds the wait; the waiter's
-        ``future`` ends with this generation, or with the error that ended
-        the wait (carrying the record id).
-        """
+        """Start a wait in the client's poll loop (the facades' entry point); see :class:`Watch`."""
         check_wait_options(timeout, None, poll_policy)
         session = self._require_session()
         policy = poll_policy or session.poll_policy
@@ -180,11 +154,7 @@ class Generation:
                stop: threading.Event | None = None) -> Iterator[Generation]:
         """Wait until the job ends, yielding the generation at each change of status.
 
-        ``timeout`` (default: the policy's) bounds the whole wait; past it,
-        :class:`~arta.errors.GenerationTimeout` carries the record id.
-        Setting ``stop`` (from any thread) ends the wait promptly with
-        :class:`~arta.errors.GenerationCancelled`: the job itself goes on.
-        Leaving the loop early stops the polling.
+        Ends as :meth:`wait` does; leaving the loop early stops the polling.
         """
         changes: queue.SimpleQueue[bool] = queue.SimpleQueue()
         waiter = self.watch(timeout, poll_policy, stop)
@@ -217,10 +187,8 @@ class Generation:
     def future(self) -> concurrent.futures.Future[Result]:
         """The job's :class:`~arta.result.Result` as a :class:`concurrent.futures.Future`.
 
-        The wait starts at the first call (with the client's poll policy and
-        timeout) and runs in the poll loop; later calls return the same
-        future. It fails with :class:`~arta.errors.GenerationFailed`, or the
-        error that ended the wait, each carrying the record id.
+        The wait (the client's policy and timeout) starts at the first call;
+        later calls return the same future. Its errors carry the record id.
         """
         if self._future is None:
             future: concurrent.futures.Future[Result] = concurrent.futures.Future()
@@ -232,12 +200,9 @@ class Generation:
 
     def _settle(self, done: concurrent.futures.Future[Generation],
                 future: concurrent.futures.Future[Result]) -> None:
-        error = done.exception()
         try:
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(self.result())
+            done.result()
+            future.set_result(self.result())
         except ArtaError as failed:
             future.set_exception(failed)
 
@@ -270,22 +235,6 @@ class Generation:
                       session.transport if session is not None else None,
                       session.retry_policy if session is not None else None)
 
-    def cancelled_error(self, message: str | None = None) -> GenerationCancelled:
-        """The error that ends a wait the caller stopped (the job goes on)."""
-        return GenerationCancelled(
-            message or f"stopped waiting for the job while it was {self.status}; "
-                       "it goes on at the service",
-            record_id=self.record_id,
-        )
-
-    def timeout_error(self, bound: float | None, reason: str | None = None) -> GenerationTimeout:
-        """The error that ends a wait past its timeout (the job may still finish)."""
-        because = f" ({reason})" if reason else ""
-        return GenerationTimeout(
-            f"the job is still {self.status} after {bound or 0:g}s{because}; it may still finish",
-            record_id=self.record_id,
-        )
-
     # -- plain data --------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
@@ -299,15 +248,11 @@ class Generation:
         return f"<Generation {self.record_id} {self.status}>"
 
 
-Listener = Callable[[Generation], object]
-
-
 class Watch:
     """One wait on one job in the client's poll loop: its schedule, listeners and ``future``.
 
-    The future ends with the generation once it is DONE or FAILED, else with
-    the error that ended the wait (timeout, cancellation, a failure), always
-    carrying the record id. Every poll is bounded by the wait's deadline.
+    The future ends with the generation (DONE or FAILED), else with the error
+    that ended the wait, carrying the record id.
     """
 
     def __init__(self, generation: Generation, session: Session, policy: PollPlanner,
@@ -321,9 +266,9 @@ class Watch:
         self.future: concurrent.futures.Future[Generation] = concurrent.futures.Future()
         self._session = session
         self._loop = session.loop
-        self._listeners: list[Listener] = []
+        self._listeners: list[OnChange] = []
         self._polls = 0
-        self._retrying: tenacity.Retrying | None = None
+        self._retrying: tenacity.Retrying | None = None  # made at the first failed poll
         self._failures: tenacity.RetryCallState | None = None
 
     @property
@@ -331,18 +276,21 @@ class Watch:
         """True once the wait has ended, however."""
         return self.future.done()
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: OnChange) -> None:
         """Call ``listener(generation)`` (on an I/O thread; keep it quick) at each change of status."""
         self._listeners.append(listener)
 
     def cancel(self, message: str | None = None) -> bool:
         """End the wait now with :class:`~arta.errors.GenerationCancelled`; False if it had ended."""
-        return self._end(error=self.generation.cancelled_error(message))
+        generation = self.generation
+        return self._end(error=GenerationCancelled(
+            message or f"stopped waiting for the job while it was {generation.status}; "
+                       "it goes on at the service", record_id=generation.record_id))
 
     def start(self) -> None:
         """Enter the loop: the first poll now, or after the policy's first wait if the state is known."""
         if self.timeout == 0:
-            self._end(error=self.generation.timeout_error(0.0))
+            self._end(error=self._timed_out())
             return
         self._loop.add(self)
         known = self.generation.status is not Status.SUBMITTED
@@ -400,7 +348,7 @@ class Watch:
             self.policy.finished(generation)
             self._end(result=generation)
         elif self.deadline is not None and time.monotonic() >= self.deadline:
-            self._end(error=generation.timeout_error(self.timeout))
+            self._end(error=self._timed_out())
         else:
             self._schedule(self.policy.next_delay(generation, self._polls + 1))
 
@@ -424,10 +372,15 @@ class Watch:
         policy = self._session.retry_policy
         if transient(error) and attempts < policy.attempts and self.deadline is not None:
             # Stopped by the deadline: sleeping through it would only postpone the answer.
-            return self.generation.timeout_error(
-                self.timeout, f"the service asked to wait {policy.delay(error, attempts):g}s "
-                              f"more ({error})")
+            return self._timed_out(f"the service asked to wait {policy.delay(error, attempts):g}s "
+                                   f"more ({error})")
         return error.with_record_id(self.generation.record_id)
+
+    def _timed_out(self, reason: str | None = None) -> GenerationTimeout:
+        because = f" ({reason})" if reason else ""
+        return GenerationTimeout(
+            f"the job is still {self.generation.status} after {self.timeout or 0:g}s{because}; "
+            "it may still finish", record_id=self.generation.record_id)
 
     def _end(self, *, result: Generation | None = None,
              error: BaseException | None = None) -> bool:

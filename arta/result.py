@@ -1,10 +1,8 @@
 """The images of a finished job, and saving them to disk safely.
 
-File names are made here, from the record id, the image's index and the
-seed: never from the server's name or URL path, which could hold ``../``.
-Each image is streamed to a temporary file in the target folder and renamed
-into place, so an interrupted download never leaves a half image under the
-final name.
+File names come from the record id, index and seed, never from the server
+(which could send ``../``); each image is streamed to a temporary file and
+renamed into place, so no half image ever has the final name.
 """
 
 from __future__ import annotations
@@ -63,12 +61,10 @@ _EC2_METADATA_V6 = ipaddress.IPv6Address("fd00:ec2::254")
 #: thousands costs this many threads, not thousands.
 MAX_DOWNLOAD_THREADS = 8
 
-#: Longest file name stem (the extension comes on top), well under the
-#: 255 bytes most file systems allow.
+#: Longest file name stem (the extension on top), well under most file systems' 255 bytes.
 MAX_STEM = 160
 
-#: ``.part`` files of downloads untouched for this long were left by a
-#: killed process; they are removed at the next save into their folder.
+#: ``.part`` files untouched this long were left by a killed process; the next save removes them.
 STALE_PART_SECONDS = 60.0
 
 
@@ -97,10 +93,8 @@ def _fit(text: str, limit: int) -> str:
 def _blocked_host(url: str, endpoint: str | None) -> str | None:
     """Why ``url`` must not be fetched (not http(s), or a link-local/metadata address), or None.
 
-    An image URL comes from the server. One on 169.254.0.0/16 or
-    ``fd00:ec2::254`` would make this machine fetch its own cloud metadata
-    (credentials) on the server's behalf; allowed only when the endpoint
-    itself lives on such an address (a test rig).
+    A server's URL on 169.254.0.0/16 or ``fd00:ec2::254`` would fetch this
+    machine's cloud credentials; allowed only for an endpoint there too (a test rig).
     """
     try:
         parts = urlsplit(url)

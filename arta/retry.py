@@ -35,7 +35,7 @@ from arta.errors import (
     TransportError,
 )
 
-__all__ = ["TRANSIENT_STATUSES", "RetryPolicy", "retry_after", "surely_not_taken", "transient"]
+__all__ = ["TRANSIENT_STATUSES", "RetryPolicy", "congested", "retry_after", "surely_not_taken", "transient"]
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,18 @@ def transient(error: BaseException) -> bool:
     return isinstance(error, (TransportError, ProtocolError))
 
 
+def congested(error: BaseException) -> bool:
+    """True if the service said it is too busy (429, 503): send less, and nothing was taken.
+
+    The one statement of the congestion rule: the engine's window halves on
+    it, and a submit refused so is no failed job.
+    """
+    return isinstance(error, ServiceError) and error.status in (429, 503)
+
+
 def surely_not_taken(error: BaseException) -> bool:
     """True if the server surely did not act on the request, so even a submit may be re-sent."""
-    if isinstance(error, ServiceError):
-        return error.status in (429, 503)
-    return isinstance(error, ConnectError)
+    return congested(error) or isinstance(error, ConnectError)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

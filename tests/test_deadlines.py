@@ -99,7 +99,7 @@ print(json.dumps({"seconds": time.monotonic() - started, "code": code}), file=sy
 
 def _cli(endpoint: str, home: Path) -> tuple[Ended, str]:
     env = {**os.environ, "ARTA_HOME": str(home), "PYTHONPATH": str(ROOT), "NO_PROXY": "*"}
-    done = subprocess.run([sys.executable, "-c", _CLI, str(T), endpoint], env=env,
+    done = subprocess.run([sys.executable, "-c", _CLI, str(T), endpoint], check=False, env=env,
                           capture_output=True, text=True, timeout=120)
     timing = json.loads(done.stderr.strip().splitlines()[-1])
     error = "GenerationTimeout" if timing["code"] == 4 else f"exit {timing['code']}"

@@ -52,10 +52,10 @@ from arta.errors import (
     ArtaError,
     ConnectError,
     InvalidInputError,
-    RateLimitedError,
     ServiceError,
 )
 from arta.result import Result
+from arta.retry import congested
 
 if TYPE_CHECKING:
     import distributed
@@ -215,7 +215,7 @@ class _Batch:
         try:
             generation = self.client.submit_params(params, retry=False)
         except ServiceError as error:
-            if not (isinstance(error, RateLimitedError) or error.status in (429, 503)):
+            if not congested(error):
                 self._failed(recorder, error, params.seed)
                 return None
             self.window.rejected(ticket, error.retry_after)  # congestion: never a failure

@@ -1,17 +1,10 @@
 """Paint the emulator's placeholder pictures: a sky, a sun or moon, clouds, mountains.
 
-Every picture is a pure function of ``(prompt, style, seed, aspect_ratio)``:
-a :class:`random.Random` seeded from a SHA-256 of those inputs (never
-Python's salted ``hash()``) draws the scene, so the same request gives
-byte-identical files in every process and on every run, and another seed
-gives another landscape.
-
-Speed matters more than detail (a test suite may download hundreds of
-these), so nothing is computed per pixel: each row is a copy of one sky
-colour, and shapes are painted onto it as horizontal spans by slice
-assignment, which runs at C speed. A 512x512 picture takes a few
-milliseconds (painted at half size, then doubled), and :func:`render_png`
-caches the encoded files.
+Every picture is a pure function of ``(prompt, style, seed, aspect_ratio)``
+(a SHA-256 seeds the drawing), so the same request gives byte-identical
+files everywhere. Shapes are painted as horizontal spans by slice
+assignment, never per pixel: a 512x512 picture takes a few milliseconds,
+and :func:`render_png` caches the encoded files.
 """
 
 from __future__ import annotations

@@ -29,14 +29,15 @@ from arta.engine.window import AdaptiveWindow
 from arta.errors import (
     ArtaError,
     ConnectError,
+    GenerationCancelled,
     GenerationTimeout,
     InvalidInputError,
-    RateLimitedError,
     ServiceError,
 )
 from arta.generation import Generation, PollPlanner, Session
 from arta.params import GenerationParams
 from arta.result import Result
+from arta.retry import congested
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -234,8 +235,9 @@ class JobRun:
         with self._lock:
             if self._closed:
                 self._window.release()
-                self._finish(Outcome(job, generation, error=generation.cancelled_error(
-                    "the run was closed before the job was waited for")))
+                self._finish(Outcome(job, generation, error=GenerationCancelled(
+                    "the run was closed before the job was waited for",
+                    record_id=generation.record_id)))
                 return
             wait = generation.watch(self._timeout, self._policy)
             self._waits.add(wait)
@@ -249,7 +251,7 @@ class JobRun:
         try:
             generation = self._client.submit_params(job.params, retry=False)
         except ServiceError as error:
-            if not (isinstance(error, RateLimitedError) or error.status in (429, 503)):
+            if not congested(error):
                 raise
             window.rejected(ticket, error.retry_after)  # congestion: never a failed job
             self._take_back(job, 0.0)
