@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+#: Seconds a fresh token is handed out again without reading the store.
+STORE_RECHECK = 1.0
+
 #: After a renewal that failed, or gave a token already past half its life
 #: (clock skew, a lifetime of 0), the next attempt waits this long: one
 #: Firebase call a minute at most, as botocore throttles its refreshes.
@@ -62,6 +65,9 @@ class Authenticator:
         # A token obtained but not stored (the store failed): used for the
         # life of this process rather than signing up again on every call.
         self._kept: Token | None = None
+        # The token handed out last and when the store was read for it: a
+        # poll every few milliseconds need not stat the file each time.
+        self._recent: tuple[Token, float] | None = None
 
     def _load(self) -> Token | None:
         token = self.store.load()
@@ -75,9 +81,16 @@ class Authenticator:
 
         Renewals that fail, or give a token already past half its life, are
         throttled to one a minute: meanwhile the current token is used.
+        The store is read at most every :data:`STORE_RECHECK` seconds while
+        the token stays fresh: another process's newer token is no better.
         """
+        recent, now = self._recent, time.monotonic()
+        if recent is not None and now - recent[1] < STORE_RECHECK \
+                and recent[0].fresh(self.clock()):
+            return recent[0]
         token = self._load()
         if token is not None and (token.fresh(self.clock()) or self._throttled()):
+            self._recent = (token, now)
             return token
         with self.store.lock():
             token = self._load()  # another process may have renewed it meanwhile
@@ -94,6 +107,7 @@ class Authenticator:
         Compare before replace: if another thread or process has already put
         a different token in the store, that one is used, not thrown away.
         """
+        self._recent = None
         with self.store.lock():
             token = self.store.load()
             if token is not None and token.id_token != rejected.id_token \
