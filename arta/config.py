@@ -14,6 +14,8 @@ from a default:
 ``FIREBASE_AUTH_EMULATOR_HOST``   ``host:port`` of Google's Firebase Auth
                                   Emulator, as Firebase's own SDKs read it
 ``api_key``                       Firebase Web API key of the Android app
+``ARTA_POLL``                     ``learned`` (the default) or ``fixed``:
+                                  the default poll policy
 ==============================  =========================================
 """
 
@@ -87,6 +89,8 @@ class Settings:
     #: ``"refresh"``, ``"submit"``, and ``"status"`` (with ``{record_id}``).
     #: The old provider's class attributes land here.
     urls: Mapping[str, str] = field(default_factory=dict)
+    #: The default poll policy: ``"learned"``, or ``"fixed"`` (``ARTA_POLL``).
+    poll: str = "learned"
 
     @classmethod
     def resolve(
@@ -104,6 +108,10 @@ class Settings:
             # The Firebase SDKs' convention: a bare host:port, spoken over plain http.
             auth_endpoint = "http://" + env["FIREBASE_AUTH_EMULATOR_HOST"].strip()
         home_value = home if home is not None else (env.get("ARTA_HOME") or None)
+        poll = env.get("ARTA_POLL", "").strip().lower() or "learned"
+        if poll not in ("learned", "fixed"):
+            raise ConfigurationError(
+                f"ARTA_POLL must be 'learned' (the default) or 'fixed', not {poll!r}")
         return cls(
             endpoint=_check_base_url(endpoint, "endpoint (ARTA_ENDPOINT)") if endpoint else None,
             auth_endpoint=(
@@ -113,6 +121,7 @@ class Settings:
             ),
             home=Path(home_value).expanduser() if home_value else _default_home(env),
             api_key=api_key or API_KEY,
+            poll=poll,
         )
 
     def _google(self, host_and_path: str) -> str:

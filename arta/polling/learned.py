@@ -343,9 +343,9 @@ def default_poll_policy(settings: Settings | None = None) -> PollPlanner:
     The learned one, sharing ``poll_stats.json`` in ``settings.home``;
     ``ARTA_POLL=fixed`` in the environment gives the fixed :class:`PollPolicy`.
     """
-    if os.environ.get("ARTA_POLL", "").strip().lower() == "fixed":
-        return PollPolicy()
     settings = settings or Settings.resolve()
+    if settings.poll == "fixed":
+        return PollPolicy()
     return LearnedPollPolicy(settings.home)
 
 
