@@ -209,10 +209,13 @@ def test_default_policy_is_learned_unless_arta_poll_is_fixed(
     policy = default_poll_policy(settings)
     assert isinstance(policy, LearnedPollPolicy)
     assert policy.stats.path == tmp_path / "poll_stats.json"
-    monkeypatch.setenv("ARTA_POLL", "fixed")
-    assert default_poll_policy(settings) == arta.PollPolicy()
+    monkeypatch.setenv("ARTA_POLL", "fixed")  # read with the rest of the environment
+    assert default_poll_policy(Settings.resolve(home=tmp_path)) == arta.PollPolicy()
     with arta.Client(home=tmp_path) as client:
         assert client.poll_policy == arta.PollPolicy()
+    monkeypatch.setenv("ARTA_POLL", "sometimes")
+    with pytest.raises(arta.ConfigurationError, match="ARTA_POLL must be 'learned'"):
+        arta.Client(home=tmp_path)
 
 
 def test_queue_model_is_the_mixture_of_the_observed_intervals() -> None:
