@@ -175,6 +175,10 @@ class HttpxTransport:
                 watchdog.disarm(slot)
             raise TransportError(f"invalid URL: {describe(request)}") \
                 from scrub_chain(error, secrets_of(request))
+        except BaseException:
+            if slot is not None:  # (an interrupt: nothing may cut this socket later)
+                watchdog.disarm(slot)
+            raise
         finally:
             set_current_slot(None)
         if slot is not None:

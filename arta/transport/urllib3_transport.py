@@ -157,6 +157,10 @@ class Urllib3Transport:
                 watchdog.disarm(slot)
             raise overdue(request, _mapped(error, request), slot) \
                 from scrub_chain(error, secrets_of(request))
+        except BaseException:
+            if slot is not None:  # (an interrupt: nothing may cut this socket later)
+                watchdog.disarm(slot)
+            raise
         finally:
             set_current_slot(None)
         if request.stream:

@@ -20,6 +20,12 @@ The thread starts with the first armed slot. A forked child starts with an
 empty heap and no thread (``os.register_at_fork``): the parent's slots and
 sockets are not the child's to cut, and its thread does not exist there.
 
+Two waits are out of its reach, and bounded by the connect timeout (capped
+by the deadline) alone: a DNS lookup, which has no socket, and a TLS
+handshake, during which Python's ``ssl`` has detached the plain socket and
+not yet handed out the TLS one. Each byte of a handshake must still come
+within that timeout.
+
 Which connection registers its socket where is the transports' business:
 :class:`WatchedHTTPConnection` (urllib3, hence requests) and the httpcore
 stream in :mod:`arta.transport.httpx_transport`. They find the slot of
