@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import arta
 from arta import protocol
 from arta.auth import FileTokenStore, Token
+from arta.retry import retry_after
 from arta.transport import Request, Response, read_body
 
 FAST = settings(max_examples=100, deadline=None,
@@ -97,7 +98,7 @@ def test_parse_refresh_answers_a_grant_or_a_typed_error(status: int, body: bytes
 @FAST
 @given(header_values)
 def test_retry_after_is_none_or_a_finite_wait(value: str) -> None:
-    seconds = protocol.retry_after(Response(503, {"Retry-After": value}, content=b""))
+    seconds = retry_after({"Retry-After": value})
     assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
 
 
