@@ -180,7 +180,8 @@ class Client:
         try:
             state = self.retry_policy.call(
                 lambda: self._authorized(
-                    lambda id_token: protocol.submit_request(self.settings, id_token, params),
+                    lambda id_token: protocol.submit_request(self.settings, id_token, params,
+                                                             self.request_timeout),
                     lambda response: protocol.parse_job(response, "submit"), token),
                 retry_on=surely_not_taken if retry else _never)
         except KeyboardInterrupt:
@@ -287,7 +288,8 @@ class Client:
     def poll(self, record_id: str, deadline: float | None = None) -> protocol.JobState:
         """Ask the service once how job ``record_id`` stands; no request outlasts ``deadline``."""
         return self._authorized(
-            lambda token: protocol.status_request(self.settings, token, record_id, deadline),
+            lambda token: protocol.status_request(self.settings, token, record_id, deadline,
+                                                  self.request_timeout),
             lambda response: protocol.parse_job(response, "status", record_id))
 
     # -- plumbing ------------------------------------------------------------

@@ -29,7 +29,7 @@ from arta.images import Image
 from arta.params import GenerationParams
 from arta.redact import printable
 from arta.retry import retry_after
-from arta.transport import Request, Response
+from arta.transport import DEFAULT_TIMEOUT, Request, Response, Timeout
 
 __all__ = [
     "FATAL_REFRESH_ERRORS",
@@ -138,18 +138,20 @@ def refresh_request(settings: Settings, refresh_token: str) -> Request:
                    form={"grant_type": "refresh_token", "refresh_token": refresh_token})
 
 
-def submit_request(settings: Settings, id_token: str, params: GenerationParams) -> Request:
+def submit_request(settings: Settings, id_token: str, params: GenerationParams,
+                   timeout: Timeout = DEFAULT_TIMEOUT) -> Request:
     """docs/protocol.rst section 4: start a job (multipart, as the Android app sends it)."""
     return Request("POST", settings.submit_url,
                    headers={**_JSON, "Authorization": id_token},
-                   multipart=params.form())
+                   multipart=params.form(), timeout=timeout)
 
 
 def status_request(settings: Settings, id_token: str, record_id: str,
-                   deadline: float | None = None) -> Request:
+                   deadline: float | None = None, timeout: Timeout = DEFAULT_TIMEOUT) -> Request:
     """docs/protocol.rst section 5: ask how a job is doing (the answer due by ``deadline``)."""
     return Request("GET", settings.status_url(record_id),
-                   headers={**_JSON, "Authorization": id_token}, deadline=deadline)
+                   headers={**_JSON, "Authorization": id_token}, timeout=timeout,
+                   deadline=deadline)
 
 
 # -- parsing answers --------------------------------------------------------

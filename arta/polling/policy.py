@@ -9,6 +9,7 @@ an :class:`~arta.errors.InvalidInputError`, never a failure after a submit.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,10 +85,15 @@ class PollPolicy:
 
     def next_delay(self, generation: PolledJob, attempt: int) -> float:
         """Seconds from now until poll number ``attempt`` (1: the first) of ``generation``."""
-        return float(self.wait_strategy()(_Attempt(attempt)))  # type: ignore[arg-type]
+        return float(self._strategy(_Attempt(attempt)))  # type: ignore[arg-type]
 
     def finished(self, generation: PolledJob) -> None:
         """A fixed policy learns nothing from a finished job."""
+
+    @functools.cached_property
+    def _strategy(self) -> tenacity.wait.wait_base:
+        # Built once per policy: next_delay runs at every poll of every job.
+        return self.wait_strategy()
 
     def wait_strategy(self) -> tenacity.wait.wait_base:
         """The tenacity wait after poll number ``attempt_number``."""

@@ -140,6 +140,8 @@ class Request:
     deadline: float | None = None
 
     def __post_init__(self) -> None:
+        if self.form is None and self.multipart is None:
+            return  # the common case, checked first: a request is made for every poll
         bodies = [name for name in ("json", "form", "multipart") if getattr(self, name) is not None]
         if len(bodies) > 1:
             raise ValueError(f"a request has at most one body, got {' and '.join(bodies)}")

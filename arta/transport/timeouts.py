@@ -22,7 +22,9 @@ class TimeoutTransport:
 
     def handle_request(self, request: Request) -> Response:
         """Send ``request`` once through the inner transport, with this transport's timeout."""
-        return self.inner.handle_request(replace(request, timeout=self.timeout))
+        if request.timeout != self.timeout:  # the client's own requests come with it already
+            request = replace(request, timeout=self.timeout)
+        return self.inner.handle_request(request)
 
     def close(self) -> None:
         """Close the inner transport."""
