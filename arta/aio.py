@@ -140,7 +140,7 @@ class AsyncGeneration:
             except RuntimeError:  # the event loop is closed: nobody listens any more
                 waiter.cancel()
 
-        waiter = self.generation.watch(self._bound(timeout), poll_policy)
+        waiter = self.generation.watch(timeout, poll_policy)
         waiter.add_listener(lambda _: hand_over(True))
         waiter.future.add_done_callback(lambda _: hand_over(False))
         try:
@@ -166,7 +166,7 @@ class AsyncGeneration:
         """
         check_wait_options(timeout, on_change, poll_policy)
         if on_change is None:  # nothing to hand over: await the loop's future
-            waiter = self.generation.watch(self._bound(timeout), poll_policy)
+            waiter = self.generation.watch(timeout, poll_policy)
             try:
                 await asyncio.wrap_future(waiter.future)
             finally:
@@ -175,9 +175,6 @@ class AsyncGeneration:
         async for update in self.events(timeout, poll_policy):
             await _notify(on_change, update)
         return self
-
-    def _bound(self, timeout: float | None) -> float | None:
-        return timeout if timeout is not None else self._client.client.timeout
 
     def result(self) -> Result:
         """The images of a DONE job; raise ``GenerationFailed`` for a FAILED one.

@@ -229,8 +229,7 @@ class Client:
         try:
             if on_change is not None:
                 on_change(generation)
-            generation.wait(timeout if timeout is not None else self.timeout, on_change,
-                            poll_policy)
+            generation.wait(timeout, on_change, poll_policy)
         except GenerationInterrupted:
             raise
         except KeyboardInterrupt:

@@ -26,7 +26,8 @@ from arta.result import Result
 from arta.retry import RetryPolicy, transient
 from arta.transport import Transport
 
-__all__ = ["Generation", "OnChange", "PollPlanner", "PollPolicy", "Session", "Status", "Watch"]
+__all__ = ["Generation", "OnChange", "PollPlanner", "PollPolicy", "Session", "Status", "Watch",
+           "wait_bound"]
 
 
 class Session(Protocol):
@@ -81,8 +82,6 @@ class Generation:
         self._session = session
         self._future: concurrent.futures.Future[Result] | None = None
 
-    # -- state -------------------------------------------------------------
-
     @property
     def done(self) -> bool:
         """True once the job is DONE or FAILED."""
@@ -108,8 +107,6 @@ class Generation:
         self.error_details = state.error_details
         self.history.append((status, time.time()))
         return True
-
-    # -- talking to the service --------------------------------------------
 
     def attach(self, session: Session) -> Generation:
         """Re-attach a generation (after unpickling) to a client; return it."""
@@ -141,8 +138,7 @@ class Generation:
         check_wait_options(timeout, None, poll_policy)
         session = self._require_session()
         policy = poll_policy or session.poll_policy
-        bound = timeout if timeout is not None else policy.timeout
-        watch = Watch(self, session, policy, bound, stop)
+        watch = Watch(self, session, policy, wait_bound(timeout, session, policy), stop)
         watch.future.add_done_callback(self._keep_wait_error)
         watch.start()
         return watch
@@ -194,7 +190,7 @@ class Generation:
             future: concurrent.futures.Future[Result] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()
             self._future = future
-            waiter = self.watch(self._require_session().timeout)
+            waiter = self.watch()
             waiter.future.add_done_callback(lambda done: self._settle(done, future))
         return self._future
 
@@ -235,8 +231,6 @@ class Generation:
                       session.transport if session is not None else None,
                       session.retry_policy if session is not None else None)
 
-    # -- plain data --------------------------------------------------------
-
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_session"] = None  # a live client does not cross processes
@@ -246,6 +240,15 @@ class Generation:
 
     def __repr__(self) -> str:
         return f"<Generation {self.record_id} {self.status}>"
+
+
+def wait_bound(timeout: float | None, session: Session,
+               policy: PollPlanner | None = None) -> float | None:
+    """The one rule for how long a wait lasts: the timeout asked, else the client's, else the policy's."""
+    for bound in (timeout, session.timeout, (policy or session.poll_policy).timeout):
+        if bound is not None:
+            return bound
+    return None
 
 
 class Watch:
@@ -297,8 +300,6 @@ class Watch:
         # A job whose state is known (from its submit, or a resume) is not
         # asked again at once: the first wait comes first.
         self._schedule(self.policy.next_delay(self.generation, 1) if known else 0.0)
-
-    # -- driven by the loop --------------------------------------------------
 
     def _schedule(self, delay: float) -> None:
         if self.deadline is not None:

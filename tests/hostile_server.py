@@ -290,6 +290,14 @@ ATTACKS: dict[tuple[str, str], Handler] = {
     ("drip-status-body", "status"): _drip_status_body,
     ("silent-status", "status"): _silent,
     ("status-retry-after-huge", "status"): _retry_after("1000000000"),
+    # Every submit refused as congestion (issue 18, items 1 and 5): without a
+    # Retry-After (the service's likely case), with 0, and with one of 31 years.
+    ("submit-429", "submit"): lambda handler, mode: handler.json({"detail": "busy"}, 429),
+    ("submit-503", "submit"): lambda handler, mode: handler.json({"detail": "busy"}, 503),
+    ("submit-429-zero", "submit"): lambda handler, mode: handler.json(
+        {"detail": "busy"}, 429, {"Retry-After": "0"}),
+    ("submit-429-huge", "submit"): lambda handler, mode: handler.json(
+        {"detail": "busy"}, 429, {"Retry-After": "1000000000"}),
 }
 
 

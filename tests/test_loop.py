@@ -12,6 +12,8 @@ from conftest import FAST_POLL
 import arta
 from arta.emulator import Emulator
 from arta.engine.window import AdaptiveWindow
+from arta.errors import ServiceError
+from arta.retry import RetryPolicy
 
 SLOW_POLL = arta.PollPolicy(first_delay=0.3, interval=0.3, growth=1, max_delay=0.3, jitter=0)
 
@@ -180,8 +182,9 @@ def test_the_window_grows_halves_once_per_round_and_recovers() -> None:
     for _ in range(4):
         window.accepted()
     assert window.size == 8  # slow start: +1 per accepted submit
-    window.rejected(0, None)
-    window.rejected(0, None)  # the same round's news: halved once, not twice
+    busy, quick = ServiceError("busy", status=429), RetryPolicy(first_delay=0.01, jitter=0)
+    window.rejected(0, busy, quick)
+    window.rejected(0, busy, quick)  # the same round's news: halved once, not twice
     assert window.size == 4 and window.rejections == 2 and window.in_flight == 2
     for _ in range(4):
         window.accepted()

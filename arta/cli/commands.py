@@ -123,7 +123,7 @@ def _wait(generation: Generation, client: Client, args: argparse.Namespace) -> N
 
         show(generation)
         try:
-            generation.wait(client.timeout, on_change=show)
+            generation.wait(on_change=show)
         except KeyboardInterrupt:
             if getattr(args, "emulator", False):
                 raise _Interrupted(

@@ -117,7 +117,7 @@ def _fetch_job(record_id: str, options: dict[str, Any]) -> dict[str, Any] | Arta
     client = task_client(options["client_options"], token=options["token"])
     try:
         generation = client.resume(record_id)
-        generation.wait(options["timeout"] if options["timeout"] is not None else client.timeout)
+        generation.wait(options["timeout"])
         result = generation.result()
         if options["output_on_workers"] is not None:
             return _found(result, files=save_images(result, options["output_on_workers"]))
@@ -218,8 +218,8 @@ class _Batch:
             if not congested(error):
                 self._failed(recorder, error, params.seed)
                 return None
-            self.window.rejected(ticket, error.retry_after)  # congestion: never a failure
-            return 0.0
+            # congestion: never a failure; back in line after the window's pause
+            return self.window.rejected(ticket, error, self.client.retry_policy)
         except ConnectError as error:
             failures[task.job.line] = attempt = failures.get(task.job.line, 0) + 1
             if attempt >= self.client.retry_policy.attempts:

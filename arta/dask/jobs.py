@@ -46,7 +46,7 @@ from arta.client import Client
 from arta.dask.cluster import dask_client, held, metadata_get, metadata_set, semaphore
 from arta.dask.token_store import DaskTokenStore
 from arta.errors import ArtaError, InvalidInputError, RateLimitedError, SubmitOutcomeUnknown
-from arta.generation import Generation, OnChange
+from arta.generation import Generation, OnChange, wait_bound
 from arta.params import GenerationParams
 from arta.result import Result
 
@@ -220,7 +220,7 @@ def generate(prompt: str, *, key: str | None = None, timeout: float | None = Non
     job_key = key if key is not None else _current_task_key()
     settings = GenerationParams.create(prompt, **params)  # the seed is fixed here, once
     client = task_client(client_options, token=token)
-    bound = timeout if timeout is not None else client.timeout
+    bound = wait_bound(timeout, client)
     deadline = None if bound is None else time.monotonic() + bound
     guard = JobGuard(dask, job_key)
     with in_flight(dask, concurrency):

@@ -123,7 +123,7 @@ class JobRun:
         self._client = client
         self._window = window
         self._jobs = iter(jobs)
-        self._timeout = timeout if timeout is not None else client.timeout
+        self._timeout = timeout
         self._policy = poll_policy
         self._on_submitting = on_submitting
         self._on_submitted = on_submitted
@@ -132,6 +132,7 @@ class JobRun:
         self._lock = threading.RLock()
         self._waits: set[Any] = set()
         self._connect_failures: dict[int, int] = {}
+        self._refused_since: float | None = None  # since when every submit was refused
         self._running = 0  # this run's jobs between their slot and their outcome
         self._owed = 0  # jobs taken in and not yet handed out
         self._exhausted = False
@@ -253,8 +254,16 @@ class JobRun:
         except ServiceError as error:
             if not congested(error):
                 raise
-            window.rejected(ticket, error.retry_after)  # congestion: never a failed job
-            self._take_back(job, 0.0)
+            # Congestion is no failed job: back in line after the window's pause,
+            # unless every submit has been refused for longer than the timeout.
+            pause = window.rejected(ticket, error, self._client.retry_policy)
+            now = time.monotonic()
+            since = self._refused_since = self._refused_since or now
+            if self._timeout is not None and now + pause - since > self._timeout:
+                self._finish(Outcome(job, error=error))  # its slot went back with the rejection
+                self._give_up_queued(error)
+                return None
+            self._take_back(job, pause)
             return None
         except ConnectError as error:
             failures = self._connect_failures.get(id(job), 0) + 1
@@ -266,8 +275,16 @@ class JobRun:
             self._take_back(job, policy.delay(error, failures))
             return None
         window.accepted()
+        self._refused_since = None
         self._pump()  # a grown window has room now: slow start must not wait for a job's end
         return generation
+
+    def _give_up_queued(self, error: ArtaError) -> None:
+        """End every job not yet submitted with ``error`` (nothing of theirs was sent)."""
+        with self._lock:
+            while (job := self._next_job()) is not None:
+                self.counts["queued"] -= 1
+                self._finish(Outcome(job, error=error), counted=False)
 
     def _take_back(self, job: Job, delay: float) -> None:
         """Put ``job`` back at the head of the line, to be sent again after ``delay``."""

@@ -8,7 +8,9 @@ client keeps one window for all its threads:
   window doubles each round of submits) up to the first rejection;
 * a 429 or 503 on a submit halves it, once per round (the rejections of
   submits sent before the halving are the same congestion, not news), and
-  no submit goes out before the server's ``Retry-After``;
+  no submit goes out before the retry policy's backoff for that many rounds
+  of rejection in a row (growing, jittered; a ``Retry-After`` is honoured up
+  to the policy's ``max_retry_after``): never a tight loop of refused submits;
 * after that it grows by one per window of accepted submits;
 * it never exceeds ``limit``, the concurrency the caller asked for.
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 import math
 import threading
 import time
+
+from arta.retry import RetryPolicy
 
 __all__ = ["AdaptiveWindow"]
 
@@ -40,6 +44,8 @@ class AdaptiveWindow:
         self.threshold = math.inf  # slow start until the first rejection
         self.in_flight = 0
         self.rejections = 0
+        #: Rounds of rejection since the last accepted submit.
+        self.streak = 0
         self._round = 0  # bumped at each halving
         self._paused_until = 0.0
         self._lock = threading.Lock()
@@ -70,18 +76,26 @@ class AdaptiveWindow:
         with self._lock:
             step = 1.0 if self.size < self.threshold else 1.0 / self.size
             self.size = min(float(self.limit), self.size + step)
+            self.streak = 0
 
-    def rejected(self, ticket: int, retry_after: float | None) -> None:
-        """The service answered a submit 429/503: give the slot back; halve once per round."""
+    def rejected(self, ticket: int, error: BaseException, policy: RetryPolicy) -> float:
+        """The service answered a submit 429/503: give the slot back, halve once per round, pause.
+
+        Returns the pause, in seconds: the policy's wait after this many
+        rounds of rejection in a row (its backoff, or the server's capped
+        ``Retry-After``).
+        """
         with self._lock:
             self.in_flight = max(0, self.in_flight - 1)
             self.rejections += 1
-            if retry_after:
-                self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
             if ticket == self._round:  # the first news of this congestion
                 self._round += 1
+                self.streak += 1
                 self.size = max(1.0, self.size / 2)
                 self.threshold = self.size
+            pause = policy.delay(error, max(1, self.streak))
+            self._paused_until = max(self._paused_until, time.monotonic() + pause)
+            return self._paused_until - time.monotonic()
 
     def __repr__(self) -> str:
         return (f"<AdaptiveWindow size={self.size:.1f} in_flight={self.in_flight} "
