@@ -32,6 +32,7 @@ weighted mixture of the observed queue intervals (uniform within each).
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -277,18 +278,28 @@ def _mixture_quantiles(pieces: list[tuple[float, float, float]], total: float,
     The CDF is linear between breakpoints and jumps at points: it is
     evaluated at each breakpoint from both sides, then inverted in one sweep.
     """
-    def cdf(t: float, inclusive: bool) -> float:
-        mass = 0.0
-        for a, b, w in pieces:
-            if t > b or (inclusive and t >= b):
-                mass += w
-            elif t > a:
-                mass += w * (t - a) / (b - a)
-        return mass / total
-
+    # One sweep over the sorted breakpoints (the pieces can number hundreds):
+    # between two breakpoints the CDF grows at the summed density of the
+    # uniforms covering them; a point adds its weight at its breakpoint.
+    slope_at: dict[float, float] = collections.defaultdict(float)
+    jump_at: dict[float, float] = collections.defaultdict(float)
+    for a, b, w in pieces:
+        if b > a:
+            slope_at[a] += w / (b - a)
+            slope_at[b] -= w / (b - a)
+        else:
+            jump_at[a] += w
     xs = sorted({x for a, b, _ in pieces for x in (a, b)})
-    left = [cdf(x, False) for x in xs]
-    right = [cdf(x, True) for x in xs]
+    left, right = [], []
+    mass = slope = 0.0
+    previous = xs[0]
+    for x in xs:
+        mass += slope * (x - previous)
+        left.append(mass / total)
+        mass += jump_at.get(x, 0.0)
+        right.append(mass / total)
+        slope += slope_at.get(x, 0.0)
+        previous = x
     out, i = [], 0
     for q in qs:
         while i < len(xs) - 1 and right[i] < q:
