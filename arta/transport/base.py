@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import ssl
 import time
+import weakref
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, Union, cast
 from urllib.parse import urlencode
 
 import requests.structures
@@ -499,3 +501,22 @@ def connect_failure(error: BaseException) -> str:
     return "could not connect"
 
 
+_RENEWED_AFTER_FORK: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def renew_after_fork(transport: Any) -> None:
+    """Have ``transport._after_fork()`` called in a forked child, to drop its parent's connections.
+
+    Two processes sending on one pooled socket interleave their requests and
+    read each other's answers (a submit answered with another job's record
+    id); the locks guarding the pools may also have been held at the fork.
+    """
+    _RENEWED_AFTER_FORK.add(transport)
+
+
+def _after_fork_in_child() -> None:
+    for transport in list(_RENEWED_AFTER_FORK):
+        transport._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -30,6 +30,7 @@ from arta.transport.base import (
     describe,
     overdue,
     read_body,
+    renew_after_fork,
     secrets_of,
     too_late_to_send,
 )
@@ -123,22 +124,35 @@ class HttpxTransport:
             # No cap on connections (a thread over the pool size opens one more,
             # as with requests, instead of queueing); pool_size stay alive.
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=pool_size)
-            # Explicit proxies are mounted per scheme. The environment's proxies
-            # are still mounted by trust_env, and its NO_PROXY hosts, being more
-            # specific patterns, win over either: the same rule as requests here.
-            mounts: dict[str, httpx.BaseTransport | None] = {
-                f"{scheme.rstrip(':/')}://": httpx.HTTPTransport(
-                    verify=verify, http2=http2, limits=limits, proxy=httpx.Proxy(url), retries=0)
-                for scheme, url in (proxies or {}).items()
-            }
-            client = httpx.Client(
-                verify=verify, http2=http2, limits=limits, mounts=mounts or None,
-                trust_env=True, follow_redirects=False,
-            )
+            def make() -> httpx.Client:
+                # Explicit proxies are mounted per scheme. The environment's proxies
+                # are still mounted by trust_env, and its NO_PROXY hosts, being more
+                # specific patterns, win over either: the same rule as requests here.
+                mounts: dict[str, httpx.BaseTransport | None] = {
+                    f"{scheme.rstrip(':/')}://": httpx.HTTPTransport(
+                        verify=verify, http2=http2, limits=limits, proxy=httpx.Proxy(url),
+                        retries=0)
+                    for scheme, url in (proxies or {}).items()
+                }
+                return httpx.Client(
+                    verify=verify, http2=http2, limits=limits, mounts=mounts or None,
+                    trust_env=True, follow_redirects=False,
+                )
+
+            client = make()
+            self._make_client: Callable[[], httpx.Client] | None = make
             self._watched = _watch_client(client)
+            renew_after_fork(self)
         else:
+            self._make_client = None
             self._watched = False
         self.client = client
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new client of its own; the parent's connections stay its own."""
+        if self._make_client is not None:
+            self.client = self._make_client()
+            self._watched = _watch_client(self.client)
 
     def handle_request(self, request: Request) -> Response:
         """Send ``request`` through the client, mapping failures to ``TransportError``."""

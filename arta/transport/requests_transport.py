@@ -31,6 +31,7 @@ from arta.transport.base import (
     describe,
     overdue,
     read_body,
+    renew_after_fork,
     secrets_of,
     too_late_to_send,
 )
@@ -193,6 +194,21 @@ class RequestsTransport:
         if self._adapter is not None:
             self._settle_environment(session)
         self._origins: dict[str, dict[str, str] | None] = {}
+        self._origins_lock = threading.Lock()
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: new pools in every adapter; the parent's connections stay its own."""
+        for adapter in self.session.adapters.values():
+            if isinstance(adapter, requests.adapters.HTTPAdapter):
+                # As HTTPAdapter.__setstate__ rebuilds them.
+                adapter.proxy_manager = {}
+                adapter.init_poolmanager(getattr(adapter, "_pool_connections", 10),
+                                         getattr(adapter, "_pool_maxsize", 10),
+                                         block=getattr(adapter, "_pool_block", False))
+                if isinstance(adapter, _WatchedAdapter):
+                    adapter._pools = {}
+        self._origins = {}
         self._origins_lock = threading.Lock()
 
     def _settle_environment(self, session: requests.Session) -> None:

@@ -35,6 +35,7 @@ from arta.transport.base import (
     describe,
     overdue,
     read_body,
+    renew_after_fork,
     secrets_of,
     too_late_to_send,
 )
@@ -106,17 +107,26 @@ class Urllib3Transport:
             "maxsize": pool_size, "block": False, "retries": False,
             "cert_reqs": "CERT_REQUIRED", "ssl_context": _ssl_context(ca_bundle),
         }
-        # num_pools: the hosts kept (sign-up, refresh, image service, image CDN).
-        self._manager = urllib3.PoolManager(num_pools=8, **self._pool_options)
-        watch_pools(self._manager)
+        self._fresh_pools()
         environment = {scheme: url for scheme, url in urllib.request.getproxies().items()
                        if scheme != "no"}
         self.proxies: dict[str, str] = {**environment, **(proxies or {})}
         self._no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+        self._timeouts: dict[tuple[float, float], urllib3.util.Timeout] = {}
+
+        renew_after_fork(self)
+
+    def _fresh_pools(self) -> None:
+        # num_pools: the hosts kept (sign-up, refresh, image service, image CDN).
+        self._manager = urllib3.PoolManager(num_pools=8, **self._pool_options)
+        watch_pools(self._manager)
         self._proxy_managers: dict[str, urllib3.ProxyManager] = {}
         self._routes: dict[str, _Route] = {}
         self._routes_lock = threading.Lock()
-        self._timeouts: dict[tuple[float, float], urllib3.util.Timeout] = {}
+
+    def _after_fork(self) -> None:
+        """In a forked child: new pools; the parent's connections stay the parent's."""
+        self._fresh_pools()
 
     # -- one request -------------------------------------------------------------
 
