@@ -9,6 +9,7 @@ jobs: a wait (:class:`arta.generation.Watch`) schedules itself here.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import heapq
@@ -17,13 +18,20 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Protocol, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 from arta.errors import ArtaError
 
 __all__ = ["PollLoop", "Wait"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a call waits for an I/O thread before the pool adds one.
+GROW_AFTER = 0.02
+#: Calls slower than this on average wait on the network: more threads help.
+SLOW_CALL = 0.05
+#: Threads kept for quick calls (one in the CPU, one waiting on a socket).
+FEW_THREADS = 2
 
 #: How often a stop event is looked at while a job waits (seconds).
 STOP_CHECK_INTERVAL = 0.05
@@ -63,7 +71,7 @@ class PollLoop:
         # events on every wake-up, and must not walk thousands of others to do so.
         self._stoppable: set[Wait] = set()
         self._thread: threading.Thread | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool = _IOPool(io_threads, self.io_thread_prefix, self.call_at)
         self._closed = False
 
     # -- what the client and its facades use -------------------------------
@@ -95,14 +103,9 @@ class PollLoop:
     def call_io(self, function: Callable[..., T], *args: object,
                 ) -> concurrent.futures.Future[T]:
         """Run ``function(*args)`` on an I/O thread; its future gives the outcome."""
-        with self._wake:
-            if self._closed:
-                raise ArtaError("the client is closed")
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self.io_threads, thread_name_prefix=self.io_thread_prefix)
-            pool = self._pool
-        return pool.submit(function, *args)
+        if self._closed:
+            raise ArtaError("the client is closed")
+        return self._pool.submit(function, *args)
 
     def forget(self, watch: Wait) -> None:
         """Drop an ended watch (its heap entries fire and find it done)."""
@@ -125,13 +128,12 @@ class PollLoop:
             watches, self._watches, self._stoppable = list(self._watches), set(), set()
             self._heap.clear()
             self._wake.notify()
-            thread, pool = self._thread, self._pool
+            thread = self._thread
         for watch in watches:
             watch.cancel("the client was closed while waiting for the job")
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     # -- the scheduler thread ------------------------------------------------
 
@@ -174,3 +176,91 @@ def _logged(function: Callable[[], object]) -> None:
     except Exception:
         log.exception("arta: internal error in the poll loop")
 
+
+class _IOPool:
+    """The loop's I/O threads: as many as the calls need, up to ``size``.
+
+    A thread is added when a call has waited :data:`GROW_AFTER` for one
+    (checked from the loop's timer heap) and the calls are slow, waiting on
+    the network (their mean time over :data:`SLOW_CALL`): more threads then
+    carry more calls at once. Calls that are quick (a nearby service) are
+    bound by the CPU, where a thread more only fights for the GIL (with the
+    event loop of ``arta.aio`` first): :data:`FEW_THREADS` carry them.
+    """
+
+    def __init__(self, size: int, prefix: str,
+                 call_at: Callable[[float, Callable[[], None]], None]) -> None:
+        self.size = size
+        self._prefix = prefix
+        self._call_at = call_at
+        self._work: collections.deque[tuple[float, concurrent.futures.Future[Any],
+                                            Callable[..., Any], tuple[object, ...]]] = \
+            collections.deque()
+        self._ready = threading.Condition()
+        self._threads = 0
+        self._idle = 0
+        self._check_due = False
+        self._closed = False
+        self._call_time = 0.0  # the calls' mean duration (exponentially weighted)
+
+    def submit(self, function: Callable[..., T], *args: object) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._ready:
+            if self._closed:
+                raise ArtaError("the client is closed")
+            self._work.append((time.monotonic(), future, function, args))
+            if self._idle:
+                self._ready.notify()
+            elif self._threads == 0:
+                self._start()
+            elif self._threads < self.size and not self._check_due:
+                self._check_due = True
+                self._call_at(time.monotonic() + GROW_AFTER, self._grow_if_waiting)
+        return future
+
+    def _grow_if_waiting(self) -> None:
+        with self._ready:
+            self._check_due = False
+            if self._closed or not self._work or self._idle or self._threads >= self.size:
+                return
+            if time.monotonic() - self._work[0][0] >= GROW_AFTER and (
+                    self._threads < FEW_THREADS or self._call_time >= SLOW_CALL):
+                self._start()
+            if self._threads < self.size:  # look again while calls keep waiting
+                self._check_due = True
+                self._call_at(time.monotonic() + GROW_AFTER, self._grow_if_waiting)
+
+    def _start(self) -> None:
+        self._threads += 1
+        threading.Thread(target=self._serve, name=f"{self._prefix}_{self._threads - 1}",
+                         daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while not self._work and not self._closed:
+                    self._idle += 1
+                    self._ready.wait()
+                    self._idle -= 1
+                if self._closed:
+                    self._threads -= 1
+                    return
+                _, future, function, args = self._work.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            started = time.monotonic()
+            try:
+                future.set_result(function(*args))
+            except BaseException as error:  # noqa: BLE001 - the future carries it
+                future.set_exception(error)
+            # A data race on a float is harmless here: it is only a hint.
+            self._call_time += 0.1 * (time.monotonic() - started - self._call_time)
+
+    def shutdown(self) -> None:
+        """Stop the threads once their call ends; cancel the calls not started."""
+        with self._ready:
+            self._closed = True
+            work, self._work = list(self._work), collections.deque()
+            self._ready.notify_all()
+        for _, future, _, _ in work:
+            future.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import arta
 from arta.emulator import Emulator
 from arta.engine.window import AdaptiveWindow
 from arta.errors import ServiceError
+from arta.loop import FEW_THREADS, PollLoop
 from arta.retry import RetryPolicy
 
 SLOW_POLL = arta.PollPolicy(first_delay=0.3, interval=0.3, growth=1, max_delay=0.3, jitter=0)
@@ -251,3 +253,23 @@ def test_ctrl_c_during_a_submit_says_the_job_may_exist_with_its_seed(
     assert isinstance(caught.value, KeyboardInterrupt)
     assert caught.value.params.seed == 4242 and "seed 4242" in str(caught.value)
     assert emulator.stats()["submits"] == 1  # the job it speaks of does exist
+
+
+def test_the_io_pool_grows_for_calls_that_wait_and_stays_small_for_quick_ones() -> None:
+    loop = PollLoop(io_threads=8)
+
+    def io_threads() -> int:
+        return sum(t.name.startswith(loop.io_thread_prefix) for t in threading.enumerate())
+
+    try:
+        quick = [loop.call_io(sum, range(100)) for _ in range(2000)]
+        concurrent.futures.wait(quick, timeout=60)
+        few = io_threads()
+        slow = [loop.call_io(time.sleep, 0.2) for _ in range(40)]  # a distant service
+        concurrent.futures.wait(slow, timeout=60)
+        many = io_threads()
+    finally:
+        loop.close()
+    assert all(f.result() == 4950 for f in quick) and all(f.done() for f in slow)
+    assert few <= FEW_THREADS  # quick calls are bound by the CPU: more threads only contend
+    assert many == 8  # calls that wait on the network get every thread allowed
