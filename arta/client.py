@@ -107,12 +107,12 @@ class Client:
     transient failures are retried), ``request_timeout`` (``(connect,
     read)`` seconds of one request). ``settings`` replaces ``endpoint``,
     ``home``, ``api_key`` and ``auth_endpoint`` with a ready
-    :class:`~arta.config.Settings`. ``pool_size`` is the I/O threads of its
-    poll loop (a client that makes its own transport keeps twice as many
+    :class:`~arta.config.Settings`. ``pool_size`` is the most I/O threads of
+    its poll loop (added as calls wait on the network) (a client that makes its own transport keeps twice as many
     connections open, plus room for downloads).
 
     A client is thread-safe. Every job it waits on is an entry in its poll
-    loop (one scheduler thread, ``pool_size`` I/O threads, both started on
+    loop (one scheduler thread, at most ``pool_size`` I/O threads, started on
     first use); close it (or use ``with``) to stop them and release its
     connections.
     """

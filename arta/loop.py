@@ -209,7 +209,7 @@ class _IOPool:
             if self._closed:
                 raise ArtaError("the client is closed")
             self._work.append((time.monotonic(), future, function, args))
-            if self._idle:
+            if len(self._work) <= self._idle:  # an idle thread (woken or not) will take it
                 self._ready.notify()
             elif self._threads == 0:
                 self._start()
@@ -221,7 +221,7 @@ class _IOPool:
     def _grow_if_waiting(self) -> None:
         with self._ready:
             self._check_due = False
-            if self._closed or not self._work or self._idle or self._threads >= self.size:
+            if self._closed or len(self._work) <= self._idle or self._threads >= self.size:
                 return
             if time.monotonic() - self._work[0][0] >= GROW_AFTER and (
                     self._threads < FEW_THREADS or self._call_time >= SLOW_CALL):

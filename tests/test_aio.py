@@ -172,7 +172,7 @@ def test_the_pool_bounds_the_threads(phased: Emulator, tmp_path: Path) -> None:
         return peak, await jobs
 
     peak, results = run(main, phased, tmp_path, max_workers=2)
-    assert peak == 2 and len(results) == 6  # six jobs through two threads, none lost
+    assert 1 <= peak <= 2 and len(results) == 6  # six jobs through at most two threads, none lost
 
 
 def test_one_client_serves_one_loop_after_another(emulator: Emulator, tmp_path: Path) -> None:
