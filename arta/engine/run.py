@@ -1,16 +1,9 @@
 """Many jobs at once: submits paced by the client's adaptive window, waits in its poll loop.
 
 :class:`JobRun` is the engine under :meth:`arta.Client.map` and ``arta
-batch``. Nothing in it sleeps or holds a thread per job: submits run on the
-loop's I/O threads as the window (:mod:`arta.engine.window`) has room, each
-submitted job is a :class:`~arta.loop.Watch` in the loop, and each ending
-puts an :class:`Outcome` on a queue that the caller iterates.
-
-A 429 or 503 on a submit is never a failed job: the window shrinks and
-pauses for ``Retry-After``, and the job goes back to the head of the line.
-A submit that never connected is retried with the client's backoff. Any
-other failure is an outcome with ``error`` set, carrying the record id once
-there is one.
+batch``; nothing in it sleeps or holds a thread per job. A 429 or 503 on a
+submit is no failed job (the window halves and pauses); any other failure
+is an :class:`Outcome` with ``error`` set, and the record id once there is one.
 """
 
 from __future__ import annotations
@@ -141,8 +134,6 @@ class JobRun:
         self._window.limit = concurrency  # the window never grows past what was asked
         self._pump()
 
-    # -- the caller's side ---------------------------------------------------
-
     def __iter__(self) -> Iterator[Outcome]:
         return self
 
@@ -175,8 +166,6 @@ class JobRun:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    # -- the engine ----------------------------------------------------------
 
     def _next_job(self) -> Job | None:
         if self._ready:

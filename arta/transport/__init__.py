@@ -27,7 +27,6 @@ waiting at its deadline.
 
 from arta.transport.base import (
     CHUNK_SIZE,
-    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_TIMEOUT,
     EncodedRequest,
     Request,
@@ -35,8 +34,8 @@ from arta.transport.base import (
     Timeout,
     Transport,
     describe,
-    read_body,
 )
+from arta.transport.bodies import DEFAULT_MAX_BODY_BYTES, read_body
 from arta.transport.httpx_transport import HttpxTransport
 from arta.transport.inprocess import InProcessTransport
 from arta.transport.logging_transport import LoggingTransport, redact_url

@@ -16,9 +16,7 @@ import json
 import os
 import socket
 import ssl
-import time
 import weakref
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, Union, cast
@@ -28,19 +26,15 @@ import requests.structures
 import urllib3._collections
 import urllib3.filepost
 
-from arta.errors import ConnectError, MalformedResponse, NoResponseError, TransportError
+from arta.errors import ConfigurationError
 from arta.redact import redact
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
     from typing_extensions import Self
 
-    from arta.transport.watchdog import Slot
 
 __all__ = [
-    "ACCEPT_ENCODING",
-    "BODY_TIME_FACTOR",
     "CHUNK_SIZE",
-    "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_POOL_SIZE",
     "DEFAULT_TIMEOUT",
     "EncodedRequest",
@@ -48,15 +42,9 @@ __all__ = [
     "Response",
     "Timeout",
     "Transport",
-    "answer_bound",
-    "bounded_timeouts",
     "connect_failure",
     "describe",
-    "expired",
-    "overdue",
-    "read_body",
     "secrets_of",
-    "too_late_to_send",
 ]
 
 #: ``(connect, read)`` seconds; a float sets both.
@@ -70,31 +58,9 @@ DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 #: vanishes, small enough that a 200 MB download stays a few chunks in memory.
 CHUNK_SIZE = 64 * 1024
 
-#: Largest body read for a request that is not streamed (the protocol's JSON
-#: answers are a few kilobytes), counted after decompression: a gzip bomb or
-#: an endless body ends in :class:`~arta.errors.MalformedResponse` here,
-#: not in a ``MemoryError``. Transports take ``max_body_bytes`` to change it.
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-
 #: Connections kept open per host: the number of threads that may share one
 #: client before a request has to open a fresh connection.
 DEFAULT_POOL_SIZE = 16  # the I/O threads of a client's poll loop
-
-#: A body that is not streamed must arrive whole within this many read
-#: timeouts: the read timeout bounds the silence between two bytes, this
-#: bounds a server dripping one byte at a time.
-BODY_TIME_FACTOR = 4
-
-#: The encodings :func:`read_body` can undo (with a bound on the output).
-ACCEPT_ENCODING = "gzip, deflate"
-
-#: The shortest timeout a socket is given when a deadline is near (0 would
-#: make it non-blocking, and None would make it wait forever).
-MIN_TIMEOUT = 0.001
-
-#: A timeout that fires this close to the deadline is the deadline's doing
-#: (a capped socket timeout may fire a hair before the deadline itself).
-DEADLINE_SLACK = 0.05
 
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
@@ -325,148 +291,6 @@ def secrets_of(request: Request) -> tuple[str, ...]:
     return tuple(value for value in values if isinstance(value, str) and len(value) >= 8)
 
 
-def _decoder(encoding: str) -> zlib._Decompress | None:
-    name = encoding.strip().lower()
-    if name in ("", "identity"):
-        return None
-    if name in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if name == "deflate":
-        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, as sent
-    raise MalformedResponse(f"the answer is encoded as {encoding!r}, which was not asked for")
-
-
-def read_body(raw: Iterator[bytes], headers: Mapping[str, str], request: Request, *,
-              limit: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
-    """Read a whole body from ``raw`` (bytes as they arrive, still encoded), within bounds.
-
-    - A ``Content-Length`` over ``limit`` is refused before a byte is read.
-    - ``gzip``/``deflate`` are undone here, never producing more than
-      ``limit + 1`` bytes at a time: a 4 MB gzip bomb costs a megabyte.
-    - The body must be whole within :data:`BODY_TIME_FACTOR` read timeouts,
-      and by the request's deadline (checked as chunks arrive; the
-      watchdog of a transport's own connections cuts a silent socket too).
-
-    Over the limit: :class:`~arta.errors.MalformedResponse` (not retried).
-    Too slow: :class:`~arta.errors.NoResponseError`.
-    """
-    declared = headers.get("Content-Length", "")
-    if declared.strip().isdigit() and int(declared) > limit:
-        raise MalformedResponse(
-            f"{describe(request)} announced a {int(declared)}-byte answer, over the "
-            f"{limit}-byte limit")
-    decoder = _decoder(headers.get("Content-Encoding", ""))
-    budget = BODY_TIME_FACTOR * request.read_timeout
-    # Checked between chunks: a backstop for stacks without the watchdog
-    # (a session or client of the caller's), which cuts a slow read itself.
-    deadline = time.monotonic() + budget
-    if request.deadline is not None and request.deadline < deadline:
-        deadline = request.deadline
-    parts: list[bytes] = []
-    size = 0
-
-    def add(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > limit:
-            raise MalformedResponse(
-                f"{describe(request)}: the answer is larger than the {limit}-byte limit")
-        parts.append(data)
-
-    for chunk in raw:
-        if decoder is None:
-            add(chunk)
-        else:
-            data = chunk
-            while data:
-                try:
-                    add(decoder.decompress(data, limit - size + 1))
-                except zlib.error as error:
-                    raise MalformedResponse(
-                        f"{describe(request)}: the compressed answer is corrupt") from error
-                data = decoder.unconsumed_tail
-        if time.monotonic() > deadline:
-            if deadline == request.deadline:
-                raise NoResponseError(f"no whole answer before the deadline: {describe(request)}")
-            raise NoResponseError(
-                f"the answer did not arrive whole within {budget:g}s "
-                f"({BODY_TIME_FACTOR} x the read timeout): {describe(request)}")
-    if decoder is not None:
-        add(decoder.flush())
-    return b"".join(parts)
-
-
-# -- deadlines: what a transport does with Request.deadline -------------------------
-
-
-def bounded_timeouts(request: Request, now: float) -> tuple[float, float]:
-    """``(connect, read)`` seconds for ``request`` sent at ``now``: its own, each capped by the time left."""
-    connect, read = request.connect_timeout, request.read_timeout
-    if request.deadline is not None:
-        left = max(request.deadline - now, MIN_TIMEOUT)
-        connect, read = min(connect, left), min(read, left)
-    return connect, read
-
-
-def answer_bound(request: Request, now: float) -> tuple[float | None, bool]:
-    """When the answer to ``request`` sent at ``now`` must be in, and whether that is its deadline.
-
-    A body that is not streamed must arrive whole (status line, headers and
-    body) within :data:`BODY_TIME_FACTOR` read timeouts, or by the
-    deadline if that comes first. A streamed one (an image) takes as long
-    as it takes, a chunk at most a read timeout apart, unless there is a
-    deadline. ``(None, False)``: nothing to watch.
-    """
-    deadline = request.deadline
-    if request.stream:
-        return deadline, deadline is not None
-    whole = now + BODY_TIME_FACTOR * request.read_timeout
-    if deadline is not None and deadline <= whole:
-        return deadline, True
-    return whole, False
-
-
-def too_late_to_send(request: Request, now: float) -> ConnectError | None:
-    """The error for a request whose deadline has passed before it was sent, else None."""
-    if request.deadline is not None and now >= request.deadline:
-        return ConnectError(f"no connection before the deadline: {describe(request)}")
-    return None
-
-
-def expired(request: Request) -> bool:
-    """True if ``request`` has a deadline and it has come (within :data:`DEADLINE_SLACK`)."""
-    return request.deadline is not None and time.monotonic() >= request.deadline - DEADLINE_SLACK
-
-
-def overdue(request: Request, error: TransportError, slot: Slot | None) -> TransportError:
-    """``error`` (a failure of ``request``), or the one naming the bound that ended it.
-
-    When the watchdog cut the socket (``slot.fired``), or a timeout capped
-    by the deadline fired: :class:`~arta.errors.ConnectError` if the
-    request never started to go out, else
-    :class:`~arta.errors.NoResponseError`. Messages name the request
-    safely (:func:`describe`).
-    """
-    if slot is not None and slot.sending and isinstance(error, ConnectError):
-        # A TLS or proxy error after the request started to go out: it may
-        # have arrived, whatever the library calls it.
-        error = NoResponseError(f"the connection was lost before an answer: {describe(request)}")
-    if slot is not None and slot.fired:
-        if not slot.by_deadline:
-            budget = BODY_TIME_FACTOR * request.read_timeout
-            return NoResponseError(
-                f"the answer did not arrive whole within {budget:g}s "
-                f"({BODY_TIME_FACTOR} x the read timeout): {describe(request)}")
-        sent = slot.sending  # the connection knows, whatever the library raised
-    elif isinstance(error, (ConnectError, NoResponseError)) and expired(request):
-        sent = isinstance(error, NoResponseError)
-    else:
-        return error
-    if sent:
-        return NoResponseError(f"no whole answer before the deadline: {describe(request)}")
-    return ConnectError(f"no connection before the deadline: {describe(request)}")
-
-
 def _causes(error: BaseException) -> Iterator[BaseException]:
     """``error`` and what it wraps (``reason``, ``args[0]``, cause, context), at most 20."""
     todo: list[BaseException] = [error]
@@ -502,6 +326,13 @@ def connect_failure(error: BaseException) -> str:
 
 
 _RENEWED_AFTER_FORK: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def check_sizes(pool_size: object, max_body_bytes: object) -> None:
+    """Refuse a transport's ``pool_size`` or ``max_body_bytes`` that is not a positive int."""
+    for name, value in (("pool_size", pool_size), ("max_body_bytes", max_body_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{name} must be a positive int, not {value!r}")
 
 
 def renew_after_fork(transport: Any) -> None:

@@ -18,22 +18,18 @@ from typing import TYPE_CHECKING, Any, Callable
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
 from arta.redact import redact_logger, scrub_chain
 from arta.transport.base import (
-    ACCEPT_ENCODING,
     CHUNK_SIZE,
-    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_POOL_SIZE,
     Request,
     Response,
-    answer_bound,
-    bounded_timeouts,
+    check_sizes,
     connect_failure,
     describe,
-    overdue,
-    read_body,
     renew_after_fork,
     secrets_of,
-    too_late_to_send,
 )
+from arta.transport.bodies import ACCEPT_ENCODING, DEFAULT_MAX_BODY_BYTES, read_body
+from arta.transport.deadlines import answer_bound, bounded_timeouts, overdue, too_late_to_send
 from arta.transport.watchdog import Slot, current_slot, set_current_slot, watchdog
 
 if TYPE_CHECKING:
@@ -105,16 +101,11 @@ class HttpxTransport:
         _require_httpx()
         import httpx
 
-        if pool_size < 1:
-            raise ConfigurationError(f"pool_size must be at least 1, not {pool_size!r}")
+        check_sizes(pool_size, max_body_bytes)
         if http2 is None:
             http2 = h2_available()
         elif http2 and not h2_available():
             raise ConfigurationError(f"HTTP/2 needs the h2 package: {_INSTALL_HINT}")
-        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) \
-                or max_body_bytes < 1:
-            raise ConfigurationError(
-                f"max_body_bytes must be a positive int, not {max_body_bytes!r}")
         self.max_body_bytes = max_body_bytes
         self.http2 = http2
         self.pool_size = pool_size

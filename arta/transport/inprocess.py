@@ -26,10 +26,9 @@ from arta.transport.base import (
     CHUNK_SIZE,
     Request,
     Response,
-    bounded_timeouts,
     describe,
-    too_late_to_send,
 )
+from arta.transport.deadlines import bounded_timeouts, too_late_to_send
 
 if TYPE_CHECKING:
     from arta.emulator.messages import Request as AppRequest

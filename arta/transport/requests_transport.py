@@ -20,21 +20,17 @@ from urllib3.connectionpool import HTTPConnectionPool
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
 from arta.redact import redact_logger, scrub_chain
 from arta.transport.base import (
-    ACCEPT_ENCODING,
     CHUNK_SIZE,
-    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_POOL_SIZE,
     Request,
     Response,
-    answer_bound,
-    bounded_timeouts,
+    check_sizes,
     describe,
-    overdue,
-    read_body,
     renew_after_fork,
     secrets_of,
-    too_late_to_send,
 )
+from arta.transport.bodies import ACCEPT_ENCODING, DEFAULT_MAX_BODY_BYTES, read_body
+from arta.transport.deadlines import answer_bound, bounded_timeouts, overdue, too_late_to_send
 from arta.transport.urllib3_transport import classify, raw_chunks, read_whole
 from arta.transport.watchdog import Slot, set_current_slot, watch_pools, watchdog
 
@@ -42,23 +38,17 @@ __all__ = ["DEFAULT_POOL_SIZE", "RequestsTransport"]
 
 redact_logger("urllib3.connectionpool")  # its DEBUG request lines hold whole URLs
 
-#: Hosts whose proxy decision is remembered; past it, the memory is cleared.
-_ORIGINS_KEPT = 256
-
+_ORIGINS_KEPT = 256  # hosts whose proxy decision is remembered (then forgotten at once)
 #: Methods that requests sends without ``Content-Length: 0`` when they have no body.
 _NO_BODY_LENGTH = frozenset({"GET", "HEAD"})
 
 
 class _WatchedAdapter(requests.adapters.HTTPAdapter):
-    """The transport's adapter: watched connections, and less work per request.
+    """The transport's adapter: watched connections (:mod:`arta.transport.watchdog`), less work.
 
-    Its pools (direct or through a proxy) use watched connections (see
-    :mod:`arta.transport.watchdog`: the socket of a request that is still
-    waiting at its deadline is shut down). Through the hooks requests
-    exposes for subclasses, it remembers the pool of each origin (requests
-    builds a pool key from the URL on every call) and builds a response
-    without a cookie jar or a guessed text encoding, which the transport
-    never reads.
+    Through requests' hooks for subclasses it remembers each origin's pool
+    (requests builds a pool key from the URL at every call) and builds
+    responses without a cookie jar or a guessed text encoding.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -113,42 +103,27 @@ class _WatchedAdapter(requests.adapters.HTTPAdapter):
 class RequestsTransport:
     """The default transport: one pooled :class:`requests.Session`, shared by threads.
 
-    - ``pool_size``: connections kept per host; size it to the number of
-      threads sharing the client (more threads still work, over extra
-      short-lived connections).
+    - ``pool_size``: connections kept per host, one per thread sharing it.
     - ``proxies``: ``{"http": url, "https": url}`` (or ``"all"``), as
       requests takes them. Without it, ``HTTP_PROXY``/``HTTPS_PROXY``/
       ``ALL_PROXY`` apply; ``NO_PROXY`` exempts hosts from either, as in curl.
     - ``ca_bundle``: a CA file (or folder) to verify servers with, e.g. a
-      corporate one. TLS is always verified: there is no switch to turn it
-      off. ``REQUESTS_CA_BUNDLE`` is honoured as in requests.
-    - ``session``: your own session (with its auth, adapters, certificates,
-      cookies), used as it is, through ``session.request``, except that TLS
-      verification stays on and that it is not closed by :meth:`close`,
-      since it is yours. Mount adapters with ``max_retries=0`` (requests'
-      default) on it: a retry inside the transport would re-send a submit
-      behind the client's back.
+      corporate one; else ``REQUESTS_CA_BUNDLE``. TLS is always verified.
+    - ``session``: your own session (auth, adapters, certificates, cookies),
+      used through ``session.request``, TLS verification kept on, never
+      closed by :meth:`close`. Its adapters must not retry (``max_retries=0``,
+      requests' default): a retry in there would re-send a submit.
     - ``max_body_bytes``: the largest answer read for a request that is
       not streamed, after decompression (see :func:`~arta.transport.read_body`).
 
-    Connect and read timeouts come from each :class:`Request`; a body that
-    is not streamed must also arrive whole within a few read timeouts.
-    urllib3 is told never to retry: retries are the client's business.
-
-    Without ``session``, the environment (proxies, ``NO_PROXY``, CA bundle)
-    is read once, when the transport is made, and each request goes
-    straight to the session's adapter as a prepared request: requests'
-    ``Session.request`` would merge the environment, the cookie jar and the
-    session's settings again on every call. Cookies are not kept (the
-    service authenticates with a token). A request's deadline is kept
-    whatever the server does (the watchdog cuts the socket of a request
-    still waiting at it).
-
-    With your ``session``, whose adapters are not the transport's, a
-    deadline caps each connect and read timeout and is checked between
-    chunks of a body; but a server that keeps a socket busy (headers
-    dripping a byte at a time) is only bounded by the read timeout of each
-    byte, not by the deadline.
+    Without ``session``, the environment is read once, when the transport
+    is made, and each request goes straight to the session's adapter as a
+    prepared request (``Session.request`` would merge the environment and
+    cookies again on every call); no cookies are kept; a request's deadline
+    holds whatever the server does (the watchdog cuts its socket). With
+    your ``session``, a deadline caps each timeout and is checked between
+    chunks, but headers dripping a byte at a time are bounded only by the
+    read timeout of each byte. urllib3 never retries: the client decides.
     """
 
     def __init__(
@@ -160,8 +135,7 @@ class RequestsTransport:
         session: requests.Session | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
-        if pool_size < 1:
-            raise ConfigurationError(f"pool_size must be at least 1, not {pool_size!r}")
+        check_sizes(pool_size, max_body_bytes)
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
@@ -178,16 +152,10 @@ class RequestsTransport:
                 "Pass ca_bundle= (a CA file) to trust a private certificate authority")
         else:
             self._adapter = None
-        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) \
-                or max_body_bytes < 1:
-            raise ConfigurationError(
-                f"max_body_bytes must be a positive int, not {max_body_bytes!r}")
         self.max_body_bytes = max_body_bytes
         self.session = session
         self.pool_size = pool_size
-        # Proxies are passed per request, not set on the session: requests lets
-        # the environment override session.proxies (psf/requests#2018), but
-        # never a per-request argument.
+        # Per request, not on the session: the environment overrides session.proxies.
         self.proxies: dict[str, str] | None = dict(proxies) if proxies else None
         verify = session.verify if isinstance(session.verify, str) else True
         self._verify: bool | str = ca_bundle or verify
@@ -221,13 +189,10 @@ class RequestsTransport:
         # The environment fills in what the argument leaves out, as in requests.
         self._all_proxies = {**environment, **(self.proxies or {})}
         self._no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
-        # The session's own headers (User-Agent, Accept, Accept-Encoding,
-        # Connection) go out as requests would send them; a request's own win.
+        # The session's own headers go out as requests would send them; a request's win.
         self._session_headers: dict[str, str] = {
             name: value for name, value in session.headers.items() if isinstance(value, str)}
         self._session_names = {name.lower(): name for name in self._session_headers}
-
-    # -- one request -------------------------------------------------------------
 
     def handle_request(self, request: Request) -> Response:
         """Send ``request`` once through the adapter, mapping failures to ``TransportError``."""
@@ -391,8 +356,7 @@ def _origin(url: str) -> str:
 def _mapped(error: BaseException, request: Request) -> TransportError:
     """The ``TransportError`` for a failure of ``session.request`` or ``adapter.send``."""
     where = describe(request)
-    # The order matters: ConnectTimeout is also a Timeout, ProxyError and
-    # SSLError are also ConnectionErrors.
+    # In this order: ConnectTimeout is a Timeout, ProxyError and SSLError ConnectionErrors.
     if isinstance(error, requests.exceptions.ConnectTimeout):
         return ConnectError(f"connect timed out after {request.connect_timeout:g}s: {where}")
     if isinstance(error, requests.exceptions.ProxyError):

@@ -23,22 +23,18 @@ import urllib3.util
 from arta.errors import ConfigurationError, ConnectError, NoResponseError, TransportError
 from arta.redact import redact_logger, scrub_chain
 from arta.transport.base import (
-    ACCEPT_ENCODING,
     CHUNK_SIZE,
-    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_POOL_SIZE,
     Request,
     Response,
-    answer_bound,
-    bounded_timeouts,
+    check_sizes,
     connect_failure,
     describe,
-    overdue,
-    read_body,
     renew_after_fork,
     secrets_of,
-    too_late_to_send,
 )
+from arta.transport.bodies import ACCEPT_ENCODING, DEFAULT_MAX_BODY_BYTES, read_body
+from arta.transport.deadlines import answer_bound, bounded_timeouts, overdue, too_late_to_send
 from arta.transport.watchdog import Slot, set_current_slot, watch_pools, watchdog
 
 __all__ = ["Urllib3Transport", "classify", "raw_chunks", "read_whole"]
@@ -93,12 +89,7 @@ class Urllib3Transport:
         ca_bundle: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ConfigurationError(f"pool_size must be at least 1, not {pool_size!r}")
-        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) \
-                or max_body_bytes < 1:
-            raise ConfigurationError(
-                f"max_body_bytes must be a positive int, not {max_body_bytes!r}")
+        check_sizes(pool_size, max_body_bytes)
         self.pool_size = pool_size
         self.max_body_bytes = max_body_bytes
         # One TLS context for every connection (urllib3 would make and load
