@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +51,14 @@ def test_concurrent_writer_processes_lose_no_observation(tmp_path: Path) -> None
     assert not list(tmp_path.glob(".poll_stats.*"))  # no temp file left behind
 
 
+def _one_class(**fields: Any) -> bytes:
+    """A stats file of one class of ``Flux, 30 steps, n=1, 1:1`` with ``fields`` changed."""
+    entry = {"style": "Flux", "steps": 30, "n": 1, "aspect_ratio": "1:1", "count": 1,
+             "recent": [[1, 2, 2]], **fields}
+    return json.dumps({"format": FORMAT, "classes": [entry],
+                       "queue": {"count": 0, "recent": []}}).encode()
+
+
 @pytest.mark.parametrize("content", [
     b"garbage{",
     b'{"format": "something else", "classes": []}',
@@ -59,7 +69,12 @@ def test_concurrent_writer_processes_lose_no_observation(tmp_path: Path) -> None
     b"[" * 100_000 + b"]" * 100_000,
     b"\xff\xfe not utf-8 \x80",
     b"[]",
-], ids=["garbage", "foreign", "wrong-shape", "nan", "deep-nesting", "not-utf8", "a-list"])
+    # issue 18, item 4: well-formed, but no job can have these (each paid a submit, then failed)
+    *(_one_class(**fields) for fields in (
+        {"steps": 0}, {"aspect_ratio": "7:3"}, {"steps": 10**400},
+        {"recent": [[1e-300, 1e300, 2]]})),
+], ids=["garbage", "foreign", "wrong-shape", "nan", "deep-nesting", "not-utf8", "a-list",
+        "steps-0", "ratio-7:3", "steps-10**400", "durations-1e300"])
 def test_a_corrupt_file_is_ignored_with_a_warning_and_rebuilt(
         tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "poll_stats.json"
@@ -137,3 +152,11 @@ def test_poll_interval_on_the_command_line_is_a_fixed_policy() -> None:
     policy = cli._client_options(args)["poll_policy"]
     assert policy == arta.PollPolicy(first_delay=1.5, interval=1.5, growth=1, max_delay=1.5,
                                      jitter=0)
+
+
+def test_an_observation_stamped_in_the_future_is_read_as_made_now(tmp_path: Path) -> None:
+    path = tmp_path / "poll_stats.json"
+    path.write_bytes(_one_class(recent=[[9.0, 10.0, time.time() + 10**6]]))  # issue 18, item 12
+    stats = PollStats(path, flush_interval=0)
+    [(lo, hi, at)] = stats.state().classes[("Flux", 30, 1, "1:1")].recent
+    assert (lo, hi) == (9.0, 10.0) and at <= time.time()  # so it ages out like any other

@@ -35,6 +35,8 @@ from typing import Any
 import filelock
 
 from arta.atomic import write_json_atomically
+from arta.params import N_RANGE, STEPS_RANGE
+from arta.styles import ASPECT_RATIOS
 
 __all__ = ["FORMAT", "ClassKey", "ClassStats", "Interval", "PollStats", "StatsState", "shared_stats"]
 
@@ -112,8 +114,15 @@ class StatsState:
                                       for name in ("style", "steps", "n", "aspect_ratio"))
             _require(isinstance(style, str) and _is_int(steps) and _is_int(n)
                      and isinstance(ratio, str), "a class has no style/steps/n/aspect_ratio")
+            # What a submit could have asked: the model computes with these.
+            _require(STEPS_RANGE[0] <= steps <= STEPS_RANGE[1] and N_RANGE[0] <= n <= N_RANGE[1]
+                     and ratio in ASPECT_RATIOS, "a class has parameters no job can have")
             state.classes[(style, steps, n, ratio)] = _class_stats(entry)
         return state
+
+
+#: The longest time an observation may span: no job queues or computes for a day.
+MAX_SECONDS = 86400.0
 
 
 def _require(condition: bool, problem: str) -> None:
@@ -141,8 +150,8 @@ def _class_stats(entry: Any) -> ClassStats:
     for item in entry["recent"]:
         _require(isinstance(item, list) and len(item) == 3, "an observation is not [lo, hi, at]")
         lo, hi, at = (_number(x) for x in item)
-        _require(0 <= lo <= hi, "an observation is not an interval of seconds")
-        recent.append((lo, hi, at))
+        _require(0 <= lo <= hi <= MAX_SECONDS, "an observation is not an interval of seconds")
+        recent.append((lo, hi, min(at, time.time())))  # stamped in the future: it still ages
     return ClassStats(int(count), _number(entry.get("updated", 0.0)), recent)
 
 
