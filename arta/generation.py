@@ -115,11 +115,8 @@ class Generation:
 
     def _require_session(self) -> Session:
         if self._session is None:
-            raise ArtaError(
-                "this generation is not attached to a client: call "
-                "generation.attach(client) or client.resume(record_id)",
-                record_id=self.record_id,
-            )
+            raise ArtaError("this generation is not attached to a client: call generation."
+                            "attach(client) or client.resume(record_id)", record_id=self.record_id)
         return self._session
 
     def refresh(self) -> Status:
@@ -148,10 +145,7 @@ class Generation:
 
     def events(self, timeout: float | None = None, poll_policy: PollPlanner | None = None,
                stop: threading.Event | None = None) -> Iterator[Generation]:
-        """Wait until the job ends, yielding the generation at each change of status.
-
-        Ends as :meth:`wait` does; leaving the loop early stops the polling.
-        """
+        """Yield the generation at each change of status until it ends, as :meth:`wait` ends."""
         changes: queue.SimpleQueue[bool] = queue.SimpleQueue()
         waiter = self.watch(timeout, poll_policy, stop)
         waiter.add_listener(lambda _: changes.put(True))
@@ -166,13 +160,11 @@ class Generation:
     def wait(self, timeout: float | None = None, on_change: OnChange | None = None,
              poll_policy: PollPlanner | None = None,
              stop: threading.Event | None = None) -> Generation:
-        """Wait until DONE or FAILED; call ``on_change(self)`` at each transition.
+        """Wait until DONE or FAILED, calling ``on_change(self)`` at each transition; return self.
 
-        Raises :class:`~arta.errors.GenerationTimeout` (with the record id)
-        if the job has not ended after ``timeout`` seconds (default: the
-        policy's, else unbounded), or :class:`~arta.errors.GenerationCancelled`
-        once ``stop`` is set; either way the job goes on at the service and
-        can be resumed. Returns the generation itself.
+        Past ``timeout`` (default: the client's, else the policy's):
+        ``GenerationTimeout``; once ``stop`` is set: ``GenerationCancelled``;
+        each with the record id, the job going on at the service.
         """
         check_wait_options(timeout, on_change, poll_policy)
         for generation in self.events(timeout, poll_policy, stop):
@@ -184,20 +176,28 @@ class Generation:
         """The job's :class:`~arta.result.Result` as a :class:`concurrent.futures.Future`.
 
         The wait (the client's policy and timeout) starts at the first call;
-        later calls return the same future. Its errors carry the record id.
+        later calls return the same future. Its errors carry the record id;
+        ``cancel()`` ends the wait (the job goes on at the service).
         """
         if self._future is None:
             future: concurrent.futures.Future[Result] = concurrent.futures.Future()
-            future.set_running_or_notify_cancel()
             self._future = future
-            waiter = self.watch()
-            waiter.future.add_done_callback(lambda done: self._settle(done, future))
+            if self.done:  # the end is known already: no wait, no poll
+                self._settle(None, future)
+            else:
+                watch = self.watch()
+                watch.future.add_done_callback(lambda done: self._settle(done, future))
+                future.add_done_callback(
+                    lambda f: f.cancelled() and watch.cancel("the future was cancelled"))
         return self._future
 
-    def _settle(self, done: concurrent.futures.Future[Generation],
+    def _settle(self, done: concurrent.futures.Future[Generation] | None,
                 future: concurrent.futures.Future[Result]) -> None:
+        if future.cancelled():
+            return
         try:
-            done.result()
+            if done is not None:
+                done.result()
             future.set_result(self.result())
         except ArtaError as failed:
             future.set_exception(failed)

@@ -137,6 +137,21 @@ def test_as_completed_past_its_timeout_names_the_running_jobs(
     with pytest.raises(arta.GenerationTimeout) as caught:
         list(arta.as_completed(generations, timeout=0.3))
     assert all(g.record_id in str(caught.value) for g in generations)
+    # Issue 18, item 11: giving up ends the waits too; no poll goes on behind the caller.
+    assert all(g.future().cancelled() for g in generations)
+    assert client.loop.in_flight == 0
+
+
+def test_a_cancelled_future_ends_its_wait_and_a_known_end_costs_no_poll(
+        emulator: Emulator, client: arta.Client) -> None:
+    emulator.app.inject("submit", "stuck")
+    stuck = client.submit("a stuck fox")
+    assert stuck.future().cancel()  # a wait, not a running call: it can be called off
+    assert stuck.future().cancelled() and client.loop.in_flight == 0
+    done = client.submit("a fox").wait(timeout=60)
+    polls = emulator.stats()["polls"]
+    assert done.future().result(timeout=1).record_id == done.record_id
+    assert emulator.stats()["polls"] == polls  # DONE already: the future is settled at once
 
 
 def test_map_yields_outcomes_and_errors_as_values(emulator: Emulator, client: arta.Client) -> None:

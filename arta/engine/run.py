@@ -384,7 +384,7 @@ def as_completed(generations: Iterable[Generation],
     Call ``result()`` on what is yielded: the images, or the error that
     ended the job or its wait (carrying the record id). Past ``timeout``
     seconds, :class:`~arta.errors.GenerationTimeout` names the jobs still
-    running; they go on at the service.
+    running; they go on at the service, and their waits end.
     """
     by_future = {generation.future(): generation for generation in generations}
     try:
@@ -392,6 +392,8 @@ def as_completed(generations: Iterable[Generation],
             yield by_future[future]
     except concurrent.futures.TimeoutError:
         pending = [g.record_id for f, g in by_future.items() if not f.done()]
+        for future in by_future:
+            future.cancel()  # nobody waits for them any more: their polls stop
         raise GenerationTimeout(
             f"{len(pending)} of {len(by_future)} jobs still running after {timeout:g}s: "
             + ", ".join(pending)) from None
