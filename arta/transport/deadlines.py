@@ -7,17 +7,17 @@ socket itself is cut at the deadline by :mod:`arta.transport.watchdog`.
 from __future__ import annotations
 
 import time
+from types import TracebackType
+from typing import Callable
 
 from arta.errors import ConnectError, NoResponseError, TransportError
-from arta.transport.base import (
-    Request,
-    describe,
-)
+from arta.redact import scrub_chain
+from arta.transport.base import Request, describe, secrets_of
 from arta.transport.bodies import BODY_TIME_FACTOR
-from arta.transport.watchdog import Slot
+from arta.transport.watchdog import Slot, set_current_slot, watchdog
 
 __all__ = ["DEADLINE_SLACK", "MIN_TIMEOUT", "answer_bound", "bounded_timeouts", "expired",
-           "overdue", "too_late_to_send"]
+           "overdue", "sending", "too_late_to_send"]
 
 #: The shortest timeout a socket is given when a deadline is near (0 would
 #: make it non-blocking, and None would make it wait forever).
@@ -94,3 +94,36 @@ def overdue(request: Request, error: TransportError, slot: Slot | None) -> Trans
     if sent:
         return NoResponseError(f"no whole answer before the deadline: {describe(request)}")
     return ConnectError(f"no connection before the deadline: {describe(request)}")
+
+
+class sending:
+    """Around a transport's send: the thread's connections register their socket in ``slot``.
+
+    If the send fails, the slot is disarmed first (a connection no answer
+    will come on must not be cut later, once back in a pool), then a failure
+    of one of the ``expected`` kinds is raised as ``mapped(error, request)``
+    or the deadline's error (:func:`overdue`), its chain scrubbed of the
+    request's secrets; any other (an interrupt) goes on as it is.
+    """
+
+    __slots__ = ("expected", "mapped", "request", "slot")
+
+    def __init__(self, request: Request, slot: Slot | None,
+                 mapped: Callable[[BaseException, Request], TransportError],
+                 expected: tuple[type[BaseException], ...]) -> None:
+        self.request, self.slot, self.mapped, self.expected = request, slot, mapped, expected
+
+    def __enter__(self) -> None:
+        set_current_slot(self.slot)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        set_current_slot(None)
+        if error is None:
+            return
+        if self.slot is not None:
+            watchdog.disarm(self.slot)
+        if isinstance(error, self.expected):
+            request = self.request
+            raise overdue(request, self.mapped(error, request), self.slot) \
+                from scrub_chain(error, secrets_of(request))

@@ -29,8 +29,14 @@ from arta.transport.base import (
     secrets_of,
 )
 from arta.transport.bodies import ACCEPT_ENCODING, DEFAULT_MAX_BODY_BYTES, read_body
-from arta.transport.deadlines import answer_bound, bounded_timeouts, overdue, too_late_to_send
-from arta.transport.watchdog import Slot, current_slot, set_current_slot, watchdog
+from arta.transport.deadlines import (
+    answer_bound,
+    bounded_timeouts,
+    overdue,
+    sending,
+    too_late_to_send,
+)
+from arta.transport.watchdog import Slot, current_slot, watchdog
 
 if TYPE_CHECKING:
     import httpx
@@ -165,27 +171,15 @@ class HttpxTransport:
             when, by_deadline = answer_bound(request, now)
             if when is not None:
                 slot = watchdog.arm(when, by_deadline=by_deadline)
-        set_current_slot(slot)
-        try:
-            outgoing = self.client.build_request(
-                request.method, request.url, headers=headers, content=content, timeout=timeout)
-            answer = self.client.send(outgoing, stream=True)  # bodies are read here, in bounds
-        except httpx.HTTPError as error:
-            if slot is not None:
-                watchdog.disarm(slot)
-            raise overdue(request, _mapped(error, request), slot) \
-                from scrub_chain(error, secrets_of(request))
-        except httpx.InvalidURL as error:
-            if slot is not None:
-                watchdog.disarm(slot)
-            raise TransportError(f"invalid URL: {describe(request)}") \
-                from scrub_chain(error, secrets_of(request))
-        except BaseException:
-            if slot is not None:  # (an interrupt: nothing may cut this socket later)
-                watchdog.disarm(slot)
-            raise
-        finally:
-            set_current_slot(None)
+        with sending(request, slot, _mapped, (httpx.HTTPError,)):
+            try:
+                outgoing = self.client.build_request(
+                    request.method, request.url, headers=headers, content=content,
+                    timeout=timeout)
+                answer = self.client.send(outgoing, stream=True)  # bodies read here, in bounds
+            except httpx.InvalidURL as error:  # not an HTTPError
+                raise TransportError(f"invalid URL: {describe(request)}") \
+                    from scrub_chain(error, secrets_of(request))
         if slot is not None:
             # httpx hands the connection back as soon as the body ends, before
             # this transport could disarm: the slot goes first (see _disarming).
@@ -223,7 +217,7 @@ def _ssl_context(ca_bundle: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_bundle)
 
 
-def _mapped(error: httpx.HTTPError, request: Request) -> TransportError:
+def _mapped(error: BaseException, request: Request) -> TransportError:
     """The ``TransportError`` for an httpx failure."""
     import httpx
 

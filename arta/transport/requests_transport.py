@@ -30,14 +30,22 @@ from arta.transport.base import (
     secrets_of,
 )
 from arta.transport.bodies import ACCEPT_ENCODING, DEFAULT_MAX_BODY_BYTES, read_body
-from arta.transport.deadlines import answer_bound, bounded_timeouts, overdue, too_late_to_send
+from arta.transport.deadlines import (
+    answer_bound,
+    bounded_timeouts,
+    overdue,
+    sending,
+    too_late_to_send,
+)
 from arta.transport.urllib3_transport import classify, raw_chunks, read_whole
-from arta.transport.watchdog import Slot, set_current_slot, watch_pools, watchdog
+from arta.transport.watchdog import Slot, watch_pools, watchdog
 
 __all__ = ["DEFAULT_POOL_SIZE", "RequestsTransport"]
 
 redact_logger("urllib3.connectionpool")  # its DEBUG request lines hold whole URLs
 
+#: What a send may raise that is a transport's failure (mapped by ``_mapped``).
+_SEND_FAILURES = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ValueError)
 _ORIGINS_KEPT = 256  # hosts whose proxy decision is remembered (then forgotten at once)
 #: Methods that requests sends without ``Content-Length: 0`` when they have no body.
 _NO_BODY_LENGTH = frozenset({"GET", "HEAD"})
@@ -206,42 +214,19 @@ class RequestsTransport:
         prepared = self._prepare(request)
         when, by_deadline = answer_bound(request, now)
         slot = None if when is None else watchdog.arm(when, by_deadline=by_deadline)
-        set_current_slot(slot)
-        try:
+        with sending(request, slot, _mapped, _SEND_FAILURES):
             try:
                 proxies = self._origins[_origin(request.url)]
             except KeyError:
                 proxies = self._proxies_for(request.url)
             answer = adapter.send(prepared, stream=True, timeout=bounded_timeouts(request, now),
                                   verify=self._verify, proxies=proxies)
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
-                ValueError) as error:
-            if slot is not None:
-                watchdog.disarm(slot)
-            raise overdue(request, _mapped(error, request), slot) \
-                from scrub_chain(error, secrets_of(request))
-        except BaseException:
-            if slot is not None:  # (an interrupt: nothing may cut this socket later)
-                watchdog.disarm(slot)
-            raise
-        finally:
-            set_current_slot(None)
         if request.stream:
             return Response(answer.status_code, answer.headers,
                             chunks=_guarded(answer.iter_content(CHUNK_SIZE), request, slot),
                             close=lambda: _close(answer, slot))
-        try:
-            content = read_whole(answer.raw, request, self.max_body_bytes)
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            _close(answer, slot)
-            raise overdue(request, NoResponseError(f"the answer was cut short: {describe(request)}"),
-                          slot) from scrub_chain(error, secrets_of(request))
-        except BaseException:
-            _close(answer, slot)  # over the size limit, interrupted: the connection goes
-            raise
-        answer.raw.release_conn()  # (already back in its pool when the body ended)
-        if slot is not None:
-            watchdog.disarm(slot)  # (a no-op: the pool took the connection back, disarming it)
+        content = read_whole(answer.raw, request, self.max_body_bytes, slot,
+                             lambda: _close(answer, slot))
         return Response(answer.status_code, answer.headers, content=content)
 
     def _prepare(self, request: Request) -> requests.PreparedRequest:

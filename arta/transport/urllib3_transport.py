@@ -9,7 +9,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 from urllib.parse import unquote
 
 import certifi
@@ -34,8 +34,14 @@ from arta.transport.base import (
     secrets_of,
 )
 from arta.transport.bodies import ACCEPT_ENCODING, DEFAULT_MAX_BODY_BYTES, read_body
-from arta.transport.deadlines import answer_bound, bounded_timeouts, overdue, too_late_to_send
-from arta.transport.watchdog import Slot, set_current_slot, watch_pools, watchdog
+from arta.transport.deadlines import (
+    answer_bound,
+    bounded_timeouts,
+    overdue,
+    sending,
+    too_late_to_send,
+)
+from arta.transport.watchdog import Slot, watch_pools, watchdog
 
 __all__ = ["Urllib3Transport", "classify", "raw_chunks", "read_whole"]
 
@@ -144,8 +150,7 @@ class Urllib3Transport:
                 headers = {**headers, "Accept-Encoding": ACCEPT_ENCODING}
         when, by_deadline = answer_bound(request, now)
         slot = None if when is None else watchdog.arm(when, by_deadline=by_deadline)
-        set_current_slot(slot)
-        try:
+        with sending(request, slot, _mapped, (urllib3.exceptions.HTTPError, ValueError)):
             origin, target = _split(request.url)
             opener, absolute = self._routes.get(origin) or self._route(request, origin)
             answer = opener.urlopen(
@@ -153,33 +158,12 @@ class Urllib3Transport:
                 body=content, headers=headers, retries=False,
                 redirect=False, assert_same_host=False, timeout=timeout,
                 preload_content=False, decode_content=False)
-        except (urllib3.exceptions.HTTPError, ValueError) as error:
-            if slot is not None:
-                watchdog.disarm(slot)
-            raise overdue(request, _mapped(error, request), slot) \
-                from scrub_chain(error, secrets_of(request))
-        except BaseException:
-            if slot is not None:  # (an interrupt: nothing may cut this socket later)
-                watchdog.disarm(slot)
-            raise
-        finally:
-            set_current_slot(None)
         if request.stream:
             return Response(answer.status, answer.headers,
                             chunks=_streamed(answer, request, slot),
                             close=lambda: _close(answer, slot))
-        try:
-            content = read_whole(answer, request, self.max_body_bytes)
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            _close(answer, slot)
-            raise overdue(request, NoResponseError(f"the answer was cut short: {describe(request)}"),
-                          slot) from scrub_chain(error, secrets_of(request))
-        except BaseException:
-            _close(answer, slot)  # over the size limit, interrupted: the connection goes
-            raise
-        answer.release_conn()  # (already back in its pool when the body ended)
-        if slot is not None:
-            watchdog.disarm(slot)  # (a no-op: the pool took the connection back, disarming it)
+        content = read_whole(answer, request, self.max_body_bytes, slot,
+                             lambda: _close(answer, slot))
         return Response(answer.status, answer.headers, content=content)
 
     def _timeout(self, connect: float, read: float) -> urllib3.util.Timeout:
@@ -322,12 +306,31 @@ def classify(error: BaseException, where: str) -> TransportError:
     return NoResponseError(f"the connection was lost before an answer: {where}")
 
 
-def read_whole(answer: urllib3.response.BaseHTTPResponse, request: Request, limit: int) -> bytes:
-    """The whole body of ``answer``, within bounds; in one read when its declared size is within them.
+def read_whole(answer: urllib3.response.BaseHTTPResponse, request: Request, limit: int,
+               slot: Slot | None, close: Callable[[], None]) -> bytes:
+    """The whole body of ``answer``, within bounds, and the connection given back.
 
-    Only for a request armed with the watchdog (which bounds how long the
-    one read takes); :func:`~arta.transport.read_body` does the rest.
+    On a failure ``close()`` releases the connection and the error says
+    what ended the read (cut short, or the deadline); once the body is in,
+    the connection is back in its pool and ``slot`` disarmed.
     """
+    try:
+        content = _body(answer, request, limit)
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        close()
+        raise overdue(request, NoResponseError(f"the answer was cut short: {describe(request)}"),
+                      slot) from scrub_chain(error, secrets_of(request))
+    except BaseException:
+        close()  # over the size limit, interrupted: the connection goes
+        raise
+    answer.release_conn()  # (already back in its pool when the body ended)
+    if slot is not None:
+        watchdog.disarm(slot)  # (a no-op: the pool took the connection back, disarming it)
+    return content
+
+
+def _body(answer: urllib3.response.BaseHTTPResponse, request: Request, limit: int) -> bytes:
+    """In one read when the declared size is within bounds (the watchdog bounds its time)."""
     headers = answer.headers
     declared = headers.get("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) <= limit \
