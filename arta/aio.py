@@ -179,9 +179,10 @@ class AsyncGeneration:
     def result(self) -> Result:
         """The images of a DONE job; raise ``GenerationFailed`` for a FAILED one.
 
-        Does no I/O (``await arta.aio.save(result, folder)`` downloads).
+        Like :meth:`asyncio.Future.result`, it does not wait (``await wait()``
+        does) and does no I/O (``await arta.aio.save(result, folder)`` downloads).
         """
-        return self.generation.result()
+        return self.generation.ended_result()
 
     def __repr__(self) -> str:
         return f"<AsyncGeneration {self.record_id} {self.status}>"

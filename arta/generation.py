@@ -198,7 +198,7 @@ class Generation:
         try:
             if done is not None:
                 done.result()
-            future.set_result(self.result())
+            future.set_result(self.ended_result())
         except ArtaError as failed:
             future.set_exception(failed)
 
@@ -207,12 +207,19 @@ class Generation:
         """Call ``callback(future)`` once the job's :meth:`future` is done (starts the wait)."""
         self.future().add_done_callback(callback)
 
-    def result(self) -> Result:
-        """The images of a DONE job; raise ``GenerationFailed`` for a FAILED one.
+    def result(self, timeout: float | None = None) -> Result:
+        """Wait until the job ends (as :meth:`wait`), then return its images.
 
-        For a job still running, raises the error that ended the last wait
-        (a timeout, say) if there was one.
+        Blocks like :meth:`concurrent.futures.Future.result`; a job already
+        ended costs no request. Raises ``GenerationFailed`` for a FAILED job,
+        else what ended the wait (``GenerationTimeout``...), with the record id.
         """
+        if not self.done:
+            self.wait(timeout)
+        return self.ended_result()
+
+    def ended_result(self) -> Result:
+        """The result of a job known to have ended, without waiting (the async facade's)."""
         if self.status is Status.FAILED:
             reason = ": ".join(x for x in (self.error_code, self.error_details) if x)
             raw = "" if self.raw_status == "FAILED" else f" (status {self.raw_status!r})"
@@ -224,7 +231,7 @@ class Generation:
         if self.status is not Status.DONE:
             if isinstance(self.wait_error, ArtaError):
                 raise self.wait_error
-            raise ArtaError(f"the job is {self.status}, not finished yet: call wait() first",
+            raise ArtaError(f"the job is {self.status}, not finished yet: wait for it first",
                             record_id=self.record_id)
         session = self._session
         return Result(self.record_id, self.images, self.seed, self.params,

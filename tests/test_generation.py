@@ -93,6 +93,21 @@ def test_a_stuck_job_times_out_with_its_record_id(emulator: Emulator, client: ar
     assert "arta status" not in str(error)  # a library error carries no CLI syntax
 
 
+def test_result_waits_like_a_future_and_says_how_it_ended(emulator: Emulator,
+                                                         client: arta.Client) -> None:
+    generation = client.submit("a fox")
+    assert not generation.done
+    result = generation.result()  # blocks until the job ends, as Future.result() does
+    assert generation.status is Status.DONE and result.record_id == generation.record_id
+    assert result.urls and generation.result().urls == result.urls  # ended: no wait again
+
+    emulator.app.inject("submit", "stuck")
+    stuck = client.submit("a fox")
+    with pytest.raises(arta.GenerationTimeout) as caught:
+        stuck.result(timeout=0.3)
+    assert caught.value.record_id == stuck.record_id
+
+
 @pytest.mark.parametrize("fault", ["drop", "slow", "badjson", "500", "502"])
 def test_a_submit_without_a_usable_answer_is_not_sent_again(
     emulator: Emulator, client: arta.Client, fault: str,

@@ -295,7 +295,7 @@ class JobRun:
         error = done.exception()
         if error is None:
             try:
-                self._finish(Outcome(job, generation, result=generation.result()))
+                self._finish(Outcome(job, generation, result=generation.ended_result()))
             except ArtaError as failed:
                 self._finish(Outcome(job, generation, error=failed))
         elif isinstance(error, ArtaError):
