@@ -39,3 +39,15 @@ def test_refused_submits_back_off_and_end_in_typed_errors(mode: str, tmp_path: P
     # Backoff of 0.5, 1, 2 s (+ jitter) while the window halves: a few rounds of
     # at most four submits, where a tight loop sent thousands.
     assert submits <= 30, submits
+
+
+def test_the_clients_timeout_bounds_refused_submits_too(tmp_path: Path) -> None:
+    """``Client(timeout=T)`` with no ``timeout`` given to ``map``: the same end, not a retry forever."""
+    with HostileServer() as server, \
+            arta.Client(f"{server.url}/submit-429", home=tmp_path, timeout=TIMEOUT) as client:
+        started = time.monotonic()
+        outcomes = list(client.map(PROMPTS[:2], concurrency=2))
+        took = time.monotonic() - started
+    assert len(outcomes) == 2
+    assert all(isinstance(outcome.error, ServiceError) for outcome in outcomes), outcomes
+    assert took <= TIMEOUT + 1.0, took

@@ -27,7 +27,7 @@ from arta.errors import (
     InvalidInputError,
     ServiceError,
 )
-from arta.generation import Generation, PollPlanner, Session
+from arta.generation import Generation, PollPlanner, Session, wait_bound
 from arta.params import GenerationParams
 from arta.result import Result
 from arta.retry import congested
@@ -116,7 +116,7 @@ class JobRun:
         self._client = client
         self._window = window
         self._jobs = iter(jobs)
-        self._timeout = timeout
+        self._timeout = wait_bound(timeout, client, poll_policy)  # refusals end by it too
         self._policy = poll_policy
         self._on_submitting = on_submitting
         self._on_submitted = on_submitted
