@@ -30,7 +30,6 @@ from arta.auth import FileTokenStore
 from arta.batch.manifest import ManifestError
 from arta.cli.args import build_parser
 from arta.cli.batch import BatchCommand
-from arta.cli.progress import StatusLine
 from arta.client import Client
 from arta.config import Settings
 from arta.errors import (
@@ -46,6 +45,7 @@ from arta.errors import (
     SaveError,
 )
 from arta.generation import Generation, PollPolicy
+from arta.progress import StatusLine
 from arta.redact import install_log_redaction
 from arta.styles import STYLE_ALIASES, STYLES
 
