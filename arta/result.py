@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from arta.atomic import remove_stale, replacing
+from arta.atomic import CLAIM_SECONDS, remove_stale, replacing
 from arta.errors import (
     ArtaError,
     DownloadError,
@@ -63,8 +63,6 @@ MAX_DOWNLOAD_THREADS = 8
 #: Longest file name stem (the extension on top), well under most file systems' 255 bytes.
 MAX_STEM = 160
 
-#: ``.part`` files untouched this long were left by a killed process; the next save removes them.
-STALE_PART_SECONDS = 60.0
 
 
 class _Stopped(BaseException):
@@ -377,13 +375,14 @@ _swept: dict[Path, float] = {}  # folder -> when its stale parts were last remov
 
 
 def _remove_stale_parts(folder: Path) -> None:
-    """Remove ``.part`` files that no download has written to for a minute (left by a kill).
+    """Remove the ``.part`` files of killed downloads (:func:`arta.atomic.remove_stale`).
 
-    A folder is swept at most once a minute per process: a batch saving
-    thousands of images into one folder must not list it before each one.
+    A folder is swept at most once every :data:`~arta.atomic.CLAIM_SECONDS`
+    per process: a batch saving thousands of images into one folder must
+    not list it before each one.
     """
     now = time.time()
-    if now - _swept.get(folder, 0.0) < STALE_PART_SECONDS:
+    if now - _swept.get(folder, 0.0) < CLAIM_SECONDS:
         return
     _swept[folder] = now
-    remove_stale(folder, ".arta-*.part", STALE_PART_SECONDS)
+    remove_stale(folder, ".arta-*.part")

@@ -28,13 +28,9 @@ from arta.auth.token import Token
 from arta.config import Settings
 from arta.errors import ConfigurationError, TokenStoreError
 
-__all__ = ["STALE_TEMP_SECONDS", "FileTokenStore", "MemoryTokenStore", "Token", "TokenStore"]
+__all__ = ["FileTokenStore", "MemoryTokenStore", "Token", "TokenStore"]
 
 log = logging.getLogger("arta.auth")  # one logger for the token, however it is split
-
-#: Temporary copies of the token older than this are left over from a
-#: process killed while saving, and are removed at the next save.
-STALE_TEMP_SECONDS = 60.0
 
 _TEMP_PREFIX, _TEMP_SUFFIX = ".auth_ARTA.", ".tmp"
 _TEMPS = f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"  # what a killed writer may leave
@@ -247,11 +243,11 @@ class FileTokenStore:
     def save(self, token: Token) -> None:
         """Replace the file atomically with ``token``, readable by its owner only.
 
-        Temporary copies left behind by processes killed while saving (older
-        than :data:`STALE_TEMP_SECONDS`) are removed on the way.
+        Temporary copies left behind by processes killed while saving are
+        removed on the way (:func:`arta.atomic.remove_stale`).
         """
         self._ensure_folder()
-        remove_stale(self.path.parent, _TEMPS, STALE_TEMP_SECONDS)
+        remove_stale(self.path.parent, _TEMPS)
         write_json_atomically(self.path, token.to_json(), prefix=_TEMP_PREFIX,
                               suffix=_TEMP_SUFFIX)
 
