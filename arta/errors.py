@@ -29,7 +29,8 @@
         └── SaveError                         ...because the disk refused it (OSError)
 
     KeyboardInterrupt
-    └── GenerationInterrupted                 Ctrl-C during a wait; carries the record_id
+    ├── GenerationInterrupted                 Ctrl-C during a wait; carries the record_id
+    └── SubmitInterrupted                     Ctrl-C during a submit; carries the params
 
 Errors raised after a job was submitted carry its ``record_id`` and say how
 to resume it, so nothing already paid for is ever lost (except for a job the
@@ -40,6 +41,8 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+
+from arta.interrupt import exit_as_interrupted_if_uncaught
 
 __all__ = [
     "ArtaError",
@@ -285,9 +288,12 @@ class GenerationInterrupted(KeyboardInterrupt):
     """Ctrl-C while waiting for a job: still a ``KeyboardInterrupt``, carrying ``record_id``.
 
     The job goes on at the service; ``Client().resume(record_id)`` picks it up.
+    Uncaught, it ends the script as a plain Ctrl-C does (status 130), record id
+    on stderr (:mod:`arta.interrupt`).
     """
 
     def __init__(self, record_id: str) -> None:
+        exit_as_interrupted_if_uncaught()
         super().__init__(f"interrupted while waiting for job {record_id}; "
                          f"{resume_hint(record_id)}")
         self.record_id = record_id
@@ -304,6 +310,7 @@ class SubmitInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, params: Any) -> None:
+        exit_as_interrupted_if_uncaught()
         seed = getattr(params, "seed", None)
         super().__init__("interrupted while the submit was on its way: the job may or may not "
                          f"exist (seed {seed}); it was not sent again")
