@@ -571,7 +571,7 @@ def test_import_arta_does_not_import_httpx() -> None:
 
 def test_without_httpx_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "httpx", None)  # what `import httpx` sees when it is missing
-    with pytest.raises(arta.ConfigurationError, match=re.escape("pip install 'arta[httpx]'")):
+    with pytest.raises(arta.ConfigurationError, match=re.escape("pip install 'arta-client[httpx]'")):
         HttpxTransport()
 
 

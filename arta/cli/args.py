@@ -210,7 +210,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: DIR/arta-manifest.jsonl)")
     parser.add_argument("--gallery", action="store_true",
                         help="after the run, write DIR/index.html: a contact sheet of the images")
-    dask = parser.add_argument_group("on a Dask cluster (pip install 'arta[dask]')")
+    dask = parser.add_argument_group("on a Dask cluster (pip install 'arta-client[dask]')")
     dask.add_argument("--engine", choices=("local", "dask"), default="local",
                       help="where the jobs wait: this process (default) or a Dask cluster; "
                            "only this process submits either way")

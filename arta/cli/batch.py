@@ -50,7 +50,7 @@ def _check_engine(args: argparse.Namespace) -> None:
     if args.workers != 1:
         raise InvalidInputError("--workers is for --engine local; a Dask cluster has its own")
     if importlib.util.find_spec("distributed") is None:
-        raise InvalidInputError("--engine dask needs Dask: pip install 'arta[dask]'")
+        raise InvalidInputError("--engine dask needs Dask: pip install 'arta-client[dask]'")
 
 
 def _print_json(record: dict[str, Any]) -> None:
