@@ -197,6 +197,7 @@ class Client:
                 f"may not exist, so it was not sent again; it had seed {params.seed}",
                 params=params,
             ) from error
+        log.info("submitted %s seed=%s", state.record_id, state.seed or params.seed)
         generation = Generation(state.record_id, params=params, session=self)
         generation.apply(state)
         return generation

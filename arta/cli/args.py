@@ -35,7 +35,8 @@ def _global_flags(*, on_command: bool) -> argparse.ArgumentParser:
     flags = argparse.ArgumentParser(add_help=False)
     flags.add_argument("-v", "--verbose", action="count",
                        default=argparse.SUPPRESS if on_command else 0,
-                       help="log what the client does (-vv: debug)")
+                       help="tell the story of each job (-vv: times, details, HTTP "
+                            "requests; -vvv: file locks too)")
     flags.add_argument("-q", "--quiet", action="store_true",
                        default=argparse.SUPPRESS if on_command else False,
                        help="no progress on stderr")

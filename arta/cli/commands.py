@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import shlex
 import sys
@@ -32,7 +31,7 @@ from arta.cli.args import build_parser
 from arta.cli.batch import BatchCommand
 from arta.cli.progress import StatusLine
 from arta.client import Client
-from arta.config import Settings
+from arta.config import Settings, log_verbosity
 from arta.errors import (
     ArtaError,
     AuthError,
@@ -46,7 +45,7 @@ from arta.errors import (
     SaveError,
 )
 from arta.generation import Generation, PollPolicy
-from arta.redact import install_log_redaction
+from arta.log import configure_logging
 from arta.styles import STYLE_ALIASES, STYLES
 
 __all__ = ["main"]
@@ -335,10 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="arta: %(levelname)s: %(message)s")
-    install_log_redaction()  # urllib3's DEBUG lines carry the sign-up URL and its key
     try:
+        configure_logging(max(args.verbose, log_verbosity()), replace=True)  # ARTA_LOG too
         return _COMMANDS[args.command](args)
     except BrokenPipeError:
         raise
