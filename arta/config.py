@@ -3,7 +3,7 @@
 Every setting comes from an argument first, then from the environment, then
 from a default:
 
-==============================  =========================================
+================================  =========================================
 ``endpoint`` / ``ARTA_ENDPOINT``  a base URL put in front of the original
                                   host and path of every call (the
                                   emulator's ``.url``, a recording proxy)
@@ -19,7 +19,7 @@ from a default:
 ``ARTA_LOG``                      ``info`` (the story of each job) or
                                   ``debug`` (details, HTTP requests): log
                                   to stderr, as the command's ``-v``/``-vv``
-==============================  =========================================
+================================  =========================================
 """
 
 from __future__ import annotations
