@@ -142,6 +142,17 @@ class Settings:
             log=log_verbosity(env),
         )
 
+    @property
+    def where(self) -> str:
+        """Which setting chose where the calls go, for an error that could not get there."""
+        auth = (f"; sign-up and refresh go to {redact(self.auth_endpoint)!r} "
+                "(FIREBASE_AUTH_EMULATOR_HOST)" if self.auth_endpoint else "")
+        if self.endpoint:
+            return (f"the endpoint is {redact(self.endpoint)!r}, from ARTA_ENDPOINT or the "
+                    f"client's endpoint{auth}: is the service or `arta emulator` running there?")
+        return ("ARTA_ENDPOINT is not set, so this is the real service; to work offline, "
+                f"point ARTA_ENDPOINT at an emulator (`arta emulator`){auth}")
+
     def _google(self, host_and_path: str) -> str:
         base = self.auth_endpoint or self.endpoint or "https:/"
         return f"{base}/{host_and_path}?key={quote(self.api_key, safe='')}"

@@ -80,10 +80,6 @@ def resume_hint(record_id: str) -> str:
     return f"resume with Client().resume({record_id!r})"
 
 
-def _with_id(message: str, record_id: str, resumable: bool) -> str:
-    if not resumable:
-        return f"{message} (record_id {record_id})"
-    return f"{message} (record_id {record_id}; {resume_hint(record_id)})"
 
 
 class ArtaError(Exception):
@@ -98,18 +94,31 @@ class ArtaError(Exception):
     resumable = True
 
     def __init__(self, message: str, *, record_id: str | None = None) -> None:
-        if record_id is not None:
-            message = _with_id(message, record_id, self.resumable)
-        super().__init__(message)
         self.record_id = record_id
+        super().__init__(self._with_id(message))
+
+    @property
+    def hint(self) -> str | None:
+        """What a Python caller can do about the job next, in Python (None if nothing).
+
+        It ends the message; the command line, which has its own commands,
+        leaves it out.
+        """
+        return resume_hint(self.record_id) if self.record_id and self.resumable else None
+
+    def _with_id(self, message: str) -> str:
+        if self.record_id is None:
+            return message
+        hint = self.hint
+        return f"{message} (record_id {self.record_id}{f'; {hint}' if hint else ''})"
 
     def with_record_id(self, record_id: str) -> ArtaError:
         """This error, re-issued to carry ``record_id`` (itself if it already does)."""
         if self.record_id is not None:
             return self
         error = copy.copy(self)
-        error.args = (_with_id(str(self), record_id, self.resumable),)
         error.record_id = record_id
+        error.args = (error._with_id(str(self)),)
         error.__cause__ = self
         return error
 
@@ -204,6 +213,13 @@ class TransportError(ArtaError):
 class ConnectError(TransportError):
     """The connection was never made, so the request surely did not arrive."""
 
+    def naming(self, setting: str) -> ConnectError:
+        """A copy that says which ``setting`` chose the address (``ARTA_ENDPOINT`` and its value)."""
+        error = copy.copy(self)
+        error.args = (f"{self} ({setting})",)
+        error.__cause__ = self
+        return error
+
 
 class NoResponseError(TransportError):
     """The request was (or may have been) sent, but no answer came back."""
@@ -282,6 +298,14 @@ class SaveError(DownloadError):
                  path: str | None = None) -> None:
         super().__init__(message, record_id=record_id)
         self.path = path
+
+    @property
+    def hint(self) -> str | None:
+        """Save again elsewhere: the images are still at the service."""
+        if not self.record_id:
+            return None
+        return ("the job is done and its images are still at the service: call save() again "
+                f"with a folder that can be written, or {resume_hint(self.record_id)}")
 
 
 class GenerationInterrupted(KeyboardInterrupt):

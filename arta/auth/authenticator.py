@@ -23,7 +23,7 @@ from typing import Callable
 from arta import protocol
 from arta.auth.stores import FileTokenStore, MemoryTokenStore, Token, TokenStore
 from arta.config import Settings
-from arta.errors import ArtaError, QuotaExceededError
+from arta.errors import ArtaError, ConnectError, QuotaExceededError
 from arta.retry import RetryPolicy, transient
 from arta.transport import Request, Response, Transport
 
@@ -196,4 +196,7 @@ class Authenticator:
             with self.transport.handle_request(request) as response:
                 return parse(response)
 
-        return Token.from_grant(self.retry_policy.call(once, retry_on=transient), self.clock())
+        try:
+            return Token.from_grant(self.retry_policy.call(once, retry_on=transient), self.clock())
+        except ConnectError as error:
+            raise error.naming(self.settings.where)  # offline: say which setting to look at

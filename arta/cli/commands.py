@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shlex
 import sys
@@ -271,6 +272,8 @@ def _emulator(args: argparse.Namespace) -> int:
                         progress_seconds=args.progress_seconds, capacity=args.capacity,
                         max_jobs_per_user=args.max_jobs_per_user, faults=args.faults,
                         fault_seed=args.fault_seed)
+    if args.verbose:
+        logging.getLogger("arta.emulator").setLevel(logging.DEBUG)  # a line per request
     emulator.start()
     print(emulator.url, flush=True)
     print(f"arta: emulator listening; use ARTA_ENDPOINT={emulator.url}. Ctrl-C stops it.",
@@ -304,8 +307,7 @@ def _hint(error: ArtaError, args: argparse.Namespace) -> str | None:
     """What the user can do next, in this command's terms (library errors carry no CLI syntax)."""
     emulated = getattr(args, "emulator", False)
     if isinstance(error, ConnectError) and not emulated and error.record_id is None:
-        return ("cannot reach the service. To try arta offline, add --emulator; to use "
-                "another service (or a running `arta emulator`), set ARTA_ENDPOINT")
+        return "to try arta offline, add --emulator (an emulator of the service, in this command)"
     if error.record_id is None or not error.resumable:
         return None
     if emulated:
@@ -340,7 +342,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise
     except ArtaError as error:
-        print(f"arta: error: {error}", file=sys.stderr)
+        # The library's hint is Python (``Client().resume(...)``); ours follows.
+        text = str(error).replace(f"; {error.hint})", ")") if error.hint else str(error)
+        print(f"arta: error: {text}", file=sys.stderr)
         hint = _hint(error, args)
         if hint:
             print(f"arta: {hint}", file=sys.stderr)
