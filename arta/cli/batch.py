@@ -98,7 +98,7 @@ class BatchCommand:
                 skipped = len(done)
                 for outcome in done:
                     report(outcome)
-                progress.update(done=skipped, in_flight=0, queued=len(tasks), failed=0)
+                progress.resumed(done=skipped, failed=0, queued=len(tasks))
                 again = sum(task.possibly_resubmitted for task in tasks)
                 if again:  # said before the submits, so that even a killed run has said it
                     progress.message(

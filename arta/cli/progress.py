@@ -8,7 +8,8 @@ only when ``NO_COLOR`` is unset and the terminal is not ``dumb``.
 
 :class:`BatchProgress` (a batch): on a terminal, a bar redrawn in place
 with done / in flight / queued / failed, the current rate (jobs a minute
-over the last minute) and the time left at that rate; off a terminal (a CI
+over the last minute; jobs an earlier run ended are not in it) and the time
+left at that rate, written again only when it changed; off a terminal (a CI
 log), the same numbers as a plain line every few seconds and once at the
 end, so that a log shows the batch moving without a line per redraw.
 """
@@ -141,6 +142,12 @@ class BatchProgress(_Redrawn):
         self._ends: collections.deque[float] = collections.deque()  # when each job ended
         self._lock = threading.Lock()
         self._draw_lock = threading.Lock()
+        self._drawn = ""  # the bar on screen: not written again while nothing changed
+
+    def resumed(self, *, done: int, failed: int, queued: int) -> None:
+        """The jobs an earlier run ended: counted as ended, but not in the rate (they took no time here)."""
+        with self._lock:
+            self.counts = {"done": done, "in_flight": 0, "queued": queued, "failed": failed}
 
     def update(self, *, done: int, in_flight: int, queued: int, failed: int) -> None:
         """The counts now; jobs that ended since the last call feed the rate."""
@@ -188,11 +195,14 @@ class BatchProgress(_Redrawn):
             self.stream.write(f"{_CLEAR if self.tty else ''}{text}\n")
             self.stream.flush()
         if self.tty:
-            self._draw()
+            self._draw(again=True)  # the message wrote over it
 
-    def _draw(self) -> None:
+    def _draw(self, again: bool = False) -> None:
         line = f"{_CLEAR}arta: {self.bar()}" if self.tty else f"arta: batch: {self.text()}\n"
         with self._draw_lock:
+            if self.tty and line == self._drawn and not again:
+                return
+            self._drawn = line
             self.stream.write(line)
             self.stream.flush()
 
