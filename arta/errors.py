@@ -80,8 +80,6 @@ def resume_hint(record_id: str) -> str:
     return f"resume with Client().resume({record_id!r})"
 
 
-
-
 class ArtaError(Exception):
     """Base of every error raised by ``arta``.
 

@@ -25,7 +25,7 @@ _hooked = False
 
 
 def exit_as_interrupted_if_uncaught() -> None:
-    """Make an uncaught ``KeyboardInterrupt`` subclass end the process as an interrupt (once)."""
+    """Make an uncaught interrupt of arta's end the process as a plain Ctrl-C does (set up once)."""
     global _hooked
     with _installed:
         if _hooked:
@@ -36,7 +36,8 @@ def exit_as_interrupted_if_uncaught() -> None:
         def hook(kind: type[BaseException], error: BaseException,
                  trace: TracebackType | None) -> None:
             previous(kind, error, trace)  # the traceback, record id included, on stderr
-            if issubclass(kind, KeyboardInterrupt) and kind is not KeyboardInterrupt:
+            # Only arta's own: another library's subclass keeps the exit it chose.
+            if issubclass(kind, KeyboardInterrupt) and kind.__module__ == "arta.errors":
                 atexit.register(_die_by_sigint)  # last in, first out: it runs the rest first
 
         sys.excepthook = hook
