@@ -16,6 +16,7 @@ from arta.engine.window import AdaptiveWindow
 from arta.errors import (
     AuthError,
     ConfigurationError,
+    ConnectError,
     GenerationInterrupted,
     InvalidInputError,
     NoResponseError,
@@ -185,6 +186,8 @@ class Client:
                                                              self.request_timeout),
                     lambda response: protocol.parse_job(response, "submit"), token),
                 retry_on=surely_not_taken if retry else _never)
+        except ConnectError as error:  # nothing was sent: say which setting chose the address
+            raise error.naming(self.settings.where)
         except KeyboardInterrupt:
             log.warning("interrupted while the submit was on its way: the job may exist "
                         "(seed %s)", params.seed)
@@ -198,6 +201,7 @@ class Client:
                 f"may not exist, so it was not sent again; it had seed {params.seed}",
                 params=params,
             ) from error
+        log.info("submitted %s seed=%s", state.record_id, state.seed or params.seed)
         generation = Generation(state.record_id, params=params, session=self)
         generation.apply(state)
         return generation

@@ -8,6 +8,7 @@ exception carrying the ``record_id``: a submitted job is never lost.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import queue
 import threading
 import time
@@ -25,6 +26,8 @@ from arta.protocol import RANK, JobState, Status
 from arta.result import Result
 from arta.retry import RetryPolicy, transient
 from arta.transport import Transport
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Generation", "OnChange", "PollPlanner", "PollPolicy", "Session", "Status", "Watch",
            "wait_bound"]
@@ -105,7 +108,11 @@ class Generation:
         self.images = state.images
         self.error_code = state.error_code
         self.error_details = state.error_details
-        self.history.append((status, time.time()))
+        (before, since), now = self.history[-1], time.time()
+        self.history.append((status, now))
+        took = "" if before is Status.SUBMITTED else f" after {now - since:.1f}s {before.value}"
+        log.info("job %s: %s%s%s", self.record_id, state.status, took,
+                 f" ({self.error_code})" if self.error_code else "")
         return True
 
     def attach(self, session: Session) -> Generation:

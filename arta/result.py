@@ -243,6 +243,7 @@ class Result:
                 self._download(transport, image, path, max_bytes, overwrite, stop)
 
             policy.call(attempt, retry_on=transient)
+            log.info("job %s: saved %s", self.record_id, path)
 
         try:
             if len(paths) == 1:  # one image: no thread to start (Ctrl-C lands in the download)

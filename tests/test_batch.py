@@ -334,7 +334,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def __enter__(self) -> _Recorder:
+    def __enter__(self) -> _Recorder:  # noqa: PYI034 - a test double, never subclassed
         self.calls.append(("enter", None))
         return self
 

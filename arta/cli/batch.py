@@ -50,7 +50,7 @@ def _check_engine(args: argparse.Namespace) -> None:
     if args.workers != 1:
         raise InvalidInputError("--workers is for --engine local; a Dask cluster has its own")
     if importlib.util.find_spec("distributed") is None:
-        raise InvalidInputError("--engine dask needs Dask: pip install 'arta[dask]'")
+        raise InvalidInputError("--engine dask needs Dask: pip install 'arta-client[dask]'")
 
 
 def _print_json(record: dict[str, Any]) -> None:
@@ -68,6 +68,8 @@ class BatchCommand:
         check_folder(self.output)
         self.manifest = Manifest(args.manifest or os.path.join(self.output, MANIFEST_NAME))
         self.report = BatchReport([])
+        #: Every outcome so far, for a gallery of what a run stopped by Ctrl-C has.
+        self.outcomes: list[Outcome] = []
         self._lock = RunLock(self.manifest.path)
 
     def lock(self) -> None:
@@ -85,6 +87,7 @@ class BatchCommand:
         progress = BatchProgress(sys.stderr, len(self.jobs), enabled=not args.quiet)
 
         def report(outcome: Outcome) -> None:
+            self.outcomes.append(outcome)
             if args.json:
                 _print_json(outcome.as_json())
             elif outcome.event == "failed":
@@ -130,7 +133,12 @@ class BatchCommand:
             workers=args.workers, on_outcome=report, on_plan=planned, progress=progress)
 
     def interrupted(self) -> str:
-        """What to tell the user after Ctrl-C: the jobs still running, and how to resume."""
+        """What to tell the user after Ctrl-C: the jobs still running, and how to resume.
+
+        With ``--gallery``, the gallery of the jobs ended so far is written first.
+        """
+        if self.args.gallery:
+            self._write_gallery(self.outcomes)
         pending = "".join(f"\n  line {number}: {record_id}"
                           for number, record_id in running(self.manifest, self.jobs))
         return (f"interrupted; these jobs go on at the service:{pending or ' none'}\n"
@@ -139,18 +147,18 @@ class BatchCommand:
     def finish(self) -> bool:
         """Write the gallery if asked, print the summary; True if every job is done."""
         if self.args.gallery:
-            self._write_gallery()
+            self._write_gallery(self.report.outcomes)
         return self._summary()
 
-    def _write_gallery(self) -> None:
-        """The ``--gallery`` contact sheet (:mod:`arta.batch.gallery`), from every job's outcome."""
+    def _write_gallery(self, outcomes: list[Outcome]) -> None:
+        """The ``--gallery`` contact sheet (:mod:`arta.batch.gallery`) of these outcomes."""
         gallery = importlib.import_module("arta.batch.gallery")
         by_line = {job.line: job for job in self.jobs}
         entries = [gallery.GalleryEntry(
             prompt=by_line[o.line].prompt,
             style=resolve_style(by_line[o.line].params.get("style", DEFAULT_STYLE)),
             seed=o.seed, files=[Path(f).resolve() for f in o.files], error=o.error,
-            record_id=o.record_id) for o in self.report.outcomes]
+            record_id=o.record_id) for o in outcomes]
         path = gallery.write_gallery(Path(self.output), entries)
         print(f"arta: gallery: {path}", file=sys.stderr)
 
