@@ -4,6 +4,7 @@
 batch``; nothing in it sleeps or holds a thread per job. A 429 or 503 on a
 submit is no failed job (the window halves and pauses); any other failure
 is an :class:`Outcome` with ``error`` set, and the record id once there is one.
+A ``hand_off`` takes each submitted job in place of the wait here (the Dask driver).
 """
 
 from __future__ import annotations
@@ -67,11 +68,12 @@ class Outcome:
     generation: Generation | None = None
     result: Result | None = None
     error: ArtaError | None = None
+    value: Any = None  #: what a hand-off's future gave, in place of ``result``
 
     @property
     def ok(self) -> bool:
-        """True if the job is DONE and its result is here."""
-        return self.result is not None
+        """True if the job is DONE and its result (or its hand-off's value) is here."""
+        return self.result is not None or self.value is not None
 
     @property
     def record_id(self) -> str | None:
@@ -111,7 +113,9 @@ class JobRun:
                  concurrency: int,
                  timeout: float | None, poll_policy: PollPlanner | None,
                  on_submitting: Callable[[Job], object] | None,
-                 on_submitted: Callable[[Job, Generation], object] | None) -> None:
+                 on_submitted: Callable[[Job, Generation], object] | None,
+                 hand_off: Callable[[Job, Generation], concurrent.futures.Future[Any]] | None = None,
+                 ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError(f"concurrency must be an int of at least 1, not {concurrency!r}")
         self.concurrency = concurrency
@@ -122,6 +126,7 @@ class JobRun:
         self._policy = poll_policy
         self._on_submitting = on_submitting
         self._on_submitted = on_submitted
+        self._hand_off = hand_off  # its future ends the job's outcome, in place of a wait
         self._ready: collections.deque[Job] = collections.deque()  # taken back, to go first
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._lock = threading.RLock()
@@ -160,8 +165,8 @@ class JobRun:
         with self._lock:
             self._closed = True
             waits, self._waits = list(self._waits), set()
-        for wait in waits:
-            wait.cancel("the run was closed while waiting for the job")
+        for wait in waits:  # a Watch, or a hand-off's future
+            wait.cancel(*() if self._hand_off else ("the run was closed while waiting for the job",))
 
     def __enter__(self) -> Self:
         return self
@@ -231,9 +236,19 @@ class JobRun:
                     "the run was closed before the job was waited for",
                     record_id=generation.record_id)))
                 return
-            wait = generation.watch(self._timeout, self._policy)
+            try:
+                if self._hand_off is None:
+                    wait: Any = generation.watch(self._timeout, self._policy)
+                    ending = wait.future
+                else:
+                    wait = ending = self._hand_off(job, generation)
+            except Exception as error:  # noqa: BLE001 - the job is paid: keep its id
+                self._window.release()
+                self._finish(Outcome(job, generation, error=ArtaError(
+                    f"{type(error).__name__}: {error}", record_id=generation.record_id)))
+                return
             self._waits.add(wait)
-        wait.future.add_done_callback(lambda done: self._ended(job, generation, wait, done))
+        ending.add_done_callback(lambda done: self._ended(job, generation, wait, done))
 
     def _submit(self, job: Job, ticket: int) -> Generation | None:
         assert job.params is not None
@@ -290,12 +305,15 @@ class JobRun:
             self._pump()
 
     def _ended(self, job: Job, generation: Generation, wait: Any,
-               done: concurrent.futures.Future[Generation]) -> None:
+               done: concurrent.futures.Future[Any]) -> None:
         self._window.release()
         with self._lock:
             self._waits.discard(wait)
-        error = done.exception()
-        if error is None:
+        error = GenerationCancelled("the run was closed while waiting", record_id=generation
+                                    .record_id) if done.cancelled() else done.exception()
+        if error is None and self._hand_off is not None:
+            self._finish(Outcome(job, generation, value=done.result()))
+        elif error is None:
             try:
                 self._finish(Outcome(job, generation, result=generation.ended_result()))
             except ArtaError as failed:
