@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 Counts = dict[str, int]
 
 
+#: A cluster of our own on this host: no HTTP routes (a worker its nanny restarts
+#: serves nothing), and :data:`WORKER_CONFIG`.
+LOCAL_CONFIG: dict[str, object] = {**WORKER_CONFIG, "distributed.scheduler.http.routes": [],
+                                   "distributed.worker.http.routes": []}
+
+
 class ClusterLost(ArtaError):
     """The driver lost its Dask scheduler mid-run; the manifest knows every job: run again."""
 
@@ -68,17 +75,22 @@ def connect(scheduler: str) -> Iterator[distributed.Client]:
         with distributed.Client(scheduler, set_as_default=False) as client:
             yield client
         return
-    with _quiet("distributed"), dask.config.set(WORKER_CONFIG), distributed.LocalCluster(
+    with _quiet("distributed"), dask.config.set(LOCAL_CONFIG), distributed.LocalCluster(
             n_workers=workers, processes=True, threads_per_worker=2, host="127.0.0.1",
             dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
-        # The scheduler serves HTTP (health, metrics) even without a dashboard.
-        client.run_on_scheduler(_stop_http_server)
+        # Scheduler and workers listen for HTTP even with no dashboard: stop them.
+        client.run_on_scheduler(_stop_scheduler_http)
+        client.run(_stop_worker_http)
         yield client
 
 
-def _stop_http_server(dask_scheduler: Any) -> None:
+def _stop_scheduler_http(dask_scheduler: Any) -> None:
     dask_scheduler.http_server.stop()
+
+
+def _stop_worker_http(dask_worker: Any) -> None:
+    dask_worker.http_server.stop()
 
 
 @contextlib.contextmanager
@@ -106,6 +118,7 @@ async def fetch_job(record_id: str, options: dict[str, Any]) -> dict[str, Any] |
     watch = None
     try:
         watch = Generation(record_id, session=client).watch(options["timeout"])
+        _secede(f"arta-{record_id}")
         generation = await asyncio.wrap_future(watch.future)
         fetched = client.loop.call_io(_fetch_images, generation.ended_result(),
                                       options["output_on_workers"])
@@ -115,6 +128,21 @@ async def fetch_job(record_id: str, options: dict[str, Any]) -> dict[str, Any] |
     finally:
         if watch is not None:
             watch.cancel()  # a no-op once ended; else (the task was cancelled) the polls stop
+
+
+def _secede(key: str) -> None:
+    """Free the worker's slot that task ``key`` holds, as :func:`distributed.secede` does for a thread.
+
+    A worker starts at most as many tasks as it has threads, coroutines
+    included; a task that only awaits the engine gives its slot back, so
+    that a worker of 2 threads carries hundreds of waiting jobs.
+    """
+    import distributed
+    from distributed.worker_state_machine import SecedeEvent
+
+    worker = distributed.get_worker()
+    worker.loop.add_callback(worker.handle_stimulus, SecedeEvent(
+        key=key, compute_duration=0.0, stimulus_id=f"arta-secede-{time.time()}"))
 
 
 def _fetch_images(result: Result, output_on_workers: str | None) -> dict[str, Any]:
@@ -171,7 +199,7 @@ class _Driver:
             value = task.result()
         except BaseException as error:  # noqa: BLE001 - KilledWorker, a lost scheduler: the job lives on
             value = ArtaError(f"{type(error).__name__}: {error}")
-            if self.dask.status not in ("running", "connecting"):
+            if self.dask.status != "running":  # reconnecting: the scheduler forgot every task
                 self.lost = (f"the Dask scheduler was lost ({type(error).__name__}); the "
                              "submitted jobs go on: run the batch again to resume them")
                 value = ClusterLost(self.lost)
@@ -206,10 +234,15 @@ class _Driver:
     def run(self, tasks: list[Task], concurrency: int, timeout: float | None,
             emit: Callable[[Outcome], None], on_counts: Callable[[Counts], None]) -> None:
         """Submit or resume every task on the engine; record each job as it ends."""
-        jobs = (Job(None if task.record_id else task.params(), task.record_id,
-                    tag=JobRecorder(self.manifest, task)) for task in tasks)
+        def jobs() -> Iterator[Job]:
+            for task in tasks:
+                if self.lost is not None:
+                    return  # the jobs in flight end (with their ids), no new one starts
+                yield Job(None if task.record_id else task.params(), task.record_id,
+                          tag=JobRecorder(self.manifest, task))
+
         ended = {"done": 0, "failed": 0}
-        with JobRun(self.client, self.client.window, jobs, concurrency=concurrency,
+        with JobRun(self.client, self.client.window, jobs(), concurrency=concurrency,
                     timeout=timeout, poll_policy=None, on_submitting=_intent,
                     on_submitted=_submitted, hand_off=self.hand_off) as run:
             for ran in run:
@@ -219,8 +252,8 @@ class _Driver:
                 in_flight = run.counts["in_flight"]
                 on_counts({"queued": len(tasks) - in_flight - sum(ended.values()),
                            "in_flight": in_flight, **ended})
-                if outcome.manifest_error or self.lost is not None:
-                    run.close()  # no record can be kept, or no cluster to wait on
+                if outcome.manifest_error:
+                    run.close()  # no record can be kept: stop
         if self.lost is not None:
             raise ClusterLost(self.lost)
 
