@@ -36,7 +36,7 @@ from arta.dask.token_store import DaskTokenStore
 from arta.engine.run import Job, JobRun
 from arta.engine.run import Outcome as RunOutcome
 from arta.errors import ArtaError, InvalidInputError, SubmitOutcomeUnknown
-from arta.generation import Generation
+from arta.generation import Generation, Status
 from arta.result import Result
 
 if TYPE_CHECKING:
@@ -105,21 +105,24 @@ def _quiet(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-async def fetch_job(record_id: str, options: dict[str, Any]) -> dict[str, Any] | ArtaError:
+async def fetch_job(record_id: str, options: dict[str, Any],
+                    status: str = Status.SUBMITTED.value) -> dict[str, Any] | ArtaError:
     """The cluster's task: wait for job ``record_id`` on this worker's engine, fetch its images.
 
     A coroutine, so that Dask runs it on the worker's event loop: a waiting
     job is an entry in the engine's poll loop, not a worker thread, and the
     images are fetched on the engine's I/O threads. Returns the images'
     names and bytes (with ``output_on_workers``, the paths written), or the
-    error that ended the job, as a value.
+    error that ended the job, as a value. ``status`` is the job's as last
+    known (the submit's answer): a job known to be queued is not polled at once.
     """
     client = task_client(options["client_options"], token=options["token"])
     watch = None
     try:
-        watch = Generation(record_id, session=client).watch(options["timeout"])
+        generation = Generation(record_id, session=client, status=Status(status))
+        watch = generation.watch(options["timeout"])
         _secede(f"arta-{record_id}")
-        generation = await asyncio.wrap_future(watch.future)
+        await asyncio.wrap_future(watch.future)
         fetched = client.loop.call_io(_fetch_images, generation.ended_result(),
                                       options["output_on_workers"])
         return await asyncio.wrap_future(fetched)
@@ -188,7 +191,7 @@ class _Driver:
             ending.set_exception(ClusterLost(self.lost, record_id=generation.record_id))
             return ending
         task = self.dask.submit(fetch_job, generation.record_id, self.options,
-                                key=f"arta-{generation.record_id}", pure=False)
+                                generation.status.value, key=f"arta-{generation.record_id}", pure=False)
         task.add_done_callback(lambda done: self._landed(done, ending))
         return ending
 
@@ -314,6 +317,8 @@ def run_batch_on_dask(
     if not tasks:
         return report
     shared = token == "cluster" and not local
+    if local and output_on_workers is None:
+        output_on_workers = output  # one host, one file system: no bytes through Dask
     options = {"client_options": dict(client_options or {}), "timeout": timeout,
                "token": "cluster" if shared else "host",
                "output_on_workers": None if output_on_workers is None else str(output_on_workers)}
