@@ -228,5 +228,6 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                       help="with --engine dask: the workers write the images to PATH (a "
                            "shared filesystem) instead of sending them back")
     dask.add_argument("--token", choices=("cluster", "host"), default="cluster",
-                      help="with --engine dask: one token kept in the scheduler (default), "
-                           "or each host's own token file")
+                      help="with --engine dask on a remote cluster: one token kept in the "
+                           "scheduler, seeded from this host's (default), or each host's own "
+                           "token file; local:N always uses this host's")

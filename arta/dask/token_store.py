@@ -17,7 +17,7 @@ extra refresh or sign-up, never a wrong token.
 The token sits in the scheduler's memory in clear: anyone who can talk to
 the scheduler can read it (as anyone who can run tasks on the cluster
 could). Secure the scheduler as Dask's documentation says (TLS, a private
-network).
+network); a ``local:N`` batch keeps the token out of the scheduler.
 """
 
 from __future__ import annotations
