@@ -492,7 +492,7 @@ def test_a_scheduler_restarted_midway_costs_no_sign_up_and_no_duplicate(
 
     def cluster() -> Any:
         return distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=2,
-                                        host="127.0.0.1", dashboard_address=None,
+                                        host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                         silence_logs=logging.CRITICAL)
 
     with cluster() as first:
@@ -520,7 +520,7 @@ def test_one_worker_of_two_threads_carries_500_waiting_jobs(tmp_path: Path) -> N
     with Emulator(queue_seconds=0, progress_seconds=1, clock=lambda: now[0]) as emu, \
             dask_module.config.set(WORKER_CONFIG), distributed.LocalCluster(
                 n_workers=1, processes=True, threads_per_worker=2, host="127.0.0.1",
-                dashboard_address=None, silence_logs=logging.CRITICAL) as local, \
+                dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as local, \
             distributed.Client(local, set_as_default=False) as client:
         worker = psutil.Process(next(iter(_worker_pids(client).values())))
         jobs = _jobs(500, "five hundred")
@@ -584,3 +584,24 @@ def test_a_local_cluster_serves_no_http() -> None:
         answers = {port: _answer(port) for port in ports}
     assert len(answers) >= 2  # the scheduler's, the worker's (and its nanny's)
     assert not [a for a in answers.values() if a.startswith(b"HTTP/")], answers
+
+
+def test_the_cluster_token_is_seeded_from_the_driver_and_renewals_come_back(dask: Any) -> None:
+    from arta.auth import MemoryTokenStore, Token
+
+    now = time.time()
+    # The driver's token is past the middle of its life: due for renewal, still good.
+    aging = Token("driver-id-token", "driver-refresh", now - 3000, now + 600, "driver")
+    host = MemoryTokenStore()
+    host.save(aging)
+    driver = DaskTokenStore("seeded", client=dask, host_store=host)
+    # A new scheduler starts with the driver's token: no sign-up.
+    assert DaskTokenStore("seeded", client=dask).load() == aging
+    # A worker renews it in the scheduler...
+    renewed = Token("worker-id-token", "worker-refresh", now, now + 3600, "driver")
+    DaskTokenStore("seeded", client=dask).save(renewed)
+    # ...and the driver, looking again, writes the renewal back to its own store.
+    assert driver.load() == renewed and host.load() == renewed
+    # A token in the scheduler fresher than the host's is what a new driver takes.
+    DaskTokenStore("seeded", client=dask, host_store=host)
+    assert host.load() == renewed
