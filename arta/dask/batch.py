@@ -18,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,17 +186,38 @@ class _Driver:
         self.dask, self.client, self.manifest, self.output = dask, client, manifest, output
         self.options = options
         self.lost: str | None = None  # why the scheduler is gone, once it is
+        # Jobs handed off, for the launcher thread (None: the run is over).
+        self._launches: queue.SimpleQueue[tuple[str, str, concurrent.futures.Future[Any]] | None] \
+            = queue.SimpleQueue()
 
     def hand_off(self, job: Job, generation: Generation) -> concurrent.futures.Future[Any]:
-        """Give the cluster job ``generation``: a task keyed by its record id waits and fetches."""
+        """Queue job ``generation`` for the cluster; the future ends with its task's value."""
         ending: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        if self.lost is not None:
-            ending.set_exception(ClusterLost(self.lost, record_id=generation.record_id))
-            return ending
-        task = self.dask.submit(fetch_job, generation.record_id, self.options,
-                                generation.status.value, key=f"arta-{generation.record_id}", pure=False)
-        task.add_done_callback(lambda done: self._landed(done, ending))
+        self._launches.put((generation.record_id, generation.status.value, ending))
         return ending
+
+    def _launch(self) -> None:
+        """On a thread of its own: the jobs queued, as one task each, in one message to Dask."""
+        while (first := self._launches.get()) is not None:
+            queued = [first]
+            with contextlib.suppress(queue.Empty):
+                while (item := self._launches.get_nowait()) is not None:
+                    queued.append(item)
+                self._launches.put(None)  # the end came in this batch: see it next time
+            record_ids = [record_id for record_id, _, _ in queued]
+            try:
+                if self.lost is not None:
+                    raise ClusterLost(self.lost)
+                tasks = self.dask.map(fetch_job, record_ids, [self.options] * len(queued),
+                                      [status for _, status, _ in queued], pure=False,
+                                      key=[f"arta-{record_id}" for record_id in record_ids])
+            except Exception as error:  # noqa: BLE001 - each job keeps its id
+                for record_id, _, ending in queued:
+                    _settle(ending, error if isinstance(error, ArtaError) else ArtaError(
+                        f"{type(error).__name__}: {error}", record_id=record_id))
+                continue
+            for task, (_, _, ending) in zip(tasks, queued):
+                task.add_done_callback(functools.partial(self._landed, ending=ending))
 
     def _landed(self, task: distributed.Future[Any], ending: concurrent.futures.Future[Any],
                 ) -> None:
@@ -208,11 +232,7 @@ class _Driver:
                 value = ClusterLost(self.lost)
         finally:
             task.release()  # nothing of a finished job stays in the scheduler
-        with contextlib.suppress(concurrent.futures.InvalidStateError):  # the run was closed
-            if isinstance(value, BaseException):
-                ending.set_exception(value)
-            else:
-                ending.set_result(value)
+        _settle(ending, value)
 
     def record(self, outcome: RunOutcome) -> Outcome:
         """Write one ended job's images and its last manifest record."""
@@ -245,7 +265,9 @@ class _Driver:
                           tag=JobRecorder(self.manifest, task))
 
         ended = {"done": 0, "failed": 0}
-        with JobRun(self.client, self.client.window, jobs(), concurrency=concurrency,
+        launcher = threading.Thread(target=self._launch, name="arta-dask-launcher", daemon=True)
+        launcher.start()
+        with _ended(launcher, self._launches), JobRun(self.client, self.client.window, jobs(), concurrency=concurrency,
                     timeout=timeout, poll_policy=None, on_submitting=_intent,
                     on_submitted=_submitted, hand_off=self.hand_off) as run:
             for ran in run:
@@ -261,6 +283,15 @@ class _Driver:
             raise ClusterLost(self.lost)
 
 
+def _settle(ending: concurrent.futures.Future[Any], value: Any) -> None:
+    """End a hand-off's future with ``value`` (an exception raises), unless the run closed it."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if isinstance(value, BaseException):
+            ending.set_exception(value)
+        else:
+            ending.set_result(value)
+
+
 def _intent(job: Job) -> None:
     assert job.params is not None
     job.tag.intent(job.params)  # fsynced before the submit: a kill after it is known
@@ -271,6 +302,16 @@ def _submitted(job: Job, generation: Generation) -> None:
         job.tag.submitted(generation.record_id, generation.seed)
     except ManifestError as error:
         raise error.with_record_id(generation.record_id) from error
+
+
+@contextlib.contextmanager
+def _ended(thread: threading.Thread, launches: queue.SimpleQueue[Any]) -> Iterator[None]:
+    """Stop the launcher thread when the run is over."""
+    try:
+        yield
+    finally:
+        launches.put(None)
+        thread.join()
 
 
 def run_batch_on_dask(
