@@ -9,8 +9,9 @@ job is then handed to the cluster as one task keyed ``arta-<record id>``
 that waits for it on the worker's engine and fetches its images; a task
 Dask runs again costs a few polls, never a submit. Images come back to the
 driver as bytes (a job's are a few MB at most) and are written beside their
-final name and renamed into place; with ``output_on_workers`` the workers
-write them. docs/dask.rst says what is promised.
+final name and renamed into place; with ``output_on_workers`` (and on a
+``local:N`` cluster: one file system) the workers write them.
+docs/dask.rst says how and what is promised.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     import distributed
 
 __all__ = ["ClusterLost", "connect", "run_batch_on_dask"]
-
-log = logging.getLogger(__name__)
 
 Counts = dict[str, int]
 
@@ -144,8 +143,11 @@ def _secede(key: str) -> None:
     that a worker of 2 threads carries hundreds of waiting jobs.
     """
     import distributed
-    from distributed.worker_state_machine import SecedeEvent
 
+    try:
+        from distributed.worker_state_machine import SecedeEvent
+    except ImportError:  # another Dask: the task keeps its slot, and still works
+        return
     worker = distributed.get_worker()
     worker.loop.add_callback(worker.handle_stimulus, SecedeEvent(
         key=key, compute_duration=0.0, stimulus_id=f"arta-secede-{time.time()}"))
@@ -198,12 +200,15 @@ class _Driver:
 
     def _launch(self) -> None:
         """On a thread of its own: the jobs queued, as one task each, in one message to Dask."""
-        while (first := self._launches.get()) is not None:
-            queued = [first]
-            with contextlib.suppress(queue.Empty):
-                while (item := self._launches.get_nowait()) is not None:
-                    queued.append(item)
-                self._launches.put(None)  # the end came in this batch: see it next time
+        end = False
+        while not end:
+            taken = [self._launches.get()]
+            while not self._launches.empty():
+                taken.append(self._launches.get())
+            end = None in taken
+            queued = [item for item in taken if item is not None]
+            if not queued:
+                continue
             record_ids = [record_id for record_id, _, _ in queued]
             try:
                 if self.lost is not None:
@@ -246,8 +251,8 @@ class _Driver:
         value = outcome.value
         assert record_id is not None
         try:
-            files = value.get("files") or [str(_write_into_place(self.output, name, data))
-                                           for name, data in value["images"]]
+            files = value["files"] if "files" in value else [
+                str(_write_into_place(self.output, name, data)) for name, data in value["images"]]
         except OSError as error:
             return recorder.failed(ArtaError(f"the images could not be written in "
                                              f"{self.output}: {error}", record_id=record_id),
@@ -267,9 +272,10 @@ class _Driver:
         ended = {"done": 0, "failed": 0}
         launcher = threading.Thread(target=self._launch, name="arta-dask-launcher", daemon=True)
         launcher.start()
-        with _ended(launcher, self._launches), JobRun(self.client, self.client.window, jobs(), concurrency=concurrency,
-                    timeout=timeout, poll_policy=None, on_submitting=_intent,
-                    on_submitted=_submitted, hand_off=self.hand_off) as run:
+        with _ended(launcher, self._launches), JobRun(
+                self.client, self.client.window, jobs(), concurrency=concurrency, timeout=timeout,
+                poll_policy=None, on_submitting=_intent, on_submitted=_submitted,
+                hand_off=self.hand_off) as run:
             for ran in run:
                 outcome = self.record(ran)
                 ended["done" if outcome.event == "done" else "failed"] += 1
@@ -359,7 +365,7 @@ def run_batch_on_dask(
         return report
     shared = token == "cluster" and not local
     if local and output_on_workers is None:
-        output_on_workers = output  # one host, one file system: no bytes through Dask
+        output_on_workers = os.path.abspath(output)  # one file system: no bytes through Dask
     options = {"client_options": dict(client_options or {}), "timeout": timeout,
                "token": "cluster" if shared else "host",
                "output_on_workers": None if output_on_workers is None else str(output_on_workers)}

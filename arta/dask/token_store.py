@@ -10,7 +10,9 @@ sign-up, and a job submitted from one worker can be polled from any other.
 A driver gives its own store as ``host_store``: the cluster's token is
 seeded from it (a new scheduler, or one restarted, costs no sign-up while
 the host's token is good), and every renewal the driver sees is written
-back to it. Workers never write the token to a file. A Dask lock is a lease that can overlap briefly with the next holder's
+back to it. Workers never write the token to a file.
+
+A Dask lock is a lease that can overlap briefly with the next holder's
 when a holder dies or hangs: the double check turns that into at most one
 extra refresh or sign-up, never a wrong token.
 
