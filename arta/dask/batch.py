@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from arta.atomic import replacing
 from arta.batch.jobfile import BatchJob
 from arta.batch.manifest import Manifest, ManifestError
 from arta.batch.plan import BatchReport, JobRecorder, Outcome, Task, plan, save_images
@@ -164,19 +165,10 @@ def _fetch_images(result: Result, output_on_workers: str | None) -> dict[str, An
 
 
 def _write_into_place(folder: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` as ``folder/name``: a hidden temp file, fsynced, renamed into place."""
+    """Write ``data`` as ``folder/name`` whole, as :meth:`arta.Result.save` writes an image."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".arta-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, folder / name)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    with replacing(folder / name, prefix=".arta-", suffix=".part", private=False) as file:
+        file.write(data)
     return folder / name
 
 
