@@ -309,8 +309,11 @@ class JobRun:
         self._window.release()
         with self._lock:
             self._waits.discard(wait)
-        error = GenerationCancelled("the run was closed while waiting", record_id=generation
-                                    .record_id) if done.cancelled() else done.exception()
+        if done.cancelled():  # a hand-off's, by close()
+            error: BaseException | None = GenerationCancelled(
+                "the run was closed while waiting", record_id=generation.record_id)
+        else:
+            error = done.exception()
         if error is None and self._hand_off is not None:
             self._finish(Outcome(job, generation, value=done.result()))
         elif error is None:
