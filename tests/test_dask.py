@@ -485,9 +485,17 @@ def test_a_local_cluster_driver_killed_and_run_again_signs_up_once(
     assert (home.stat().st_mode & 0o777, token_file.stat().st_mode & 0o777) == (0o700, 0o600)
 
 
+@pytest.fixture
+def slower_emulator() -> Iterator[Emulator]:
+    """Jobs of half a second: a run is still going a moment after it started."""
+    with Emulator(queue_seconds=0.05, progress_seconds=0.5) as emulator:
+        yield emulator
+
+
 def test_a_scheduler_restarted_midway_costs_no_sign_up_and_no_duplicate(
-        emulator: Emulator, tmp_path: Path) -> None:
-    count, home, out = 40, tmp_path / "home", tmp_path / "out"
+        slower_emulator: Emulator, tmp_path: Path) -> None:
+    emulator = slower_emulator
+    count, home, out = 60, tmp_path / "home", tmp_path / "out"
     prompts, manifest = _prompts(tmp_path, count, "restart"), out / "arta-manifest.jsonl"
 
     def cluster() -> Any:
