@@ -151,10 +151,6 @@ def run(load: str, policy_name: str, jobs: int, capacity: int, out: Any) -> None
                         time.sleep(max(0.0, started + at - time.monotonic()))
                         futures.append(pool.submit(one, index))
                     done = [future.result() for future in futures]
-            if isinstance(policy, LearnedPollPolicy):
-                durations, _ = policy.models()
-                print(f"DEBUG {load}: fifo {policy.queue.fifo}, overdue {len(policy._overdue_jobs)}, "
-                      f"model {durations}", flush=True)
         records = []
         for record_id, polls, returned in done:
             with urllib.request.urlopen(f"{url}/emulator/jobs/{record_id}") as answer:

@@ -7,6 +7,7 @@ start and end, until one finds it DONE and ``finished`` is called.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -19,7 +20,7 @@ from arta.generation import Generation, Status
 from arta.params import GenerationParams
 from arta.polling.learned import LearnedPollPolicy, Timeline, default_poll_policy
 from arta.polling.model import DurationModel, QueueModel
-from arta.polling.stats import ClassStats, PollStats
+from arta.polling.stats import FORMAT, ClassStats, PollStats
 
 NO_JITTER = arta.PollPolicy(jitter=0)
 
@@ -267,3 +268,23 @@ def test_the_model_is_fitted_when_the_statistics_change_not_at_every_poll(
     policy.next_delay(job, 40)
     policy.next_delay(job, 41)
     assert len(fits) == 1
+
+
+@pytest.mark.parametrize("durations", [[1e-9, 86400.0], [86400.0], [1e-9], [0.0, 3.0, 86400.0]])
+def test_no_statistics_file_can_make_a_job_poll_faster_than_a_quarter_second_or_fail(
+        tmp_path: Path, durations: list[float]) -> None:
+    # issue 19, item 3: the file is another process's (or a hostile server's) doing
+    recent = [[d, d, 1000.0 + i] for i, d in enumerate(durations * 4)]
+    classes = [{"style": style, "steps": steps, "n": 1, "aspect_ratio": "1:1", "count": 8,
+                "recent": recent} for style, steps in (("Flux", 10), ("Anime", 50))]
+    (tmp_path / "poll_stats.json").write_text(json.dumps({
+        "format": FORMAT, "classes": classes,
+        "queue": {"count": 8, "recent": [[0.0, 86400.0, 1000.0]] * 8}}), encoding="utf-8")
+    clock = Clock()
+    policy = LearnedPollPolicy(stats=PollStats(tmp_path / "poll_stats.json"), clock=clock)
+    for p, status in ((params(steps=30), Status.IN_PROGRESS), (params("Anime", 150, 4, "9:21"),
+                                                               Status.IN_QUEUE)):
+        job = Generation("hostile", params=p)
+        job.seen.append((clock.now, status))
+        delays = [policy.next_delay(job, attempt) for attempt in range(1, 30)]
+        assert all(policy.min_delay <= d <= policy.max_delay and math.isfinite(d) for d in delays)

@@ -155,9 +155,9 @@ class LearnedPollPolicy:
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
                  fallback: PollPolicy | None = None, stats: PollStats | None = None,
-                 lateness_per_poll: float = 0.3, half_life: float = 40.0,
+                 lateness_per_poll: float = 0.2, half_life: float = 40.0,
                  min_observations: int = 3, min_delay: float = 0.25, max_delay: float = 30.0,
-                 refit_interval: float = 1.0, probe_share: float = 0.5, min_probe: float = 2.0,
+                 refit_interval: float = 1.0, probe_share: float = 0.5, min_probe: float = 3.0,
                  max_lateness: float = 3.0, clock: Callable[[], float] = time.time) -> None:
         self.fallback = fallback or PollPolicy()
         if stats is None:

@@ -5,11 +5,14 @@ model is a regression of log seconds on the work, learned from every job
 at once (so it predicts a combination never seen)::
 
     log D = alpha[style] + b_steps * log(steps) + b_images * log(n)
-            + b_pixels * log(megapixels) + level + noise
+            + b_pixels * log(megapixels) + c * (log work - log common work)^2
+            + level + noise
 
 ``alpha`` is a style's level (pooled toward the mean of the styles),
 ``b`` how time grows with each kind of work (pooled toward 0.5: neither
-a fixed cost nor proportional). ``level`` follows the service's speed
+a fixed cost nor proportional), ``c`` a curvature (pooled toward 0): a
+fixed cost per job plus a cost per unit of work makes small jobs cost less
+than in proportion, large ones more. ``level`` follows the service's speed
 through time (each job's surprise moves it; half-life 4 jobs): a service
 that slows down moves every prediction within a few jobs, while the rest
 keeps a long memory (``half_life`` jobs) and is fitted net of the level.
@@ -29,10 +32,9 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from arta.polling.stats import ClassKey, StatsState
+from arta.polling.stats import MAX_SECONDS, ClassKey, StatsState
 from arta.styles import aspect_ratio_size
 
 __all__ = ["DurationModel", "QueueModel", "features"]
@@ -42,43 +44,30 @@ __all__ = ["DurationModel", "QueueModel", "features"]
 _PRIOR_SLOPES, _SLOPE_WEIGHT = (0.5, 0.5, 0.5, 0.0), 0.1
 #: The spread (log seconds) before data says otherwise, and its weight in jobs.
 _PRIOR_SIGMA, _SIGMA_WEIGHT = 0.3, 1.0
-_MIN_SIGMA = 0.03
+_MIN_SIGMA, _MAX_SIGMA = 0.03, 2.0
+#: The shortest in-progress time the model takes seriously (seconds).
+_SHORTEST = 0.05
 #: How far each job moves the level (its half-life is 4 jobs): a change of speed is followed.
 _LEVEL_GAIN = 1 - 0.5 ** (1 / 4)
-
-
 #: log(steps x images x megapixels) of a common job (30 steps, one 1:1 image).
 _COMMON_WORK = math.log(30 * 1.048576)
 
 
 @functools.lru_cache(maxsize=4096)
 def features(steps: int, n: int, aspect_ratio: str) -> tuple[float, ...]:
-    """``(log steps, log images, log megapixels, curvature)`` of a job (1024 px on the long side).
-
-    The curvature, the square of log work from a common job's, lets the
-    cost grow less than in proportion for small jobs and more for large
-    ones, as a fixed cost per job plus a cost per unit of work does.
-    """
+    """``(log steps, log images, log megapixels, curvature)`` of a job (1024 px on the long side)."""
     width, height = aspect_ratio_size(aspect_ratio, 1024)
     logs = (math.log(steps), math.log(n), math.log(width * height / 1e6))
     return (*logs, (sum(logs) - _COMMON_WORK) ** 2)
 
 
-def recency_weights(times: Sequence[float], half_life: float) -> list[float]:
-    """``0.5 ** (rank / half_life)``, rank 0 for the most recent time."""
-    order = sorted(range(len(times)), key=lambda i: times[i], reverse=True)
-    weights = [0.0] * len(times)
-    for rank, index in enumerate(order):
-        weights[index] = 0.5 ** (rank / half_life)
-    return weights
+def recency_weights(count: int, half_life: float) -> list[float]:
+    """``0.5 ** (age / half_life)`` for ``count`` observations sorted oldest first (age 0: newest)."""
+    return [0.5 ** ((count - 1 - index) / half_life) for index in range(count)]
 
 
-@dataclass
-class _Sums:
-    """One class's weighted sums of log-midpoints: weight, sum."""
-
-    w: float = 0.0
-    y: float = 0.0
+#: Per class: the weight and the weighted sum of its observations' log seconds.
+_Sums = dict[ClassKey, list[float]]
 
 
 @dataclass
@@ -99,14 +88,14 @@ class DurationModel:
                       for lo, hi, at in stats.recent if hi > 0), key=lambda item: item[0])
         if not raw:
             return None
-        weights = recency_weights([item[0] for item in raw], half_life)
-        ys = [math.log((lo + hi) / 2) for _, _, lo, hi in raw]
+        weights = recency_weights(len(raw), half_life)
+        ys = [math.log(max(_SHORTEST, (lo + hi) / 2)) for _, _, lo, hi in raw]
         model, offsets = cls({}, 0.0, _PRIOR_SLOPES), [0.0] * len(raw)
         for _ in range(2):  # the regression on the jobs' times net of the level when they ran
-            sums: dict[ClassKey, _Sums] = defaultdict(_Sums)
+            sums: _Sums = defaultdict(lambda: [0.0, 0.0])
             for (_, key, _, _), y, offset, w in zip(raw, ys, offsets, weights):
-                sums[key].w += w
-                sums[key].y += w * (y - offset)
+                sums[key][0] += w
+                sums[key][1] += w * (y - offset)
             model._fit_slopes(sums)
             model._fit_levels(sums)
             # the level through time: each job predicted from the jobs before it
@@ -132,37 +121,37 @@ class DurationModel:
         x = features(key[1], key[2], key[3])
         return self.alpha.get(key[0], self.alpha_mean) + sum(b * xi for b, xi in zip(self.slopes, x))
 
-    def _fit_levels(self, sums: dict[ClassKey, _Sums]) -> None:
+    def _fit_levels(self, sums: _Sums) -> None:
         """Each style's level given the slopes, pooled toward their mean (one job's weight)."""
         by_style: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for key, s in sums.items():
+        for key, (w, y) in sums.items():
             x = features(key[1], key[2], key[3])
             pair = by_style[key[0]]
-            pair[0] += s.y - s.w * sum(b * xi for b, xi in zip(self.slopes, x))
-            pair[1] += s.w
+            pair[0] += y - w * sum(b * xi for b, xi in zip(self.slopes, x))
+            pair[1] += w
         self.alpha_mean = sum(p[0] for p in by_style.values()) / sum(p[1] for p in by_style.values())
         self.alpha = {style: (p[0] + self.alpha_mean) / (p[1] + 1.0) for style, p in by_style.items()}
 
-    def _fit_slopes(self, sums: dict[ClassKey, _Sums]) -> None:
+    def _fit_slopes(self, sums: _Sums) -> None:
         """The slopes, from the variation within each style: ridge least squares toward the prior."""
         size = len(_PRIOR_SLOPES)
         centre: dict[str, list[float]] = defaultdict(lambda: [0.0] * (2 + size))  # w, y, x...
-        for key, s in sums.items():
+        for key, (w, y) in sums.items():
             c = centre[key[0]]
-            c[0] += s.w
-            c[1] += s.y
+            c[0] += w
+            c[1] += y
             for i, xi in enumerate(features(key[1], key[2], key[3])):
-                c[2 + i] += s.w * xi
+                c[2 + i] += w * xi
         a = [[_SLOPE_WEIGHT if i == j else 0.0 for j in range(size)] for i in range(size)]
         b = [_SLOPE_WEIGHT * prior for prior in _PRIOR_SLOPES]
-        for key, s in sums.items():
+        for key, (w, y) in sums.items():
             c = centre[key[0]]
             dx = [xi - c[2 + i] / c[0] for i, xi in enumerate(features(key[1], key[2], key[3]))]
-            dy = s.y - s.w * c[1] / c[0]
+            dy = y - w * c[1] / c[0]
             for i in range(size):
                 b[i] += dx[i] * dy
                 for j in range(size):
-                    a[i][j] += s.w * dx[i] * dx[j]
+                    a[i][j] += w * dx[i] * dx[j]
         self.slopes = _solve(a, b)
 
     def predict(self, key: ClassKey) -> tuple[float, float]:
@@ -170,9 +159,10 @@ class DurationModel:
 
         The spread is wider for a style never seen.
         """
-        mu = self._mean(key) + self.level
+        # bounded whatever the file held: the plan computes exp(mu + sigma^2 / 2)
+        mu = min(math.log(MAX_SECONDS), max(math.log(_SHORTEST), self._mean(key) + self.level))
         sigma = self.sigma if key[0] in self.alpha else math.hypot(self.sigma, 0.25)
-        return mu, sigma
+        return mu, min(sigma, _MAX_SIGMA)
 
 
 def _weighted_median(values: list[float], weights: list[float]) -> float:
@@ -212,7 +202,7 @@ class QueueModel:
         recent = state.queue.recent
         if not recent:
             return None
-        weights = recency_weights([at for *_, at in recent], half_life)
+        weights = recency_weights(len(recent), half_life)
         return cls(sorted(((lo + hi) / 2, w) for (lo, hi, _), w in zip(recent, weights)))
 
     def quantile(self, q: float, longer_than: float = 0.0) -> float | None:

@@ -311,17 +311,11 @@ class PollStats:
         """The file's state; an empty one if it is missing, and (with a warning) if it is unusable."""
         try:
             # O_NONBLOCK: a FIFO in the file's place must not block the reader.
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return StatsState()
-        except OSError as error:
-            log.warning("cannot read the poll statistics %s (%s); starting afresh",
-                        self.path, error.strerror)
-            return StatsState()
-        try:
-            with open(fd, "rb") as file:
+            with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
                 regular = stat.S_ISREG(os.fstat(file.fileno()).st_mode)
                 raw = file.read(MAX_FILE_BYTES + 1) if regular else b""
+        except FileNotFoundError:
+            return StatsState()
         except OSError as error:
             log.warning("cannot read the poll statistics %s (%s); starting afresh",
                         self.path, error.strerror)
