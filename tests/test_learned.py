@@ -20,6 +20,7 @@ from arta.generation import Generation, Status
 from arta.params import GenerationParams
 from arta.polling.learned import LearnedPollPolicy, Timeline, default_poll_policy
 from arta.polling.model import DurationModel, QueueModel
+from arta.polling.queue import QueueView
 from arta.polling.stats import FORMAT, ClassStats, PollStats
 
 NO_JITTER = arta.PollPolicy(jitter=0)
@@ -288,3 +289,13 @@ def test_no_statistics_file_can_make_a_job_poll_faster_than_a_quarter_second_or_
         job.seen.append((clock.now, status))
         delays = [policy.next_delay(job, attempt) for attempt in range(1, 30)]
         assert all(policy.min_delay <= d <= policy.max_delay and math.isfinite(d) for d in delays)
+
+
+def test_the_start_bounds_from_other_jobs_stop_when_the_queue_is_not_first_in_first_out() -> None:
+    view = QueueView()
+    view.see("a", 0.0, 0.0, None)  # submitted at 0, queued
+    view.see("b", 1.0, None, 2.0)  # submitted after it, seen running at 2
+    assert view.start_bounds(0.0, 0.0, math.inf) == (0.0, 2.0)  # so "a" started by 2
+    view.see("a", 0.0, 3.0, None)  # yet "a" is seen queued at 3: the order does not hold
+    assert view.start_bounds(0.0, 3.0, math.inf) == (3.0, math.inf)
+    assert not view.fifo and view.start_bounds(5.0, 6.0, math.inf) == (6.0, math.inf)

@@ -234,3 +234,22 @@ def test_temp_files_of_killed_writers_are_swept_by_the_next_write(tmp_path: Path
     stats.record(KEY, (9.0, 10.0, 1.0), None)
     assert not any(temp.exists() for temp in dead)
     assert young.exists()
+
+
+def test_arta_stats_shows_the_fitted_cost_of_the_work_and_each_style(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTA_HOME", str(tmp_path))
+    stats = PollStats(tmp_path / "poll_stats.json", flush_interval=0)
+    for index, (style, steps) in enumerate([("Anime", 20), ("Anime", 40), ("Flux", 20),
+                                            ("Flux", 40)] * 3):
+        seconds = steps / 4 * (1.5 if style == "Flux" else 1.0)  # time in proportion to steps
+        stats.record((style, steps, 1, "1:1"), (seconds - 0.1, seconds + 0.1, float(index)),
+                     None)
+    assert cli.main(["stats"]) == 0
+    out = capsys.readouterr().out
+    steps_slope = float(out.split("steps^")[1].split()[0])
+    assert 0.8 < steps_slope < 1.2  # it learned that time grows in proportion to the steps
+    styles = out.split("styles (time of 30 steps, one 1:1 image): ")[1].splitlines()[0]
+    anime, flux = (float(part.split()[-1].rstrip("s")) for part in styles.split(", "))
+    assert anime == pytest.approx(7.5, rel=0.1) and flux == pytest.approx(11.25, rel=0.1)

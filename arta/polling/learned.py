@@ -145,7 +145,10 @@ class LearnedPollPolicy:
 
     ``home`` is where ``poll_stats.json`` is shared (default ``ARTA_HOME``),
     or pass ``stats``. ``lateness_per_poll`` is how many seconds of noticing
-    late one status request is worth: lower polls more. ``half_life`` is in
+    late one status request is worth (divided by the square root of the
+    finish's spread in seconds, when over one: a long or unsure job is
+    worth more polls, as a fixed policy's grow with a job's length): lower
+    polls more. ``half_life`` is in
     jobs: how fast old observations fade from the model. Delays stay within
     ``[min_delay, max_delay]``; no poll comes more than ``max_lateness``
     seconds after the job's first 2% chance of being done; a queued job is
@@ -155,7 +158,7 @@ class LearnedPollPolicy:
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
                  fallback: PollPolicy | None = None, stats: PollStats | None = None,
-                 lateness_per_poll: float = 0.2, half_life: float = 40.0,
+                 lateness_per_poll: float = 0.25, half_life: float = 40.0,
                  min_observations: int = 3, min_delay: float = 0.25, max_delay: float = 30.0,
                  refit_interval: float = 1.0, probe_share: float = 0.5, min_probe: float = 3.0,
                  max_lateness: float = 3.0, clock: Callable[[], float] = time.time) -> None:
@@ -270,7 +273,10 @@ class LearnedPollPolicy:
         if sum(w * (1 - _cdf((last - m) / s)) for w, m, s in parts) < 1e-3:
             return self._overdue(generation, last)
         first_chance = m - 2.05 * s  # the core's 2% quantile
-        at = min(time_for_lateness(last, parts, self.lateness_per_poll),
+        # a long or unsure job (a spread over a second) is worth more polls, as a fixed
+        # policy's grow with a job's length: not only ever later ones
+        kappa = self.lateness_per_poll / math.sqrt(max(1.0, s))
+        at = min(time_for_lateness(last, parts, kappa),
                  max(now, first_chance) + self.max_lateness)
         return self._bounded(at - now)
 
