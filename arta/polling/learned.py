@@ -9,8 +9,9 @@ other job's (:mod:`arta.polling.queue`). The finish is then about normal
 (start plus duration, with a small wide share for the model being wrong),
 and the next poll goes where the expected lateness given "not done at the
 last poll", ``E[(t - finish)+ | finish > last]``, reaches
-``lateness_per_poll`` seconds: the worth of one request in seconds of
-waiting, solved in closed form by a few Newton steps. A queued job is
+``lateness_per_poll`` seconds (less for a long or unsure job): the worth
+of one request in seconds of waiting, solved in closed form by a few
+Newton steps. A queued job is
 polled at half the time to its expected start (from the rate at which
 this process's jobs start, else from the queue waits seen).
 
@@ -148,8 +149,8 @@ class LearnedPollPolicy:
     late one status request is worth (divided by the square root of the
     finish's spread in seconds, when over one: a long or unsure job is
     worth more polls, as a fixed policy's grow with a job's length): lower
-    polls more. ``half_life`` is in
-    jobs: how fast old observations fade from the model. Delays stay within
+    polls more. ``half_life`` is in jobs: how fast old observations fade
+    from the model. Delays stay within
     ``[min_delay, max_delay]``; no poll comes more than ``max_lateness``
     seconds after the job's first 2% chance of being done; a queued job is
     polled every ``probe_share`` of the time to its expected start, at least
