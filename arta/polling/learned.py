@@ -11,9 +11,9 @@ and the next poll goes where the expected lateness given "not done at the
 last poll", ``E[(t - finish)+ | finish > last]``, reaches
 ``lateness_per_poll`` seconds (less for a long or unsure job): the worth
 of one request in seconds of waiting, solved in closed form by a few
-Newton steps. A queued job is
-polled at half the time to its expected start (from the rate at which
-this process's jobs start, else from the queue waits seen).
+Newton steps. A queued job is polled at half the time to its expected
+start (from the rate at which this process's jobs start, else from the
+queue waits seen).
 
 The model is refitted when the statistics change (at most every
 ``refit_interval`` seconds), not at each poll: a poll costs microseconds.
