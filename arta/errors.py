@@ -29,7 +29,8 @@
         └── SaveError                         ...because the disk refused it (OSError)
 
     KeyboardInterrupt
-    └── GenerationInterrupted                 Ctrl-C during a wait; carries the record_id
+    ├── GenerationInterrupted                 Ctrl-C during a wait; carries the record_id
+    └── SubmitInterrupted                     Ctrl-C during a submit; carries the params
 
 Errors raised after a job was submitted carry its ``record_id`` and say how
 to resume it, so nothing already paid for is ever lost (except for a job the
@@ -40,6 +41,8 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+
+from arta.interrupt import exit_as_interrupted_if_uncaught
 
 __all__ = [
     "ArtaError",
@@ -77,12 +80,6 @@ def resume_hint(record_id: str) -> str:
     return f"resume with Client().resume({record_id!r})"
 
 
-def _with_id(message: str, record_id: str, resumable: bool) -> str:
-    if not resumable:
-        return f"{message} (record_id {record_id})"
-    return f"{message} (record_id {record_id}; {resume_hint(record_id)})"
-
-
 class ArtaError(Exception):
     """Base of every error raised by ``arta``.
 
@@ -95,18 +92,31 @@ class ArtaError(Exception):
     resumable = True
 
     def __init__(self, message: str, *, record_id: str | None = None) -> None:
-        if record_id is not None:
-            message = _with_id(message, record_id, self.resumable)
-        super().__init__(message)
         self.record_id = record_id
+        super().__init__(self._with_id(message))
+
+    @property
+    def hint(self) -> str | None:
+        """What a Python caller can do about the job next, in Python (None if nothing).
+
+        It ends the message; the command line, which has its own commands,
+        leaves it out.
+        """
+        return resume_hint(self.record_id) if self.record_id and self.resumable else None
+
+    def _with_id(self, message: str) -> str:
+        if self.record_id is None:
+            return message
+        hint = self.hint
+        return f"{message} (record_id {self.record_id}{f'; {hint}' if hint else ''})"
 
     def with_record_id(self, record_id: str) -> ArtaError:
         """This error, re-issued to carry ``record_id`` (itself if it already does)."""
         if self.record_id is not None:
             return self
         error = copy.copy(self)
-        error.args = (_with_id(str(self), record_id, self.resumable),)
         error.record_id = record_id
+        error.args = (error._with_id(str(self)),)
         error.__cause__ = self
         return error
 
@@ -201,6 +211,13 @@ class TransportError(ArtaError):
 class ConnectError(TransportError):
     """The connection was never made, so the request surely did not arrive."""
 
+    def naming(self, setting: str) -> ConnectError:
+        """A copy that says which ``setting`` chose the address (``ARTA_ENDPOINT`` and its value)."""
+        error = copy.copy(self)
+        error.args = (f"{self} ({setting})",)
+        error.__cause__ = self
+        return error
+
 
 class NoResponseError(TransportError):
     """The request was (or may have been) sent, but no answer came back."""
@@ -280,14 +297,25 @@ class SaveError(DownloadError):
         super().__init__(message, record_id=record_id)
         self.path = path
 
+    @property
+    def hint(self) -> str | None:
+        """Save again elsewhere: the images are still at the service."""
+        if not self.record_id:
+            return None
+        return ("the job is done and its images are still at the service: call save() again "
+                f"with a folder that can be written, or {resume_hint(self.record_id)}")
+
 
 class GenerationInterrupted(KeyboardInterrupt):
     """Ctrl-C while waiting for a job: still a ``KeyboardInterrupt``, carrying ``record_id``.
 
     The job goes on at the service; ``Client().resume(record_id)`` picks it up.
+    Uncaught, it ends the script as a plain Ctrl-C does (status 130), record id
+    on stderr (:mod:`arta.interrupt`).
     """
 
     def __init__(self, record_id: str) -> None:
+        exit_as_interrupted_if_uncaught()
         super().__init__(f"interrupted while waiting for job {record_id}; "
                          f"{resume_hint(record_id)}")
         self.record_id = record_id
@@ -304,6 +332,7 @@ class SubmitInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, params: Any) -> None:
+        exit_as_interrupted_if_uncaught()
         seed = getattr(params, "seed", None)
         super().__init__("interrupted while the submit was on its way: the job may or may not "
                          f"exist (seed {seed}); it was not sent again")

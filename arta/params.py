@@ -96,12 +96,14 @@ class GenerationParams:
         cls,
         prompt: str,
         *,
-        style: str = DEFAULT_STYLE,
-        n: int = 1,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        guidance_scale: float = 7,
-        steps: int = 30,
-        aspect_ratio: str = "1:1",
+        # The fields' own defaults (these names are the class body's, above):
+        # each default is written once.
+        style: str = style,
+        n: int = n,
+        negative_prompt: str = negative_prompt,
+        guidance_scale: float = guidance_scale,
+        steps: int = steps,
+        aspect_ratio: str = aspect_ratio,
         seed: int | None = None,
     ) -> GenerationParams:
         """Validate every field, or raise an :class:`~arta.errors.InvalidInputError` saying what is allowed."""

@@ -8,7 +8,6 @@ renamed into place, so no half image ever has the final name.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import html
 import ipaddress
@@ -17,12 +16,12 @@ import os
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from arta.atomic import CLAIM_SECONDS, remove_stale, replacing
 from arta.errors import (
     ArtaError,
     DownloadError,
@@ -64,8 +63,6 @@ MAX_DOWNLOAD_THREADS = 8
 #: Longest file name stem (the extension on top), well under most file systems' 255 bytes.
 MAX_STEM = 160
 
-#: ``.part`` files untouched this long were left by a killed process; the next save removes them.
-STALE_PART_SECONDS = 60.0
 
 
 class _Stopped(BaseException):
@@ -246,6 +243,7 @@ class Result:
                 self._download(transport, image, path, max_bytes, overwrite, stop)
 
             policy.call(attempt, retry_on=transient)
+            log.info("job %s: saved %s", self.record_id, path)
 
         try:
             if len(paths) == 1:  # one image: no thread to start (Ctrl-C lands in the download)
@@ -302,32 +300,26 @@ class Result:
                 raise DownloadError(f"image {path.name} is announced as {int(declared)} bytes, "
                                     f"larger than the {max_bytes}-byte limit")
             # Created as open() creates any file (the umask applies), under a
-            # name no other download can take.
-            temp = path.with_name(f".arta-{uuid.uuid4().hex}.part")
-            try:
+            # name no other download can take; checked before it is placed.
+            with replacing(path, prefix=".arta-", suffix=".part", private=False,
+                           place=lambda temp, path: _place(temp, path, overwrite)) as file:
                 size, head, tail = 0, b"", b""
-                with open(temp, "xb") as file:
-                    for chunk in response.iter_bytes():
-                        if stop is not None and stop.is_set():
-                            raise _Stopped
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise DownloadError(
-                                f"image {path.name} is larger than the {max_bytes}-byte limit")
-                        head = head if len(head) >= 16 else (head + chunk)[:16]
-                        tail = (tail + chunk)[-16:]
-                        file.write(chunk)
+                for chunk in response.iter_bytes():
+                    if stop is not None and stop.is_set():
+                        raise _Stopped
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise DownloadError(
+                            f"image {path.name} is larger than the {max_bytes}-byte limit")
+                    head = head if len(head) >= 16 else (head + chunk)[:16]
+                    tail = (tail + chunk)[-16:]
+                    file.write(chunk)
                 if not magic_ok(extension, head):
                     raise DownloadError(
                         f"image {path.name}: the bytes are not a {extension[1:].upper()} image")
                 if not whole(extension, head, tail, size):
                     # The right start but no proper end: cut short on the way, worth a retry.
                     raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
-                _place(temp, path, overwrite)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                raise
 
     def read(self, index: int = 0, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
         """The bytes of image ``index``, in memory and checked as :meth:`save` checks files."""
@@ -384,16 +376,14 @@ _swept: dict[Path, float] = {}  # folder -> when its stale parts were last remov
 
 
 def _remove_stale_parts(folder: Path) -> None:
-    """Remove ``.part`` files that no download has written to for a minute (left by a kill).
+    """Remove the ``.part`` files of killed downloads (:func:`arta.atomic.remove_stale`).
 
-    A folder is swept at most once a minute per process: a batch saving
-    thousands of images into one folder must not list it before each one.
+    A folder is swept at most once every :data:`~arta.atomic.CLAIM_SECONDS`
+    per process: a batch saving thousands of images into one folder must
+    not list it before each one.
     """
     now = time.time()
-    if now - _swept.get(folder, 0.0) < STALE_PART_SECONDS:
+    if now - _swept.get(folder, 0.0) < CLAIM_SECONDS:
         return
     _swept[folder] = now
-    for part in folder.glob(".arta-*.part"):
-        with contextlib.suppress(OSError):
-            if now - part.lstat().st_mtime >= STALE_PART_SECONDS:
-                part.unlink()
+    remove_stale(folder, ".arta-*.part")

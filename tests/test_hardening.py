@@ -294,6 +294,21 @@ def test_stale_part_files_are_cleaned_at_the_next_save(hostile: HostileServer,
     assert not stale.exists() and fresh.exists()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="Windows has no flock: the sweep goes by age there")
+def test_a_sweep_takes_a_killed_writers_temp_file_and_never_a_live_ones(tmp_path: Path) -> None:
+    from arta.atomic import remove_stale, replacing
+
+    killed = tmp_path / ".x-killed.tmp"
+    killed.write_bytes(b"half")  # nobody holds it: its writer is gone
+    target = tmp_path / "x.json"
+    with replacing(target, prefix=".x-", suffix=".tmp") as file:
+        file.write(b"{}")
+        remove_stale(tmp_path, ".x-*.tmp", older_than=0.0)
+        living = [p.name for p in tmp_path.glob(".x-*.tmp")]
+    assert living and killed.name not in living  # the live writer's survived, the other went
+    assert target.read_bytes() == b"{}" and not list(tmp_path.glob(".x-*.tmp"))
+
+
 def test_a_done_job_without_images_is_a_protocol_error(tmp_path: Path) -> None:
     with pytest.raises(arta.errors.ProtocolError, match="listed no images") as caught:
         arta.Result("job-empty", ()).save(tmp_path)

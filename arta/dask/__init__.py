@@ -1,6 +1,6 @@
 """arta on a Dask cluster: one token for every worker, and no job paid for twice.
 
-``pip install 'arta[dask]'``. Importing this module imports nothing from
+``pip install 'arta-client[dask]'``. Importing this module imports nothing from
 Dask; each function does so when called.
 
 - :class:`DaskTokenStore`: the token kept in the scheduler, renewed under a

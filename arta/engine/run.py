@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import queue
@@ -29,6 +30,7 @@ from arta.errors import (
 )
 from arta.generation import Generation, PollPlanner, Session, wait_bound
 from arta.params import GenerationParams
+from arta.progress import ProgressDisplay
 from arta.result import Result
 from arta.retry import congested
 
@@ -347,7 +349,7 @@ def map_outcomes(client: Session, window: AdaptiveWindow,
                  items: Iterable[str | Mapping[str, Any] | GenerationParams],
                  *, concurrency: int, ordered: bool, timeout: float | None,
                  poll_policy: PollPlanner | None, defaults: Mapping[str, Any],
-                 ) -> Iterator[Outcome]:
+                 progress: ProgressDisplay | None = None) -> Iterator[Outcome]:
     """The body of :meth:`arta.Client.map`: each item a job, tagged with its index."""
 
     def jobs() -> Iterator[Job]:
@@ -361,19 +363,27 @@ def map_outcomes(client: Session, window: AdaptiveWindow,
     run = JobRun(client, window, jobs(), concurrency=concurrency, timeout=timeout,
                  poll_policy=poll_policy, on_submitting=None, on_submitted=None)
     try:
-        buffered: dict[int, Outcome] = {}
-        expected = 0
-        for outcome in run:
-            index = outcome.job.tag
-            if not ordered:
-                yield outcome
-                continue
-            buffered[index] = outcome
-            while expected in buffered:
-                yield buffered.pop(expected)
-                expected += 1
+        with progress if progress is not None else contextlib.nullcontext():
+            yield from _in_order(run, progress) if ordered else _shown(run, progress)
     finally:
         run.close()
+
+
+def _shown(run: JobRun, progress: ProgressDisplay | None) -> Iterator[Outcome]:
+    for outcome in run:
+        if progress is not None:
+            progress.update(**run.counts)
+        yield outcome
+
+
+def _in_order(run: JobRun, progress: ProgressDisplay | None) -> Iterator[Outcome]:
+    buffered: dict[int, Outcome] = {}
+    expected = 0
+    for outcome in _shown(run, progress):
+        buffered[outcome.job.tag] = outcome
+        while expected in buffered:
+            yield buffered.pop(expected)
+            expected += 1
 
 
 def as_completed(generations: Iterable[Generation],

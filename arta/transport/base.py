@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, Union, cast
 from urllib.parse import urlencode
+from urllib.request import getproxies
 
 import requests.structures
 import urllib3._collections
@@ -44,6 +45,7 @@ __all__ = [
     "Transport",
     "connect_failure",
     "describe",
+    "environment_proxies",
     "secrets_of",
 ]
 
@@ -351,3 +353,12 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def environment_proxies(given: Mapping[str, str] | None) -> tuple[dict[str, str], str | None]:
+    """The proxies by scheme (the environment's, as requests reads them, under ``given``) and ``NO_PROXY``.
+
+    Read once, when a transport is made: the environment is not read per request.
+    """
+    found = {scheme: url for scheme, url in getproxies().items() if scheme != "no"}
+    return {**found, **(given or {})}, os.environ.get("no_proxy") or os.environ.get("NO_PROXY")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -26,6 +25,7 @@ from arta.transport.base import (
     Response,
     check_sizes,
     describe,
+    environment_proxies,
     renew_after_fork,
     secrets_of,
 )
@@ -192,11 +192,8 @@ class RequestsTransport:
         if self._verify is True:
             self._verify = os.environ.get("REQUESTS_CA_BUNDLE") \
                 or os.environ.get("CURL_CA_BUNDLE") or True
-        environment = {scheme: url for scheme, url in urllib.request.getproxies().items()
-                       if scheme != "no"}
         # The environment fills in what the argument leaves out, as in requests.
-        self._all_proxies = {**environment, **(self.proxies or {})}
-        self._no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+        self._all_proxies, self._no_proxy = environment_proxies(self.proxies)
         # The session's own headers go out as requests would send them; a request's win.
         self._session_headers: dict[str, str] = {
             name: value for name, value in session.headers.items() if isinstance(value, str)}

@@ -7,7 +7,6 @@ import re
 import ssl
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable, Literal, Union
 from urllib.parse import unquote
@@ -30,6 +29,7 @@ from arta.transport.base import (
     check_sizes,
     connect_failure,
     describe,
+    environment_proxies,
     renew_after_fork,
     secrets_of,
 )
@@ -105,10 +105,7 @@ class Urllib3Transport:
             "cert_reqs": "CERT_REQUIRED", "ssl_context": _ssl_context(ca_bundle),
         }
         self._fresh_pools()
-        environment = {scheme: url for scheme, url in urllib.request.getproxies().items()
-                       if scheme != "no"}
-        self.proxies: dict[str, str] = {**environment, **(proxies or {})}
-        self._no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+        self.proxies, self._no_proxy = environment_proxies(proxies)
         self._timeouts: dict[tuple[float, float], urllib3.util.Timeout] = {}
 
         renew_after_fork(self)
