@@ -7,6 +7,7 @@ start and end, until one finds it DONE and ``finished`` is called.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -19,7 +20,8 @@ from arta.generation import Generation, Status
 from arta.params import GenerationParams
 from arta.polling.learned import LearnedPollPolicy, Timeline, default_poll_policy
 from arta.polling.model import DurationModel, QueueModel
-from arta.polling.stats import ClassStats, PollStats
+from arta.polling.queue import QueueView
+from arta.polling.stats import FORMAT, ClassStats, PollStats
 
 NO_JITTER = arta.PollPolicy(jitter=0)
 
@@ -218,8 +220,82 @@ def test_default_policy_is_learned_unless_arta_poll_is_fixed(
         arta.Client(home=tmp_path)
 
 
-def test_queue_model_is_the_mixture_of_the_observed_intervals() -> None:
-    model = QueueModel([(0.0, 2.0, 1.0), (4.0, 4.0, 1.0)])
-    points = model.samples(0.0, math.inf, count=4)
-    assert [round(v, 3) for v, _ in points] == [0.5, 1.5, 4.0, 4.0]
-    assert model.samples(5.0, math.inf) == []  # waiting longer than any job seen
+def test_queue_model_gives_the_recent_waits_quantiles() -> None:
+    model = QueueModel([(1.0, 1.0), (3.0, 1.0), (4.0, 1.0), (9.0, 1.0)])
+    assert model.quantile(0.5) == 3.0
+    assert model.quantile(0.5, longer_than=3.5) == 4.0  # given the job has waited 3.5 s
+    assert model.quantile(0.5, longer_than=10.0) is None  # longer than any job seen
+
+
+def test_a_queued_job_is_known_started_once_a_job_submitted_after_it_is_seen_running(
+        tmp_path: Path) -> None:
+    # In a first-in-first-out queue every job's polls bound the others' starts.
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(8):
+        play(policy, clock, 10.0, record_id=f"warm{index}")
+    t0 = clock.now
+    first, second = Generation("first", params=params()), Generation("second", params=params())
+    first.seen += [(t0, Status.IN_QUEUE), (t0 + 4.0, Status.IN_QUEUE)]
+    second.seen += [(t0 + 1.0, Status.IN_QUEUE), (t0 + 5.0, Status.IN_PROGRESS)]
+    first.status, second.status = Status.IN_QUEUE, Status.IN_PROGRESS
+    clock.now = t0 + 5.0
+    policy.next_delay(first, 2)
+    policy.next_delay(second, 2)
+    # "first" started between 4 and 5 s: its end is ~10 s later, not a probe away
+    assert 7.0 < policy.next_delay(first, 3) < 10.0
+
+
+def test_the_model_is_fitted_when_the_statistics_change_not_at_every_poll(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(6):
+        play(policy, clock, 10.0, record_id=f"warm{index}")
+    policy.models()  # fitted to the six
+    fits: list[int] = []
+    real_fit = DurationModel.fit
+    monkeypatch.setattr(DurationModel, "fit", classmethod(
+        lambda cls, *args, **kwargs: fits.append(1) or real_fit(*args, **kwargs)))
+    job = Generation("running", params=params())
+    job.seen.append((clock.now, Status.IN_PROGRESS))
+    job.status = Status.IN_PROGRESS
+    for attempt in range(1, 40):  # polls of a running job, a second apart: nothing new learned
+        clock.now += 1.0
+        job.seen.append((clock.now, Status.IN_PROGRESS))
+        policy.next_delay(job, attempt)
+    assert fits == []
+    play(policy, clock, 10.0, record_id="one more")  # the statistics change: one fit
+    policy.next_delay(job, 40)
+    policy.next_delay(job, 41)
+    assert len(fits) == 1
+
+
+@pytest.mark.parametrize("durations", [[1e-9, 86400.0], [86400.0], [1e-9], [0.0, 3.0, 86400.0]])
+def test_no_statistics_file_can_make_a_job_poll_faster_than_a_quarter_second_or_fail(
+        tmp_path: Path, durations: list[float]) -> None:
+    # issue 19, item 3: the file is another process's (or a hostile server's) doing
+    recent = [[d, d, 1000.0 + i] for i, d in enumerate(durations * 4)]
+    classes = [{"style": style, "steps": steps, "n": 1, "aspect_ratio": "1:1", "count": 8,
+                "recent": recent} for style, steps in (("Flux", 10), ("Anime", 50))]
+    (tmp_path / "poll_stats.json").write_text(json.dumps({
+        "format": FORMAT, "classes": classes,
+        "queue": {"count": 8, "recent": [[0.0, 86400.0, 1000.0]] * 8}}), encoding="utf-8")
+    clock = Clock()
+    policy = LearnedPollPolicy(stats=PollStats(tmp_path / "poll_stats.json"), clock=clock)
+    for p, status in ((params(steps=30), Status.IN_PROGRESS), (params("Anime", 150, 4, "9:21"),
+                                                               Status.IN_QUEUE)):
+        job = Generation("hostile", params=p)
+        job.seen.append((clock.now, status))
+        delays = [policy.next_delay(job, attempt) for attempt in range(1, 30)]
+        assert all(policy.min_delay <= d <= policy.max_delay and math.isfinite(d) for d in delays)
+
+
+def test_the_start_bounds_from_other_jobs_stop_when_the_queue_is_not_first_in_first_out() -> None:
+    view = QueueView()
+    view.see("a", 0.0, 0.0, None)  # submitted at 0, queued
+    view.see("b", 1.0, None, 2.0)  # submitted after it, seen running at 2
+    assert view.start_bounds(0.0, 0.0, math.inf) == (0.0, 2.0)  # so "a" started by 2
+    view.see("a", 0.0, 3.0, None)  # yet "a" is seen queued at 3: the order does not hold
+    assert view.start_bounds(0.0, 3.0, math.inf) == (3.0, math.inf)
+    assert not view.fifo and view.start_bounds(5.0, 6.0, math.inf) == (6.0, math.inf)

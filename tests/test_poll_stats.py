@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from arta.cli.args import build_parser
 from arta.emulator import Emulator
 from arta.polling.learned import LearnedPollPolicy
 from arta.polling.stats import FORMAT, PollStats
+from arta.styles import STYLES
 
 KEY = ("Flux", 30, 1, "1:1")
 
@@ -28,7 +31,7 @@ def _record_many(path: str, worker: int, count: int) -> None:
     stats = PollStats(path, flush_interval=0)  # every record is a locked read-merge-write
     for index in range(count):
         at = 1000.0 + worker * count + index
-        stats.record((f"style-{worker}", 30, 1, "1:1"), (9.0, 10.0, at), (0.0, 1.0, at))
+        stats.record((STYLES[worker + 1], 30, 1, "1:1"), (9.0, 10.0, at), (0.0, 1.0, at))
         stats.record(KEY, (9.0, 10.0, at), None)
     stats.flush()
 
@@ -46,7 +49,7 @@ def test_concurrent_writer_processes_lose_no_observation(tmp_path: Path) -> None
     data = json.loads(path.read_text(encoding="utf-8"))  # never torn: it parses
     assert data["format"] == FORMAT
     counts = {entry["style"]: entry["count"] for entry in data["classes"]}
-    assert counts == {"Flux": workers * count, **{f"style-{w}": count for w in range(workers)}}
+    assert counts == {"Flux": workers * count, **{STYLES[w + 1]: count for w in range(workers)}}
     assert data["queue"]["count"] == workers * count
     assert not list(tmp_path.glob(".poll_stats.*"))  # no temp file left behind
 
@@ -160,3 +163,93 @@ def test_an_observation_stamped_in_the_future_is_read_as_made_now(tmp_path: Path
     stats = PollStats(path, flush_interval=0)
     [(lo, hi, at)] = stats.state().classes[("Flux", 30, 1, "1:1")].recent
     assert (lo, hi) == (9.0, 10.0) and at <= time.time()  # so it ages out like any other
+
+
+def _hold_lock(lock_path: str, ready: Any, release: Any) -> None:
+    import filelock
+    with filelock.FileLock(lock_path):
+        ready.set()
+        release.wait(300)
+
+
+def test_a_lock_held_by_another_process_does_not_hold_up_the_end_of_a_wait(
+        tmp_path: Path) -> None:
+    # issue 18, item 12: the flush ran before the wait ended and waited for the lock
+    path = tmp_path / "poll_stats.json"
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(f"{path}.lock", ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        stats = PollStats(path, flush_interval=0, lock_timeout=300)
+        recording = threading.Thread(target=stats.record, args=(KEY, (9.0, 10.0, 1.0), None),
+                                     daemon=True)
+        recording.start()
+        recording.join(30)  # a bound on a hang, not a speed: the lock is held for 300 s
+        assert not recording.is_alive()
+        assert stats.state().classes[KEY].count == 1  # learned at once, written later
+    finally:
+        release.set()
+        holder.join(60)
+    stats.flush()
+    assert json.loads(path.read_text(encoding="utf-8"))["classes"][0]["count"] == 1
+
+
+def test_a_fifo_in_place_of_the_file_does_not_hang_a_client(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "poll_stats.json"
+    os.mkfifo(path)  # issue 18, item 12: opening it for reading blocked for ever
+    made: list[arta.Client] = []
+    with caplog.at_level(logging.WARNING, logger="arta.polling.stats"):
+        thread = threading.Thread(target=lambda: made.append(arta.Client(home=tmp_path)),
+                                  daemon=True)
+        thread.start()
+        thread.join(30)  # a bound on a hang, not a speed
+    assert made, "Client() hung on a FIFO"
+    made[0].close()
+    assert "not a regular file" in caplog.text and "will be rebuilt" in caplog.text
+
+
+def test_arta_stats_never_prints_terminal_escapes_from_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTA_HOME", str(tmp_path))
+    (tmp_path / "poll_stats.json").write_bytes(
+        _one_class(style="\x1b]0;owned\x07\x1b[2J", recent=[[9, 10, 2], [9, 10, 3], [9, 10, 4]]))
+    assert cli.main(["stats"]) == 0  # issue 18, item 12: the escapes reached the terminal
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+
+
+def test_temp_files_of_killed_writers_are_swept_by_the_next_write(tmp_path: Path) -> None:
+    # issue 18, item 15: 23 of them after 40 kill rounds, never removed
+    dead = [tmp_path / f".poll_stats.dead{index}.tmp" for index in range(3)]
+    for temp in dead:
+        temp.write_text("{", encoding="utf-8")
+        os.utime(temp, (time.time() - 3600, time.time() - 3600))
+    young = tmp_path / ".poll_stats.writing.tmp"  # maybe a live writer's: left alone
+    young.write_text("{", encoding="utf-8")
+    stats = PollStats(tmp_path / "poll_stats.json", flush_interval=0)
+    stats.record(KEY, (9.0, 10.0, 1.0), None)
+    assert not any(temp.exists() for temp in dead)
+    assert young.exists()
+
+
+def test_arta_stats_shows_the_fitted_cost_of_the_work_and_each_style(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTA_HOME", str(tmp_path))
+    stats = PollStats(tmp_path / "poll_stats.json", flush_interval=0)
+    for index, (style, steps) in enumerate([("Anime", 20), ("Anime", 40), ("Flux", 20),
+                                            ("Flux", 40)] * 3):
+        seconds = steps / 4 * (1.5 if style == "Flux" else 1.0)  # time in proportion to steps
+        stats.record((style, steps, 1, "1:1"), (seconds - 0.1, seconds + 0.1, float(index)),
+                     None)
+    assert cli.main(["stats"]) == 0
+    out = capsys.readouterr().out
+    steps_slope = float(out.split("steps^")[1].split()[0])
+    assert 0.8 < steps_slope < 1.2  # it learned that time grows in proportion to the steps
+    styles = out.split("styles (time of 30 steps, one 1:1 image): ")[1].splitlines()[0]
+    anime, flux = (float(part.split()[-1].rstrip("s")) for part in styles.split(", "))
+    assert anime == pytest.approx(7.5, rel=0.1) and flux == pytest.approx(11.25, rel=0.1)

@@ -1,25 +1,27 @@
 """A poll policy that learns when jobs finish, and polls then.
 
-How it decides, for one job: from the jobs seen before (every process on
-the host, through ``poll_stats.json``; :mod:`arta.polling.stats`) it predicts
-the job's in-progress time for its parameters and how long jobs wait in
-the queue (:mod:`arta.polling.model`). What the polls of this job have seen
-narrows that: the job started after the last poll that found it IN_QUEUE
-and before the first that found it IN_PROGRESS, and has not finished by
-the last poll. From the predicted finish time it places the next poll at
-the time ``t`` where the expected lateness ``E[(t - finish)+]`` reaches
-``lateness_per_poll`` seconds: the worth of one request in seconds of
-waiting. A certain finish gets one poll just after it; an uncertain one
-gets polls spread over where it is likely, dense where it is most likely.
-While the job waits in a queue whose length varies, it also probes for the
-job's start in the same way (with ``start_lateness_per_poll``): knowing
-when the job started is what makes its end predictable.
+How it decides, for one job: a regression fitted to every job seen before
+(every process on the host, through ``poll_stats.json``;
+:mod:`arta.polling.stats`, :mod:`arta.polling.model`) predicts its
+in-progress time from its steps, images, pixels and style. Its start is
+bounded by its own polls and, in a first-in-first-out queue, by every
+other job's (:mod:`arta.polling.queue`). The finish is then about normal
+(start plus duration, with a small wide share for the model being wrong),
+and the next poll goes where the expected lateness given "not done at the
+last poll", ``E[(t - finish)+ | finish > last]``, reaches
+``lateness_per_poll`` seconds (less for a long or unsure job): the worth
+of one request in seconds of waiting, solved in closed form by a few
+Newton steps. A queued job is polled at half the time to its expected
+start (from the rate at which this process's jobs start, else from the
+queue waits seen).
 
-It polls exactly like its ``fallback`` :class:`~arta.generation.PollPolicy`
-until it has seen ``min_observations`` jobs, for a job resumed by record id
-(whose parameters it does not know), and while a job waits in the queue
-before any queue wait was seen. A job that outlives every prediction is
-polled at a bounded interval and never abandoned.
+The model is refitted when the statistics change (at most every
+``refit_interval`` seconds), not at each poll: a poll costs microseconds.
+It polls exactly like its ``fallback`` :class:`PollPolicy` until
+``min_observations`` jobs were seen, for a job resumed by record id (whose
+parameters it does not know), and while a job queues before any queue
+wait was seen. A job past every prediction is polled at the fallback's
+bounded interval and never abandoned.
 """
 
 from __future__ import annotations
@@ -29,23 +31,26 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from arta.config import Settings
-from arta.polling.model import DurationModel, QueueModel, Samples, after, convolve
+from arta.polling.model import DurationModel, QueueModel
 from arta.polling.policy import PolledJob, PollPlanner, PollPolicy
-from arta.polling.stats import ClassKey, Interval, PollStats, StatsState, shared_stats
+from arta.polling.queue import QueueView
+from arta.polling.stats import ClassKey, Interval, PollStats, shared_stats
 from arta.protocol import Status
 
-__all__ = ["STATS_FILE", "LearnedPollPolicy", "Timeline", "default_poll_policy"]
+__all__ = ["STATS_FILE", "LearnedPollPolicy", "Timeline", "default_poll_policy", "describe_stats"]
 
 #: The shared statistics file's name in ``ARTA_HOME``.
 STATS_FILE = "poll_stats.json"
 
 _NOT_STARTED = (Status.SUBMITTED, Status.IN_QUEUE)
+#: The share of a prediction given to "the model is wrong for this job", and how much wider.
+_WIDE_SHARE, _WIDE_FACTOR = 0.06, 3.0
+_SQRT2, _SQRT2PI = math.sqrt(2.0), math.sqrt(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -104,65 +109,83 @@ def class_key(generation: PolledJob) -> ClassKey | None:
     return None if p is None else (p.style, p.steps, p.n, p.aspect_ratio)
 
 
-def time_for_lateness(points: Samples, kappa: float) -> float:
-    """The time ``t`` where ``E[(t - X)+] = kappa`` for X given by sorted weighted ``points``."""
-    total = sum(w for _, w in points)
-    weight = weighted = 0.0
-    for index, (value, w) in enumerate(points):
-        weight += w / total
-        weighted += w / total * value
-        t = (kappa + weighted) / weight
-        if index + 1 == len(points) or t <= points[index + 1][0]:
-            return t
-    raise ValueError("no points")
+def time_for_lateness(last: float, parts: list[tuple[float, float, float]], kappa: float) -> float:
+    """The ``t`` where ``E[(t - X)+ | X > last] = kappa``, X a mixture of normals ``(weight, m, s)``.
+
+    ``E[(t - X) 1{last < X < t}]`` is ``(t - m)(F(t) - F(last)) + s (f(t) - f(last))`` per part
+    (F, f: the normal's cdf and density in ``(x - m) / s``); it is convex and increasing in ``t``,
+    so Newton's steps converge (from below, the first lands above; from above, they stay there).
+    """
+    below = [(w, m, s, _cdf((last - m) / s), _pdf((last - m) / s)) for w, m, s in parts]
+    beyond = sum(w * (1 - fa) for w, _, _, fa, _ in below)
+    t = max(last, parts[0][1]) + kappa
+    for _ in range(12):
+        value = slope = 0.0
+        for w, m, s, fa, pa in below:
+            z = (t - m) / s
+            fz = _cdf(z)
+            value += w * ((t - m) * (fz - fa) + s * (_pdf(z) - pa))
+            slope += w * (fz - fa)
+        value, slope = value / beyond - kappa, slope / beyond
+        if abs(value) < 0.01 or slope <= 0:
+            break
+        t = max(last, t - value / slope)
+    return t
+
+
+def _cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / _SQRT2)
+
+
+def _pdf(z: float) -> float:
+    return math.exp(-0.5 * z * z) / _SQRT2PI
 
 
 class LearnedPollPolicy:
-    """A :class:`~arta.generation.PollPlanner` that polls when a job is likely done.
+    """A :class:`~arta.polling.PollPlanner` that polls when a job is likely done.
 
     ``home`` is where ``poll_stats.json`` is shared (default ``ARTA_HOME``),
     or pass ``stats``. ``lateness_per_poll`` is how many seconds of noticing
-    late one status request is worth: lower polls more. ``half_life`` is in
-    jobs: how fast old observations fade. Delays stay within
-    ``[min_delay, max_delay]``, and no poll comes more than ``max_lateness``
-    seconds after the job's first 2% chance of being done; a job past every
-    prediction is polled every ``fallback.max_delay`` seconds at most. While
-    a job queues, its start is probed (``start_lateness_per_poll``) when the
-    queue's spread is over ``probe_ratio`` times the in-progress time's.
-    ``refit_interval`` bounds how often the model is refitted. ``clock``
-    gives Unix time (tests replace it).
+    late one status request is worth (divided by the square root of the
+    finish's spread in seconds, when over one: a long or unsure job is
+    worth more polls, as a fixed policy's grow with a job's length): lower
+    polls more. ``half_life`` is in jobs: how fast old observations fade
+    from the model. Delays stay within
+    ``[min_delay, max_delay]``; no poll comes more than ``max_lateness``
+    seconds after the job's first 2% chance of being done; a queued job is
+    polled every ``probe_share`` of the time to its expected start, at least
+    ``min_probe`` apart. ``clock`` gives Unix time (tests replace it).
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
                  fallback: PollPolicy | None = None, stats: PollStats | None = None,
-                 lateness_per_poll: float = 0.1, start_lateness_per_poll: float = 1.2,
-                 half_life: float = 10.0, min_observations: int = 3,
-                 min_delay: float = 0.25, max_delay: float = 30.0, refit_interval: float = 0.5,
-                 probe_ratio: float = 0.5, max_lateness: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 lateness_per_poll: float = 0.25, half_life: float = 40.0,
+                 min_observations: int = 3, min_delay: float = 0.25, max_delay: float = 30.0,
+                 refit_interval: float = 1.0, probe_share: float = 0.5, min_probe: float = 3.0,
+                 max_lateness: float = 3.0, clock: Callable[[], float] = time.time) -> None:
         self.fallback = fallback or PollPolicy()
         if stats is None:
             folder = Path(home).expanduser() if home is not None else Settings.resolve().home
             stats = shared_stats(folder / STATS_FILE)
         self.stats = stats
-        self.lateness_per_poll = lateness_per_poll
-        self.start_lateness_per_poll = start_lateness_per_poll
-        self.half_life = half_life
+        self.lateness_per_poll, self.half_life = lateness_per_poll, half_life
         self.min_observations = min_observations
         self.min_delay, self.max_delay = min_delay, max_delay
         self.refit_interval = refit_interval
-        self.probe_ratio = probe_ratio
+        self.probe_share, self.min_probe = probe_share, min_probe
         self.max_lateness = max_lateness
         self.clock = clock
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state of one process: fitted models, this process's jobs."""
         self._lock = threading.Lock()
         self._fitted: tuple[int, DurationModel | None, QueueModel | None] = (-1, None, None)
         self._fitted_at = -math.inf
+        self.queue = QueueView()
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: Jobs that outlived every prediction (record id -> when): polled at a bounded interval.
         self._overdue_jobs: collections.OrderedDict[str, float] = collections.OrderedDict()
-        #: Jobs being waited on and seen IN_PROGRESS: record id -> (class, started by, last seen).
-        self._running: collections.OrderedDict[str, tuple[ClassKey, float, float]] = \
-            collections.OrderedDict()
 
     @property
     def timeout(self) -> float | None:
@@ -188,99 +211,78 @@ class LearnedPollPolicy:
             self._finished[generation.record_id] = None
             if len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
-            self._running.pop(generation.record_id, None)
             self._overdue_jobs.pop(generation.record_id, None)
         timeline = Timeline.of(generation)
-        key, duration = class_key(generation), timeline.duration()
-        queue = timeline.queue()
+        key, duration, queue = class_key(generation), timeline.duration(), timeline.queue()
+        if duration is not None and queue is not None:  # narrowed by the other jobs' polls
+            sub, end_after, end_by = timeline.submitted, timeline.end_after, timeline.end_by
+            assert sub is not None and end_after is not None and end_by is not None
+            lo, hi = self.queue.start_bounds(sub, sub + queue[0], sub + queue[1])
+            duration = (max(0.0, end_after - hi), end_by - lo, end_by)
+            queue = (lo - sub, hi - sub, hi)
         if (key is not None and duration is not None) or queue is not None:
             self.stats.record(key, duration, queue)
 
     # -- the plan ------------------------------------------------------------------
 
     def models(self) -> tuple[DurationModel | None, QueueModel | None]:
-        """The models fitted to the current statistics.
-
-        Refitted when the statistics change, and every ``refit_interval``
-        seconds while jobs run (they are right-censored observations).
-        """
+        """The models fitted to the current statistics (refitted when they change)."""
         state = self.stats.state()
-        version = self.stats.version
-        now = self.clock()
+        version, now = self.stats.version, self.clock()
         with self._lock:
-            stale = self._fitted[0] != version
-            due = now - self._fitted_at >= self.refit_interval or self._fitted[1] is None
-            if due and (stale or self._running):
+            if self._fitted[0] != version and now - self._fitted_at >= self.refit_interval:
                 enough = sum(len(c.recent) for c in state.classes.values()) \
                     >= self.min_observations
-                running = [(key, min(last - started, _longest(state, key)), started)
-                           for key, started, last in self._running.values()]
-                durations = DurationModel.fit(state, self.half_life, running=running,
-                                              previous=self._fitted[1]) if enough else None
-                queue = QueueModel.fit(state, self.half_life) if stale else self._fitted[2]
-                self._fitted, self._fitted_at = (version, durations, queue), now
+                self._fitted = (version,
+                                DurationModel.fit(state, self.half_life) if enough else None,
+                                QueueModel.fit(state))
+                self._fitted_at = now
             return self._fitted[1], self._fitted[2]
-
-    def _track(self, generation: PolledJob, key: ClassKey, timeline: Timeline) -> None:
-        """Remember a running job: how long it has run so far is data too."""
-        if timeline.start_by is None or timeline.last is None:
-            return
-        with self._lock:
-            self._running[generation.record_id] = (key, timeline.start_by, timeline.last)
-            self._running.move_to_end(generation.record_id)
-            while len(self._running) > 1000:
-                self._running.popitem(last=False)
 
     def plan(self, generation: PolledJob, attempt: int = 1) -> float | None:
         """Seconds until the next poll, or None where the fallback decides."""
         key = class_key(generation)
         timeline = Timeline.of(generation)
-        if key is None or timeline.last is None:
+        sub, last = timeline.submitted, timeline.last
+        if key is None or sub is None or last is None:
             return None
-        self._track(generation, key, timeline)
         durations, queue = self.models()
         if durations is None:
             return None
-        now = max(self.clock(), timeline.last)
         if generation.record_id in self._overdue_jobs:
             return self._overdue(generation, self._overdue_jobs[generation.record_id])
-        work = durations.samples(key)
-        starts, probe = self._starts(timeline, queue, work)
-        if starts is None:
-            return None
-        if not starts:  # waiting in the queue longer than any job seen
-            return self._overdue(generation, timeline.start_after or now, sticky=False)
-        predicted = convolve(starts, work)
-        finish = after(predicted, timeline.last)
-        if not finish or sum(w for _, w in finish) < 1e-3:
-            return self._overdue(generation, predicted[-1][0])
-        # the job's first 2% chance of being done: the earliest start plus the
-        # 2% quantile of its work (the points are too coarse in the tail for it)
-        first_chance = starts[0][0] + durations.quantile(key, 0.02)
-        at = min(time_for_lateness(finish, self.lateness_per_poll),
+        now = max(self.clock(), last)
+        started = timeline.start_by is not None
+        self.queue.see(generation.record_id, sub, None if started else timeline.start_after,
+                       timeline.start_by)
+        lo, hi = self.queue.start_bounds(sub, timeline.start_after or sub,
+                                         timeline.start_by or math.inf)
+        if hi == math.inf:  # still queued, as far as anyone knows
+            expected = self.queue.expected_start(sub, now)
+            if expected is None:
+                if queue is None:
+                    return None  # in a queue we know nothing of: the fallback decides
+                wait = queue.quantile(0.5, longer_than=lo - sub)
+                if wait is None:  # queued longer than any job seen
+                    return self._overdue(generation, lo, sticky=False)
+                expected = sub + wait
+            return self._bounded(max(self.min_probe, self.probe_share * abs(expected - now)))
+        mu, sigma = durations.predict(key)
+        mean = math.exp(mu + sigma * sigma / 2)
+        m, s = (lo + hi) / 2 + mean, math.hypot((hi - lo) / math.sqrt(12), mean * sigma)
+        parts = [(1 - _WIDE_SHARE, m, s), (_WIDE_SHARE, m, _WIDE_FACTOR * s)]
+        if sum(w * (1 - _cdf((last - m) / s)) for w, m, s in parts) < 1e-3:
+            return self._overdue(generation, last)
+        first_chance = m - 2.05 * s  # the core's 2% quantile
+        # a long or unsure job (a spread over a second) is worth more polls, as a fixed
+        # policy's grow with a job's length: not only ever later ones
+        kappa = self.lateness_per_poll / math.sqrt(max(1.0, s))
+        at = min(time_for_lateness(last, parts, kappa),
                  max(now, first_chance) + self.max_lateness)
-        if probe:
-            at = min(at, time_for_lateness(starts, self.start_lateness_per_poll))
-        return min(self.max_delay, max(self.min_delay, at - now))
+        return self._bounded(at - now)
 
-    def _starts(self, timeline: Timeline, queue: QueueModel | None,
-                work: Samples) -> tuple[Samples | None, bool]:
-        """Where the job's start may be, and whether to poll to find it."""
-        t0, lo, hi = timeline.submitted, timeline.start_after, timeline.start_by
-        if hi is not None:  # it has started, between lo and hi
-            lo = hi if lo is None else lo
-            if queue is not None and t0 is not None:
-                points = queue.samples(lo - t0, hi - t0)
-                if points:
-                    return [(t0 + q, w) for q, w in points], False
-            return [(lo + (hi - lo) * (i + 0.5) / 8, 1 / 8) for i in range(8)], False
-        if queue is None or t0 is None or lo is None:
-            return None, False  # in a queue we know nothing of: the fallback decides
-        points = queue.samples(lo - t0, math.inf)
-        if not points:
-            return [], False
-        starts = [(t0 + q, w) for q, w in points]
-        return starts, _spread(starts) > self.probe_ratio * _spread(work)
+    def _bounded(self, delay: float) -> float:
+        return min(self.max_delay, max(self.min_delay, delay))
 
     def _overdue(self, generation: PolledJob, since: float, sticky: bool = True) -> float:
         """For a job past every prediction: the fallback's later polls, bounded by its max_delay.
@@ -295,7 +297,7 @@ class LearnedPollPolicy:
             while len(self._overdue_jobs) > 10_000:
                 self._overdue_jobs.popitem(last=False)
         late_polls = sum(1 for at, _ in generation.seen if at > since)
-        return self.fallback.next_delay(generation, late_polls + 2)
+        return max(self.min_delay, self.fallback.next_delay(generation, late_polls + 2))
 
     def close(self) -> None:
         """Write what this process learned now (it is also written within a second, and at exit)."""
@@ -304,37 +306,18 @@ class LearnedPollPolicy:
     # -- plain data ------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.update(_lock=None, _fitted=(-1, None, None), _fitted_at=-math.inf,
-                     _running=collections.OrderedDict(), _overdue_jobs=collections.OrderedDict(),
-                     stats=self.stats.path)
+        keep = ("_lock", "_fitted", "_fitted_at", "queue", "_finished", "_overdue_jobs")
+        state = {name: value for name, value in self.__dict__.items() if name not in keep}
+        state["stats"] = self.stats.path
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._reset()
         self.stats = shared_stats(state["stats"])
 
     def __repr__(self) -> str:
         return f"LearnedPollPolicy(stats={str(self.stats.path)!r}, fallback={self.fallback!r})"
-
-
-def _longest(state: StatsState, key: ClassKey) -> float:
-    """Twice the longest finished job of ``key``'s class (else of any class).
-
-    A running job counts as lasting at least this long, no more: one stuck
-    job must not teach that every job is slow.
-    """
-    stats = state.classes.get(key)
-    pool = stats.recent if stats is not None and stats.recent else \
-        [item for other in state.classes.values() for item in other.recent]
-    return 2 * max((hi for _, hi, _ in pool), default=math.inf)
-
-
-def _spread(points: Sequence[tuple[float, float]]) -> float:
-    """From the 10% to the 90% point of equal-weight sorted ``points``."""
-    ordered = sorted(v for v, _ in points)
-    return ordered[int(0.9 * (len(ordered) - 1))] - ordered[int(0.1 * (len(ordered) - 1))]
 
 
 def default_poll_policy(settings: Settings | None = None) -> PollPlanner:
@@ -350,7 +333,7 @@ def default_poll_policy(settings: Settings | None = None) -> PollPlanner:
 
 
 def describe_stats(home: str | os.PathLike[str]) -> str:
-    """What ``arta stats`` prints: the shared file, each class's estimate, the queue's."""
+    """What ``arta stats`` prints: the file, the fitted cost of the work, the classes, the queue."""
     stats = PollStats(Path(home).expanduser() / STATS_FILE)
     state = stats.state()
     lines = [f"file:   {stats.path}"]
@@ -358,18 +341,24 @@ def describe_stats(home: str | os.PathLike[str]) -> str:
     if model is None:
         lines.append("no finished job seen yet: polling as the fixed policy does")
     else:
-        lines.append(f"{'style':<20} {'steps':>5} {'n':>2} {'ratio':>5} {'jobs':>5} "
-                     f"{'in progress':>11} {'spread':>7}")
-        for key, cls in sorted(state.classes.items(), key=lambda kv: -kv[1].count):
-            mu, sigma = model.predict(key)
+        b_steps, b_images, b_pixels, curvature = model.slopes
+        lines += [
+            (f"in progress: time ~ steps^{b_steps:.2f} x images^{b_images:.2f} x "
+             f"megapixels^{b_pixels:.2f} x style (curvature {curvature:+.2f}); spread "
+             f"{100 * model.sigma:.0f}% (one standard deviation); recent speed "
+             f"x{math.exp(model.level):.2f}"),
+            "styles (time of 30 steps, one 1:1 image): " + ", ".join(
+                f"{style} {math.exp(model.predict((style, 30, 1, '1:1'))[0]):.1f}s"
+                for style in sorted(model.alpha)),
+            f"{'style':<20} {'steps':>5} {'n':>2} {'ratio':>5} {'jobs':>5} {'predicted':>10}",
+        ]
+        for key, cls in sorted(state.classes.items(), key=lambda kv: -kv[1].count)[:12]:
             lines.append(f"{key[0][:20]:<20} {key[1]:>5} {key[2]:>2} {key[3]:>5} "
-                         f"{cls.count:>5} {math.exp(mu):>10.1f}s {100 * sigma:>6.0f}%")
-        lines.append(f"({len(state.classes)} classes; spread: one standard deviation, "
-                     "in log time)")
+                         f"{cls.count:>5} {math.exp(model.predict(key)[0]):>9.1f}s")
+        lines.append(f"({len(state.classes)} classes, {len(model.alpha)} styles seen)")
     queue = QueueModel.fit(state)
     if queue is not None:
-        points = queue.samples(0.0, math.inf)
-        lines.append(f"queue:  median {points[len(points) // 2][0]:.1f}s, 10-90% "
-                     f"{points[int(0.1 * len(points))][0]:.1f}-"
-                     f"{points[int(0.9 * len(points))][0]:.1f}s ({state.queue.count} jobs)")
+        median, low, high = (queue.quantile(q) or 0.0 for q in (0.5, 0.1, 0.9))
+        lines.append(f"queue:  median {median:.1f}s, 10-90% {low:.1f}-{high:.1f}s "
+                     f"({state.queue.count} jobs)")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ import filelock
 
 from arta.atomic import write_json_atomically
 from arta.params import N_RANGE, STEPS_RANGE
-from arta.styles import ASPECT_RATIOS
+from arta.styles import ASPECT_RATIOS, STYLES
 
 __all__ = ["FORMAT", "ClassKey", "ClassStats", "Interval", "PollStats", "StatsState", "shared_stats"]
 
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 FORMAT = "arta-poll-stats/1"
 #: A file bigger than this is not ours (or not sane): ignored.
 MAX_FILE_BYTES = 2_000_000
+#: How the temp files of a write start (those of a killed writer are swept).
+_TEMP_PREFIX = ".poll_stats."
 
 #: ``(lo, hi, at)``: the duration was between ``lo`` and ``hi`` seconds, seen at Unix time ``at``.
 Interval = tuple[float, float, float]
@@ -115,14 +118,18 @@ class StatsState:
             _require(isinstance(style, str) and _is_int(steps) and _is_int(n)
                      and isinstance(ratio, str), "a class has no style/steps/n/aspect_ratio")
             # What a submit could have asked: the model computes with these.
-            _require(STEPS_RANGE[0] <= steps <= STEPS_RANGE[1] and N_RANGE[0] <= n <= N_RANGE[1]
-                     and ratio in ASPECT_RATIOS, "a class has parameters no job can have")
+            # (a style outside the catalog could carry terminal escapes to `arta stats`)
+            _require(style in STYLES and STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]
+                     and N_RANGE[0] <= n <= N_RANGE[1] and ratio in ASPECT_RATIOS,
+                     "a class has parameters no job can have")
             state.classes[(style, steps, n, ratio)] = _class_stats(entry)
         return state
 
 
 #: The longest time an observation may span: no job queues or computes for a day.
 MAX_SECONDS = 86400.0
+#: A temp file this old was left by a killed writer (a live one holds the lock for milliseconds).
+STALE_TEMP_SECONDS = 60.0
 
 
 def _require(condition: bool, problem: str) -> None:
@@ -208,12 +215,17 @@ class PollStats:
             self.version += 1
             due = self._last_flush + self.flush_interval - time.monotonic()
             if due > 0:
-                if self._timer is None:  # write once the interval is over, not now
-                    self._timer = threading.Timer(due, self._timed_flush)
-                    self._timer.daemon = True
-                    self._timer.start()
+                self._flush_later(due)  # write once the interval is over, not now
                 return
-        self.flush()
+        # Called as a wait ends: another process holding the lock must not delay it.
+        self.flush(wait=False)
+
+    def _flush_later(self, delay: float) -> None:
+        """Flush on a timer thread in ``delay`` seconds (one timer at a time; call under _lock)."""
+        if self._timer is None:
+            self._timer = threading.Timer(delay, self._timed_flush)
+            self._timer.daemon = True
+            self._timer.start()
 
     def _timed_flush(self) -> None:
         with self._lock:
@@ -235,8 +247,12 @@ class PollStats:
 
     # -- the file --------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Merge this process's new observations into the file, under its lock."""
+    def flush(self, wait: bool = True) -> None:
+        """Merge this process's new observations into the file, under its lock.
+
+        ``wait=False``: if another process holds the lock, retry later on
+        a timer thread instead of waiting for it.
+        """
         with self._flush_lock:
             with self._lock:
                 if not self._has_pending:
@@ -244,18 +260,31 @@ class PollStats:
                 pending, self._pending, self._has_pending = self._pending, StatsState(), False
                 self._last_flush = time.monotonic()
             try:
-                with self._file_lock():
+                with self._file_lock(self.lock_timeout if wait else 0.0):
+                    self._sweep_temps()
                     merged = self._read()
                     merged.merge(pending, self.keep, self.keep_queue, self.max_classes)
                     self._write(merged)
             except (OSError, filelock.Timeout) as error:
-                log.warning("cannot write the poll statistics %s (%s); keeping them in memory",
-                            self.path, error)
+                busy = isinstance(error, filelock.Timeout) and not wait
+                if not busy:
+                    log.warning("cannot write the poll statistics %s (%s); keeping them in "
+                                "memory", self.path, error)
                 with self._lock:  # keep them for the next try
                     pending.merge(self._pending, self.keep, self.keep_queue, 10**9)
                     self._pending, self._has_pending = pending, True
+                    if busy:
+                        self._flush_later(max(self.flush_interval, 0.1))
                 return
             self._adopt(merged)
+
+    def _sweep_temps(self) -> None:
+        """Remove the temp files of writers killed mid-write (called under the file lock)."""
+        now = time.time()
+        for temp in self.path.parent.glob(f"{_TEMP_PREFIX}*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - temp.lstat().st_mtime > STALE_TEMP_SECONDS:
+                    temp.unlink()
 
     def _adopt(self, state: StatsState) -> None:
         """Make ``state`` (just read or written) the view, plus what is still pending."""
@@ -273,16 +302,18 @@ class PollStats:
         return info.st_mtime_ns, info.st_size
 
     @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
+    def _file_lock(self, timeout: float) -> Iterator[None]:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with filelock.FileLock(self.lock_path, mode=0o600, timeout=self.lock_timeout):
+        with filelock.FileLock(self.lock_path, mode=0o600, timeout=timeout):
             yield
 
     def _read(self) -> StatsState:
         """The file's state; an empty one if it is missing, and (with a warning) if it is unusable."""
         try:
-            with open(self.path, "rb") as file:
-                raw = file.read(MAX_FILE_BYTES + 1)
+            # O_NONBLOCK: a FIFO in the file's place must not block the reader.
+            with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+                regular = stat.S_ISREG(os.fstat(file.fileno()).st_mode)
+                raw = file.read(MAX_FILE_BYTES + 1) if regular else b""
         except FileNotFoundError:
             return StatsState()
         except OSError as error:
@@ -290,6 +321,8 @@ class PollStats:
                         self.path, error.strerror)
             return StatsState()
         try:
+            if not regular:
+                raise ValueError("not a regular file")
             if len(raw) > MAX_FILE_BYTES:
                 raise ValueError("too big")
             state = StatsState.from_json(json.loads(raw.decode("utf-8")))
@@ -305,7 +338,7 @@ class PollStats:
         return state
 
     def _write(self, state: StatsState) -> None:
-        write_json_atomically(self.path, state.to_json(), prefix=".poll_stats.",
+        write_json_atomically(self.path, state.to_json(), prefix=_TEMP_PREFIX,
                               separators=(",", ":"))
 
     def __repr__(self) -> str:

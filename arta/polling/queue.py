@@ -1,0 +1,117 @@
+"""When a queued job starts, from what every job of this process shows of a first-in-first-out queue.
+
+In a FIFO queue, jobs start in the order they were submitted. So a job
+seen IN_QUEUE at time t says that no later job had started by t, and a job
+seen IN_PROGRESS at t that every earlier job had: each poll of any job
+narrows the start of every other, and a job deep in a long queue has its
+start known to within the gap between polls of its neighbours, not its
+own. The rate at which starts pass this process's jobs, in submit order,
+predicts when a queued job will start.
+
+The service's order is an assumption: the first sighting that breaks it
+(an earlier job seen queued after a later one was seen running, beyond
+``tolerance`` seconds of submit time) turns the inference off for good.
+Every operation is O(log n) (bisection on the sightings that matter).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import math
+import threading
+
+__all__ = ["QueueView"]
+
+
+class QueueView:
+    """The start bounds this process's jobs give each other. Thread-safe."""
+
+    def __init__(self, tolerance: float = 0.25, keep: int = 4096, rate_window: float = 120.0) -> None:
+        self.tolerance, self.keep, self.rate_window = tolerance, keep, rate_window
+        self.fifo = True  # until a sighting says otherwise
+        self._lock = threading.Lock()
+        # The sightings that bound something, by submit time: the latest time a job at
+        # or before each was seen queued (increasing), the first a job at or after was
+        # seen started (increasing).
+        self._queued_subs: list[float] = []
+        self._queued_at: list[float] = []
+        self._started_subs: list[float] = []
+        self._started_at: list[float] = []
+        self._subs: list[float] = []  # submit times of the jobs seen, sorted
+        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._passes: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+
+    def see(self, record_id: str, submitted: float, queued_at: float | None,
+            started_by: float | None) -> None:
+        """Take in a job's latest sightings: last seen queued, first seen started (or None)."""
+        with self._lock:
+            if not self.fifo:
+                return
+            if record_id not in self._known:
+                self._known[record_id] = None
+                bisect.insort(self._subs, submitted)
+                if len(self._known) > self.keep:
+                    self._known.popitem(last=False)
+                    del self._subs[:len(self._subs) - self.keep]
+            if queued_at is not None:
+                self._see_queued(submitted, queued_at)
+            if started_by is not None:
+                self._see_started(submitted, started_by)
+
+    def _see_queued(self, sub: float, at: float) -> None:
+        subs, times = self._queued_subs, self._queued_at
+        i = bisect.bisect_right(subs, sub)
+        if i and times[i - 1] >= at:  # an earlier job was seen queued later: it says more
+            return
+        k = bisect.bisect_right(times, at, lo=i)  # later jobs seen queued no later: it says more
+        del subs[i:k], times[i:k]
+        subs.insert(i, sub)
+        times.insert(i, at)
+        if len(subs) > self.keep:
+            del subs[0], times[0]
+
+    def _see_started(self, sub: float, at: float) -> None:
+        subs, times = self._started_subs, self._started_at
+        i = bisect.bisect_left(subs, sub)
+        if i < len(subs) and times[i] <= at:  # a later job was seen started sooner: it says more
+            return
+        frontier = subs[-1] if subs else -math.inf
+        k = bisect.bisect_left(times, at, 0, i)
+        del subs[k:i], times[k:i]
+        subs.insert(k, sub)
+        times.insert(k, at)
+        if sub > frontier:  # the start of the queue moved past these jobs of ours
+            passed = bisect.bisect_right(self._subs, sub) - bisect.bisect_right(self._subs, frontier)
+            self._passes.append((at, passed))
+        if len(subs) > self.keep:
+            del subs[0], times[0]
+
+    def start_bounds(self, submitted: float, lo: float, hi: float) -> tuple[float, float]:
+        """A job's start bounds ``(lo, hi)`` from its own polls, narrowed by the other jobs'."""
+        with self._lock:
+            if not self.fifo:
+                return lo, hi
+            i = bisect.bisect_right(self._queued_subs, submitted - self.tolerance) - 1
+            j = bisect.bisect_left(self._started_subs, submitted + self.tolerance)
+            narrow_lo = max(lo, self._queued_at[i]) if i >= 0 else lo
+            narrow_hi = min(hi, self._started_at[j]) if j < len(self._started_at) else hi
+            if narrow_lo > narrow_hi:  # not first in, first out after all
+                self.fifo = False
+                self._queued_subs, self._queued_at, self._started_subs, self._started_at = \
+                    [], [], [], []
+                return lo, hi
+            return narrow_lo, narrow_hi
+
+    def expected_start(self, submitted: float, now: float) -> float | None:
+        """When a queued job submitted at ``submitted`` should start; None if no rate is known."""
+        with self._lock:
+            passes = [(at, n) for at, n in self._passes if at >= now - self.rate_window]
+            if not self.fifo or len(passes) < 3 or passes[-1][0] - passes[0][0] < 1.0:
+                return None
+            rate = sum(n for _, n in passes[1:]) / (passes[-1][0] - passes[0][0])
+            if rate <= 0:
+                return None
+            ahead = bisect.bisect_left(self._subs, submitted - self.tolerance) \
+                - bisect.bisect_right(self._subs, self._started_subs[-1])
+            return max(now, self._started_at[-1] + (max(0, ahead) + 1) / rate)
