@@ -35,7 +35,7 @@ from typing import Any
 
 import filelock
 
-from arta.atomic import write_json_atomically
+from arta.atomic import remove_stale, write_json_atomically
 from arta.params import N_RANGE, STEPS_RANGE
 from arta.styles import ASPECT_RATIOS, STYLES
 
@@ -128,8 +128,6 @@ class StatsState:
 
 #: The longest time an observation may span: no job queues or computes for a day.
 MAX_SECONDS = 86400.0
-#: A temp file this old was left by a killed writer (a live one holds the lock for milliseconds).
-STALE_TEMP_SECONDS = 60.0
 
 
 def _require(condition: bool, problem: str) -> None:
@@ -261,7 +259,7 @@ class PollStats:
                 self._last_flush = time.monotonic()
             try:
                 with self._file_lock(self.lock_timeout if wait else 0.0):
-                    self._sweep_temps()
+                    remove_stale(self.path.parent, f"{_TEMP_PREFIX}*.tmp")  # killed writers'
                     merged = self._read()
                     merged.merge(pending, self.keep, self.keep_queue, self.max_classes)
                     self._write(merged)
@@ -277,14 +275,6 @@ class PollStats:
                         self._flush_later(max(self.flush_interval, 0.1))
                 return
             self._adopt(merged)
-
-    def _sweep_temps(self) -> None:
-        """Remove the temp files of writers killed mid-write (called under the file lock)."""
-        now = time.time()
-        for temp in self.path.parent.glob(f"{_TEMP_PREFIX}*.tmp"):
-            with contextlib.suppress(OSError):
-                if now - temp.lstat().st_mtime > STALE_TEMP_SECONDS:
-                    temp.unlink()
 
     def _adopt(self, state: StatsState) -> None:
         """Make ``state`` (just read or written) the view, plus what is still pending."""
