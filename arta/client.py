@@ -182,7 +182,8 @@ class Client:
                 lambda: self._authorized(
                     lambda id_token: protocol.submit_request(self.settings, id_token, params,
                                                              self.request_timeout),
-                    lambda response: protocol.parse_job(response, "submit"), token),
+                    lambda response, secrets: protocol.parse_job(response, "submit",
+                                                                 secrets=secrets), token),
                 retry_on=surely_not_taken if retry else _never)
         except KeyboardInterrupt:
             log.warning("interrupted while the submit was on its way: the job may exist "
@@ -289,11 +290,12 @@ class Client:
         return self._authorized(
             lambda token: protocol.status_request(self.settings, token, record_id, deadline,
                                                   self.request_timeout),
-            lambda response: protocol.parse_job(response, "status", record_id))
+            lambda response, secrets: protocol.parse_job(response, "status", record_id, secrets))
 
     # -- plumbing ------------------------------------------------------------
 
-    def _authorized(self, build: Callable[[str], Request], parse: Callable[[Response], T],
+    def _authorized(self, build: Callable[[str], Request],
+                    parse: Callable[[Response, tuple[str, ...]], T],
                     token: Token | None = None) -> T:
         """Send once with the shared token; on 401/403 replace exactly that token and send once more.
 
@@ -314,9 +316,9 @@ class Client:
                 "`arta token --clear`"
             ) from None
 
-    def _send(self, request: Request, parse: Callable[[Response], T]) -> T:
+    def _send(self, request: Request, parse: Callable[[Response, tuple[str, ...]], T]) -> T:
         with self.transport.handle_request(request) as response:
-            return parse(response)
+            return parse(response, protocol.request_secrets(request))
 
     def close(self) -> None:
         """Stop the poll loop (ending its waits with their record ids) and release connections.

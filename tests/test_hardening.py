@@ -208,6 +208,15 @@ def test_a_loose_home_warns_and_one_writable_by_others_and_not_ours_is_refused(
         FileTokenStore(shared / "auth_ARTA.json").save(Token("id-token-value", "r", 1.0, 1e12))
 
 
+def test_a_world_writable_sticky_home_like_tmp_is_refused_saying_why(tmp_path: Path) -> None:
+    shared = tmp_path / "like-tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # ours, sticky: others still create files in it before we do
+    with pytest.raises(arta.ConfigurationError, match="writable by other users .every user: mode 1777"):
+        FileTokenStore(shared / "auth_ARTA.json").save(Token("id-token-value", "r", 1.0, 1e12))
+    assert not (shared / "auth_ARTA.json").exists()
+
+
 @pytest.mark.parametrize(("variable", "value"), [
     ("ARTA_ENDPOINT", "garbage"), ("ARTA_ENDPOINT", "http://[::1"),
     ("ARTA_ENDPOINT", "http://127.0.0.1:99999"), ("ARTA_ENDPOINT", "http://127.0.0.1:1/?x=1"),

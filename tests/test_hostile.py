@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_server import SECRET, HostileServer
+from hostile_server import REFRESH_SECRET, SECRET, HostileServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("hostile_child.py")
@@ -94,6 +94,10 @@ ROWS = [
     Row("password", "submit", "ConnectError",
         endpoint="http://arta:pw-hostile-secret@127.0.0.1:9/password",
         secrets=("pw-hostile-secret",)),
+    # issue 18, item 8: a server quoting the request's token or refresh token back
+    Row("echo-token", "submit", "SubmitOutcomeUnknown", secrets=(SECRET,)),
+    Row("echo-failed", "result", "GenerationFailed", secrets=(SECRET,)),
+    Row("echo-refresh", "refresh", "AuthError", secrets=(REFRESH_SECRET,)),
 ]
 
 
