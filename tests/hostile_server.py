@@ -273,6 +273,11 @@ ATTACKS: dict[tuple[str, str], Handler] = {
     ("malformed-url", "status"): _urls("http://[::1/x.png"),
     ("metadata-v4", "status"): _urls("http://169.254.169.254/latest/meta-data/x.png"),
     ("metadata-v6", "status"): _urls("http://[fd00:ec2::254]/latest/x.png"),
+    # issue 18, item 9: the same address spelt as the system also reads it
+    ("metadata-decimal", "status"): _urls("http://2852039166/latest/x.png"),
+    ("metadata-hex", "status"): _urls("http://0xa9fea9fe/latest/x.png"),
+    ("metadata-octal", "status"): _urls("http://0251.0376.0251.0376/latest/x.png"),
+    ("metadata-short", "status"): _urls("http://169.254.43518/latest/x.png"),
     ("escapes", "status"): _escapes,
     ("slow-image", "image"): _slow_image,
     ("announced-huge", "image"): lambda handler, mode: handler.send(

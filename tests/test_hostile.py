@@ -80,6 +80,11 @@ ROWS = [
     Row("malformed-url", "save", "DownloadError", at_most={"image": 0}),
     Row("metadata-v4", "save", "DownloadError"),
     Row("metadata-v6", "save", "DownloadError"),
+    # issue 18, item 9: other spellings of 169.254.169.254
+    Row("metadata-decimal", "save", "DownloadError", at_most={"image": 0}),
+    Row("metadata-hex", "save", "DownloadError", at_most={"image": 0}),
+    Row("metadata-octal", "save", "DownloadError", at_most={"image": 0}),
+    Row("metadata-short", "save", "DownloadError", at_most={"image": 0}),
     # item 23: terminal escapes from the server never reach the error text
     Row("escapes", "result", "GenerationFailed"),
     # item 10, first and third bullets: the poll loop's deadline
