@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,31 @@ def test_mock_arta_as_a_decorator_gives_each_call_a_fresh_emulator() -> None:
     pipeline()
     pipeline()
     assert len(set(urls)) == 2
+
+
+class _ReachedTheWire(AssertionError):
+    """What the test's tripwire raises: the call got past the plugin's guard."""
+
+
+@pytest.mark.parametrize("attempt", [
+    lambda: socket.socket().connect_ex(("192.0.2.1", 80)),
+    lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 53)),
+    lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", 0, ("192.0.2.1", 53)),
+    lambda: socket.getaddrinfo("example.com", 443),
+    lambda: socket.gethostbyname("example.com"),
+], ids=["connect_ex", "udp-sendto", "udp-sendto-flags", "getaddrinfo", "gethostbyname"])
+def test_the_guard_refuses_connect_ex_datagrams_and_dns_lookups(
+        attempt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def tripwire(*args: Any, **kwargs: Any) -> None:  # under the guard: nothing leaves the test
+        raise _ReachedTheWire("the call got past the guard")
+
+    with mock_arta():  # loopback and local names still work under the guard
+        assert socket.getaddrinfo("localhost", 80)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"x", ("127.0.0.1", 9))
+    for name in ("connect_ex", "sendto"):
+        monkeypatch.setattr(socket.socket, name, tripwire)
+    for name in ("getaddrinfo", "gethostbyname"):
+        monkeypatch.setattr(socket, name, tripwire)
+    with mock_arta(), pytest.raises(UnexpectedNetworkAccess):
+        attempt()
