@@ -39,11 +39,13 @@ service failed, or a record id it does not know: nothing is left to resume).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
     "ArtaError",
     "AuthError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
     "DownloadError",
@@ -63,6 +65,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "RejectedError",
+    "RunInterrupted",
     "SaveError",
     "ServiceError",
     "SubmitInterrupted",
@@ -253,6 +256,10 @@ class GenerationFailed(ArtaError):
         self.error_details = error_details
 
 
+class ClientClosedError(ArtaError):
+    """The client was closed: it sends nothing more (make a new :class:`arta.Client`)."""
+
+
 class GenerationTimeout(ArtaError):
     """The job did not finish within the timeout; it may still finish on the service."""
 
@@ -282,18 +289,20 @@ class SaveError(DownloadError):
 
 
 class GenerationInterrupted(KeyboardInterrupt):
-    """Ctrl-C while waiting for a job: still a ``KeyboardInterrupt``, carrying ``record_id``.
+    """Ctrl-C while waiting for a job (or saving its images): a ``KeyboardInterrupt`` with ``record_id``.
 
-    The job goes on at the service; ``Client().resume(record_id)`` picks it up.
+    The job goes on at the service (or is DONE); ``Client().resume(record_id)`` picks it up.
+    ``doing`` says what was interrupted, as in "interrupted while saving the images of job ...".
     """
 
-    def __init__(self, record_id: str) -> None:
-        super().__init__(f"interrupted while waiting for job {record_id}; "
+    def __init__(self, record_id: str, doing: str = "waiting for") -> None:
+        super().__init__(f"interrupted while {doing} job {record_id}; "
                          f"{resume_hint(record_id)}")
         self.record_id = record_id
+        self.doing = doing
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.record_id,)
+        return type(self), (self.record_id, self.doing)
 
 
 class SubmitInterrupted(KeyboardInterrupt):
@@ -311,3 +320,23 @@ class SubmitInterrupted(KeyboardInterrupt):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.params,)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :meth:`arta.Client.map` (or a run): still a ``KeyboardInterrupt``.
+
+    ``outcomes`` are the jobs that had ended or were in flight and not yet
+    handed out (each with its record id once submitted); ``record_ids``
+    are those ids: the jobs go on at the service and can be resumed.
+    """
+
+    def __init__(self, outcomes: Sequence[Any]) -> None:
+        self.outcomes = list(outcomes)
+        self.record_ids = [o.record_id for o in self.outcomes if o.record_id]
+        shown = ", ".join(self.record_ids[:20]) + (" ..." if len(self.record_ids) > 20 else "")
+        super().__init__(f"interrupted with {len(self.record_ids)} submitted job(s) not handed "
+                         f"out" + (f": {shown}; resume each with Client().resume(record_id)"
+                                   if self.record_ids else ""))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.outcomes,)

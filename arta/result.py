@@ -24,6 +24,7 @@ from typing import Any, Callable
 from arta.errors import (
     ArtaError,
     DownloadError,
+    GenerationInterrupted,
     InvalidInputError,
     MalformedResponse,
     ProtocolError,
@@ -183,7 +184,8 @@ class Result:
         :class:`~arta.errors.ProtocolError`), carrying the record id; its
         subclass :class:`~arta.errors.SaveError` when the disk refuses the file.
 
-        Ctrl-C (``KeyboardInterrupt``) returns at once: the downloads stop
+        Ctrl-C returns at once, as :class:`~arta.errors.GenerationInterrupted`
+        (a ``KeyboardInterrupt``) carrying the record id: the downloads stop
         at their next chunk and remove their temporary files.
         """
         self._check_images()
@@ -198,6 +200,10 @@ class Result:
         used = transport or self.transport or RequestsTransport(pool_size=MAX_DOWNLOAD_THREADS)
         try:
             return self._save_all(used, paths, target, max_bytes, overwrite)
+        except GenerationInterrupted:
+            raise
+        except KeyboardInterrupt:  # the job is DONE and paid for: say which one
+            raise GenerationInterrupted(self.record_id, "saving the images of") from None
         finally:
             if own:
                 used.close()

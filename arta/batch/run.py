@@ -45,8 +45,9 @@ from arta.batch.plan import (
     save_images,
 )
 from arta.client import Client
-from arta.engine.run import Job, JobRun
-from arta.engine.run import Outcome as RunOutcome
+from arta.engine.jobs import Job
+from arta.engine.jobs import Outcome as RunOutcome
+from arta.engine.run import JobRun
 from arta.errors import ArtaError, SubmitOutcomeUnknown
 from arta.generation import Generation
 from arta.result import Result
