@@ -325,3 +325,52 @@ def test_on_a_terminal_the_progress_is_a_bar_with_rate_and_time_left(tmp_path: P
     assert re.search(r"\r\x1b\[Karta: \[[#.]{24}\] \d/2 done, \d in flight, \d queued, 0 failed, "
                      r"(--|[\d.]+) jobs/min, ETA \S+", text), text
     assert "arta: batch: 2 of 2 done" in text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie no one has reaped yet is dead
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The batch's worker processes (spawned by ``pid``), read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+def test_workers_die_with_their_driver_killed_by_sigkill_and_a_rerun_pays_nothing_twice(
+        tmp_path: Path) -> None:
+    prompts = 120
+    with Emulator(queue_seconds=(0.5, 1.5), progress_seconds=(0.5, 1.0)) as emulator:
+        command, env = _batch(tmp_path, emulator, prompts, "--workers", "2", "--concurrency",
+                              "8", "--json")
+        driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while emulator.stats()["submits"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = _workers_of(driver.pid)
+        assert len(workers) == 2
+        driver.kill()
+        driver.wait()
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        submitted = emulator.stats()["submits"]
+        assert not any(map(_alive, workers)) and submitted < prompts  # they did not go on
+        time.sleep(0.5)
+        assert emulator.stats()["submits"] == submitted
+        again = _run([*command, "--concurrency", "64"], env)
+        summary = json.loads(again.stdout.splitlines()[-1])
+        assert again.returncode == 0 and summary["done"] == prompts, again.stderr
+        assert emulator.stats()["submits"] <= prompts + summary["possibly_resubmitted"]
