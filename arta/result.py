@@ -15,8 +15,6 @@ import logging
 import os
 import re
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +41,7 @@ from arta.images import (
     whole,
 )
 from arta.params import GenerationParams
+from arta.partfiles import claim, part_path, sweep
 from arta.redact import printable
 from arta.retry import TRANSIENT_STATUSES, RetryPolicy, retry_after, transient
 from arta.transport import RequestsTransport, Transport
@@ -62,9 +61,6 @@ MAX_DOWNLOAD_THREADS = 8
 
 #: Longest file name stem (the extension on top), well under most file systems' 255 bytes.
 MAX_STEM = 160
-
-#: ``.part`` files untouched this long were left by a killed process; the next save removes them.
-STALE_PART_SECONDS = 60.0
 
 
 class _Stopped(BaseException):
@@ -193,7 +189,7 @@ class Result:
         try:
             target.mkdir(parents=True, exist_ok=True)
             paths = self._paths(target, name)
-            _remove_stale_parts(target)
+            sweep(target)  # the parts of killed writers
         except OSError as error:
             raise self._save_error(target, error) from None
         own = transport is None and self.transport is None
@@ -277,10 +273,11 @@ class Result:
                                     f"larger than the {max_bytes}-byte limit")
             # Created as open() creates any file (the umask applies), under a
             # name no other download can take.
-            temp = path.with_name(f".arta-{uuid.uuid4().hex}.part")
+            temp = part_path(path)
             try:
                 size, head, tail = 0, b"", b""
                 with open(temp, "xb") as file:
+                    claimed = claim(file)  # held until the rename: no sweep takes it meanwhile
                     for chunk in response.iter_bytes():
                         if stop is not None and stop.is_set():
                             raise _Stopped
@@ -291,13 +288,17 @@ class Result:
                         head = head if len(head) >= 16 else (head + chunk)[:16]
                         tail = (tail + chunk)[-16:]
                         file.write(chunk)
-                if not magic_ok(extension, head):
-                    raise DownloadError(
-                        f"image {path.name}: the bytes are not a {extension[1:].upper()} image")
-                if not whole(extension, head, tail, size):
-                    # The right start but no proper end: cut short on the way, worth a retry.
-                    raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
-                _place(temp, path, overwrite)
+                    file.flush()
+                    if not magic_ok(extension, head):
+                        raise DownloadError(f"image {path.name}: the bytes are not a "
+                                            f"{extension[1:].upper()} image")
+                    if not whole(extension, head, tail, size):
+                        # The right start but no proper end: cut short on the way, worth a retry.
+                        raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
+                    if claimed:
+                        _place(temp, path, overwrite)
+                if not claimed:  # no lock to hold (and an open file cannot be renamed there)
+                    _place(temp, path, overwrite)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
@@ -352,22 +353,3 @@ def _place(temp: Path, path: Path, overwrite: bool) -> None:
             f"{path} already exists and holds something else; pass overwrite=True, "
             "another folder or another name template")
     os.replace(temp, path)
-
-
-_swept: dict[Path, float] = {}  # folder -> when its stale parts were last removed
-
-
-def _remove_stale_parts(folder: Path) -> None:
-    """Remove ``.part`` files that no download has written to for a minute (left by a kill).
-
-    A folder is swept at most once a minute per process: a batch saving
-    thousands of images into one folder must not list it before each one.
-    """
-    now = time.time()
-    if now - _swept.get(folder, 0.0) < STALE_PART_SECONDS:
-        return
-    _swept[folder] = now
-    for part in folder.glob(".arta-*.part"):
-        with contextlib.suppress(OSError):
-            if now - part.lstat().st_mtime >= STALE_PART_SECONDS:
-                part.unlink()

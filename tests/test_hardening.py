@@ -304,6 +304,21 @@ def test_stale_part_files_are_cleaned_at_the_next_save(hostile: HostileServer,
     assert not stale.exists() and fresh.exists()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="Windows has no flock: the sweep goes by age there")
+def test_a_part_is_swept_once_its_writer_is_gone_and_never_while_it_lives(
+        hostile: HostileServer, tmp_path: Path) -> None:
+    import fcntl
+
+    killed, living = tmp_path / ".arta-killed.part", tmp_path / ".arta-living.part"
+    for part, age in ((killed, 3), (living, 600)):
+        part.write_bytes(b"half an image")
+        os.utime(part, (time.time() - age, time.time() - age))
+    with open(living, "rb") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)  # as a live download holds its part
+        arta.Result("job-parts", _images(hostile, "fast-image", 1), seed=1).save(tmp_path)
+        assert not killed.exists() and living.exists()
+
+
 def test_a_done_job_without_images_is_a_protocol_error(tmp_path: Path) -> None:
     with pytest.raises(arta.errors.ProtocolError, match="listed no images") as caught:
         arta.Result("job-empty", ()).save(tmp_path)
