@@ -234,7 +234,7 @@ class JobRun:
                 if generation is None:
                     return  # taken back, to be submitted again
                 if self._on_submitted is not None:
-                    _call_hook(self._on_submitted, job, generation, generation.record_id)
+                    _call_hook(self._on_submitted, job, generation)
             with self._lock:  # (a close after this cancels the wait, which then reports)
                 wait = None if self._closed else generation.watch(self._timeout, self._policy)
                 if wait is not None:
@@ -257,7 +257,7 @@ class JobRun:
     def _submit(self, job: Job, ticket: int) -> Generation | None:
         assert job.params is not None
         if self._on_submitting is not None:
-            _call_hook(self._on_submitting, job, None, None)
+            _call_hook(self._on_submitting, job)
         window = self._window
         try:
             generation = self._client.submit_params(job.params, retry=False)
@@ -339,16 +339,12 @@ class JobRun:
             self._pump()
 
 
-def _call_hook(hook: Callable[..., object], job: Job, generation: Generation | None,
-               record_id: str | None) -> None:
-    """Call a caller's hook; its failure fails the job (with its record id, once there is one)."""
+def _call_hook(hook: Callable[..., object], *args: object) -> None:
+    """Call a caller's hook; its failure fails the job (given its record id by the caller)."""
     try:
-        if generation is None:
-            hook(job)
-        else:
-            hook(job, generation)
+        hook(*args)
     except ArtaError:
         raise
     except Exception as error:
         raise ArtaError(f"{type(error).__name__} in {getattr(hook, '__name__', 'a hook')}: "
-                        f"{error}", record_id=record_id) from error
+                        f"{error}") from error
