@@ -7,7 +7,10 @@ id, and nothing is submitted afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,6 +140,21 @@ def test_ctrl_c_while_the_cli_saves_the_images_names_the_job(tmp_path: Path) -> 
         _, err = child.communicate(timeout=HANG)
     assert child.returncode == 130
     assert "job-slow-image" in err and "arta status job-slow-image" in err, err
+
+
+def test_leaving_a_map_early_logs_the_jobs_it_leaves_running(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    with Emulator(queue_seconds=60, progress_seconds=1) as slow, \
+            arta.Client(slow.url, home=tmp_path, poll_policy=FAST_POLL) as client, \
+            caplog.at_level(logging.WARNING, logger="arta"):
+        items = ["", *(f"a fox {index}" for index in range(7))]  # the first fails at once
+        with contextlib.closing(client.map(items, concurrency=8)) as outcomes:
+            for outcome in outcomes:
+                assert outcome.error is not None
+                _until(lambda: slow.stats()["submits"] == 7)
+                break  # (Ctrl-C in a loop body ends the same way)
+        _until(lambda: len(set(uuid.findall(caplog.text))) == 7)  # each paid job, by its id
 
 
 # -- item 10: close() under a running map ------------------------------------------

@@ -132,6 +132,9 @@ class JobRun:
             waits, self._waits = list(self._waits), set()
         for wait in waits:
             wait.cancel("the run was closed while waiting for the job")
+        if waits:  # whoever closed may never read their outcomes (a break, Ctrl-C in a loop body)
+            log.warning("the run was closed: %d job(s) go on at the service: %s", len(waits),
+                        ", ".join(wait.generation.record_id for wait in waits))
         self._outcomes.put(None)  # the iterating thread sees the close
 
     def _interrupted(self) -> RunInterrupted:
