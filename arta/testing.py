@@ -100,7 +100,8 @@ def _loopback_only() -> Iterator[None]:
 
     Guarded: ``connect``, ``connect_ex``, ``sendto``, ``sendmsg`` to an
     address that is not loopback, and ``getaddrinfo``/``gethostbyname``/
-    ``gethostbyname_ex``/``gethostbyaddr`` of a name that would need a DNS query.
+    ``gethostbyname_ex`` of a name, ``gethostbyaddr`` of anything but loopback
+    (each would be a DNS query).
     """
     sock = socket.socket
     saved_methods = {name: getattr(sock, name)
@@ -132,9 +133,11 @@ def _loopback_only() -> Iterator[None]:
 
     def lookup(name: str) -> Any:
         real = saved_lookups[name]
+        # A reverse look-up asks DNS even of an address: only loopback's is local.
+        local = _loopback if name == "gethostbyaddr" else _local_name
 
         def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
-            if not _local_name(host):
+            if not local(host):
                 raise _refuse(f"a DNS look-up of {host!r}")
             return real(host, *args, **kwargs)
         return guarded
