@@ -37,6 +37,7 @@ from arta.errors import (
 )
 from arta.generation import Generation, Status
 from arta.images import Image
+from arta.log import log_from_environment
 from arta.params import GenerationParams
 from arta.polling import PollPolicy
 from arta.result import Result
@@ -44,6 +45,8 @@ from arta.retry import RetryPolicy
 from arta.styles import ASPECT_RATIOS, STYLES
 
 __version__ = "0.1.0"
+
+log_from_environment()  # ARTA_LOG=info|debug: see arta.log for why on import
 
 __all__ = [
     "ASPECT_RATIOS",

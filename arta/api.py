@@ -9,9 +9,10 @@ points every call at an emulator. ``arta.aio`` uses it too.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from arta.client import Client, ConnectionOptions, split_options
 from arta.errors import ConfigurationError
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = ["GenerateOptions", "default_client", "generate", "set_default_client"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _default: Client | None = None
 _default_pid = 0
@@ -63,6 +66,18 @@ class GenerateOptions(GenerationOptions, ConnectionOptions, total=False):
     """:func:`generate`'s keywords: a generation's, and a client's for a client of its own."""
 
 
+def _shows_client_options(function: F) -> F:
+    """Add the :class:`Client` keywords ``function`` takes too to its signature, for ``help()``."""
+    signature = inspect.signature(function)
+    client = inspect.signature(Client.__init__).parameters
+    extra = [client[name].replace(kind=inspect.Parameter.KEYWORD_ONLY)
+             for name in ConnectionOptions.__annotations__]
+    parameters = [*signature.parameters.values(), *extra]
+    function.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return function
+
+
+@_shows_client_options
 @shows_generation_options
 def generate(prompt: str, *, timeout: float | None = None, on_change: OnChange | None = None,
              poll_policy: PollPlanner | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from typing import TYPE_CHECKING, Any, Callable, TypedDict, TypeVar, Union
 
 from arta import protocol
@@ -19,6 +19,7 @@ from arta.errors import (
     AuthError,
     ClientClosedError,
     ConfigurationError,
+    ConnectError,
     GenerationInterrupted,
     InvalidInputError,
     NoResponseError,
@@ -32,6 +33,7 @@ from arta.loop import PollLoop
 from arta.params import GenerationOptions, GenerationParams, shows_generation_options
 from arta.polling.learned import default_poll_policy
 from arta.polling.policy import PollPlanner, check_timeout, check_wait_options
+from arta.progress import ProgressDisplay, progress_display
 from arta.redact import redact
 from arta.result import MAX_DOWNLOAD_THREADS, Result
 from arta.retry import RetryPolicy, surely_not_taken
@@ -190,6 +192,8 @@ class Client:
                     lambda response, secrets: protocol.parse_job(response, "submit",
                                                                  secrets=secrets), token),
                 retry_on=surely_not_taken if retry else _never)
+        except ConnectError as error:  # nothing was sent: say which setting chose the address
+            raise error.naming(self.settings.where)
         except KeyboardInterrupt:
             log.warning("interrupted while the submit was on its way: the job may exist "
                         "(seed %s)", params.seed)
@@ -203,6 +207,7 @@ class Client:
                 f"may not exist, so it was not sent again; it had seed {params.seed}",
                 params=params,
             ) from error
+        log.info("submitted %s seed=%s", state.record_id, state.seed or params.seed)
         generation = Generation(state.record_id, params=params, session=self)
         generation.apply(state)
         return generation
@@ -246,7 +251,7 @@ class Client:
 
     def map(self, items: Iterable[str | Mapping[str, Any] | GenerationParams], *,
             concurrency: int = 64, ordered: bool = False, timeout: float | None = None,
-            poll_policy: PollPlanner | None = None,
+            poll_policy: PollPlanner | None = None, progress: bool | ProgressDisplay = False,
             **defaults: Unpack[GenerationOptions]) -> Iterator[Outcome]:
         """Generate for every item, ``concurrency`` jobs in flight at most; yield each :class:`Outcome`.
 
@@ -257,13 +262,19 @@ class Client:
         and is never a failed job). Outcomes come as jobs finish, or in the
         items' order with ``ordered``; a failure is an outcome too, its
         ``error`` carrying the record id, so one failure does not end the
-        run. ``outcome.index`` is the item's position.
+        run. ``outcome.index`` is the item's position. ``progress=True``
+        shows the counts on stderr while the outcomes are read (tqdm's bar
+        when installed, else rich's, else a plain one: see
+        :func:`arta.progress.progress_display`), or pass a display of your own.
         """
         self._check_open()
         GenerationParams.create("a prompt", **defaults)  # bad defaults fail here, before any request
         check_wait_options(timeout, None, poll_policy)
+        display = progress_display(progress, len(items) if isinstance(items, Sized) else None,
+                                   label="map")
         return map_outcomes(self, self.window, items, concurrency=concurrency, ordered=ordered,
-                            timeout=timeout, poll_policy=poll_policy, defaults=dict(defaults))
+                            timeout=timeout, poll_policy=poll_policy, defaults=dict(defaults),
+                            progress=display)
 
     def run(self, jobs: Iterable[Job], *, concurrency: int = 64, timeout: float | None = None,
             poll_policy: PollPlanner | None = None,

@@ -3,7 +3,7 @@
 Every setting comes from an argument first, then from the environment, then
 from a default:
 
-==============================  =========================================
+================================  =========================================
 ``endpoint`` / ``ARTA_ENDPOINT``  a base URL put in front of the original
                                   host and path of every call (the
                                   emulator's ``.url``, a recording proxy)
@@ -16,7 +16,10 @@ from a default:
 ``api_key``                       Firebase Web API key of the Android app
 ``ARTA_POLL``                     ``learned`` (the default) or ``fixed``:
                                   the default poll policy
-==============================  =========================================
+``ARTA_LOG``                      ``info`` (the story of each job) or
+                                  ``debug`` (details, HTTP requests): log
+                                  to stderr, as the command's ``-v``/``-vv``
+================================  =========================================
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from urllib.parse import quote, urlsplit
 from arta.errors import ConfigurationError
 from arta.redact import redact
 
-__all__ = ["API_KEY", "Settings"]
+__all__ = ["API_KEY", "Settings", "log_verbosity"]
 
 #: The Firebase Web API key the Android app ships with (public, not a secret).
 API_KEY = "AIzaSyB3-71wG0fIt0shj0ee4fvx1shcjJHGrrQ"
@@ -41,6 +44,18 @@ _SIGNUP = "www.googleapis.com/identitytoolkit/v3/relyingparty/signupNewUser"
 _REFRESH = "securetoken.googleapis.com/v1/token"
 _IMAGE_SERVICE = "https://img-gen-prod.ai-arta.com"
 _SUBMIT_PATH = "/api/v1/text2image"
+
+
+#: ``ARTA_LOG``'s values, as the command line's ``-v`` counts.
+_LOG_LEVELS = {"": 0, "info": 1, "debug": 2}
+
+
+def log_verbosity(env: Mapping[str, str] | None = None) -> int:
+    """``ARTA_LOG`` as a count of ``-v``: 0 (unset), 1 (``info``) or 2 (``debug``)."""
+    value = (os.environ if env is None else env).get("ARTA_LOG", "").strip().lower()
+    if value not in _LOG_LEVELS:
+        raise ConfigurationError(f"ARTA_LOG must be 'info' or 'debug' (or unset), not {value!r}")
+    return _LOG_LEVELS[value]
 
 
 def _default_home(env: Mapping[str, str]) -> Path:
@@ -91,6 +106,8 @@ class Settings:
     urls: Mapping[str, str] = field(default_factory=dict)
     #: The default poll policy: ``"learned"``, or ``"fixed"`` (``ARTA_POLL``).
     poll: str = "learned"
+    #: ``ARTA_LOG`` as a count of ``-v`` (0, 1 or 2); acted on once, on ``import arta``.
+    log: int = 0
 
     @classmethod
     def resolve(
@@ -122,7 +139,19 @@ class Settings:
             home=Path(home_value).expanduser() if home_value else _default_home(env),
             api_key=api_key or API_KEY,
             poll=poll,
+            log=log_verbosity(env),
         )
+
+    @property
+    def where(self) -> str:
+        """Which setting chose where the calls go, for an error that could not get there."""
+        auth = (f"; sign-up and refresh go to {redact(self.auth_endpoint)!r} "
+                "(FIREBASE_AUTH_EMULATOR_HOST)" if self.auth_endpoint else "")
+        if self.endpoint:
+            return (f"the endpoint is {redact(self.endpoint)!r}, from ARTA_ENDPOINT or the "
+                    f"client's endpoint{auth}: is the service or `arta emulator` running there?")
+        return ("ARTA_ENDPOINT is not set, so this is the real service; to work offline, "
+                f"point ARTA_ENDPOINT at an emulator (`arta emulator`){auth}")
 
     def _google(self, host_and_path: str) -> str:
         base = self.auth_endpoint or self.endpoint or "https:/"

@@ -29,7 +29,9 @@
         └── SaveError                         ...because the disk refused it (OSError)
 
     KeyboardInterrupt
-    └── GenerationInterrupted                 Ctrl-C during a wait; carries the record_id
+    ├── GenerationInterrupted                 Ctrl-C during a wait or a save; carries the record_id
+    ├── SubmitInterrupted                     Ctrl-C during a submit; carries the params
+    └── RunInterrupted                        Ctrl-C during a map; carries the record_ids
 
 Errors raised after a job was submitted carry its ``record_id`` and say how
 to resume it, so nothing already paid for is ever lost (except for a job the
@@ -41,6 +43,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from typing import Any
+
+from arta.interrupt import exit_as_interrupted_if_uncaught
 
 __all__ = [
     "ArtaError",
@@ -80,12 +84,6 @@ def resume_hint(record_id: str) -> str:
     return f"resume with Client().resume({record_id!r})"
 
 
-def _with_id(message: str, record_id: str, resumable: bool) -> str:
-    if not resumable:
-        return f"{message} (record_id {record_id})"
-    return f"{message} (record_id {record_id}; {resume_hint(record_id)})"
-
-
 class ArtaError(Exception):
     """Base of every error raised by ``arta``.
 
@@ -98,18 +96,31 @@ class ArtaError(Exception):
     resumable = True
 
     def __init__(self, message: str, *, record_id: str | None = None) -> None:
-        if record_id is not None:
-            message = _with_id(message, record_id, self.resumable)
-        super().__init__(message)
         self.record_id = record_id
+        super().__init__(self._with_id(message))
+
+    @property
+    def hint(self) -> str | None:
+        """What a Python caller can do about the job next, in Python (None if nothing).
+
+        It ends the message; the command line, which has its own commands,
+        leaves it out.
+        """
+        return resume_hint(self.record_id) if self.record_id and self.resumable else None
+
+    def _with_id(self, message: str) -> str:
+        if self.record_id is None:
+            return message
+        hint = self.hint
+        return f"{message} (record_id {self.record_id}{f'; {hint}' if hint else ''})"
 
     def with_record_id(self, record_id: str) -> ArtaError:
         """This error, re-issued to carry ``record_id`` (itself if it already does)."""
         if self.record_id is not None:
             return self
         error = copy.copy(self)
-        error.args = (_with_id(str(self), record_id, self.resumable),)
         error.record_id = record_id
+        error.args = (error._with_id(str(self)),)
         error.__cause__ = self
         return error
 
@@ -204,6 +215,13 @@ class TransportError(ArtaError):
 class ConnectError(TransportError):
     """The connection was never made, so the request surely did not arrive."""
 
+    def naming(self, setting: str) -> ConnectError:
+        """A copy that says which ``setting`` chose the address (``ARTA_ENDPOINT`` and its value)."""
+        error = copy.copy(self)
+        error.args = (f"{self} ({setting})",)
+        error.__cause__ = self
+        return error
+
 
 class NoResponseError(TransportError):
     """The request was (or may have been) sent, but no answer came back."""
@@ -287,15 +305,26 @@ class SaveError(DownloadError):
         super().__init__(message, record_id=record_id)
         self.path = path
 
+    @property
+    def hint(self) -> str | None:
+        """Save again elsewhere: the images are still at the service."""
+        if not self.record_id:
+            return None
+        return ("the job is done and its images are still at the service: call save() again "
+                f"with a folder that can be written, or {resume_hint(self.record_id)}")
+
 
 class GenerationInterrupted(KeyboardInterrupt):
     """Ctrl-C while waiting for a job (or saving its images): a ``KeyboardInterrupt`` with ``record_id``.
 
     The job goes on at the service (or is DONE); ``Client().resume(record_id)`` picks it up.
     ``doing`` says what was interrupted, as in "interrupted while saving the images of job ...".
+    Uncaught, it ends the script as a plain Ctrl-C does (status 130), record id
+    on stderr (:mod:`arta.interrupt`).
     """
 
     def __init__(self, record_id: str, doing: str = "waiting for") -> None:
+        exit_as_interrupted_if_uncaught()
         super().__init__(f"interrupted while {doing} job {record_id}; "
                          f"{resume_hint(record_id)}")
         self.record_id = record_id
@@ -313,6 +342,7 @@ class SubmitInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, params: Any) -> None:
+        exit_as_interrupted_if_uncaught()
         seed = getattr(params, "seed", None)
         super().__init__("interrupted while the submit was on its way: the job may or may not "
                          f"exist (seed {seed}); it was not sent again")
@@ -331,6 +361,7 @@ class RunInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, outcomes: Sequence[Any]) -> None:
+        exit_as_interrupted_if_uncaught()
         self.outcomes = list(outcomes)
         self.record_ids = [o.record_id for o in self.outcomes if o.record_id]
         shown = ", ".join(self.record_ids[:20]) + (" ..." if len(self.record_ids) > 20 else "")

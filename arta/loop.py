@@ -4,7 +4,7 @@ A job spends nearly all its life waiting on the service, so a waiting job
 costs a heap entry here, not a thread: the scheduler thread sleeps until
 the earliest due time and hands the due call to an I/O thread. Threads make
 HTTP calls; none ever sleeps on behalf of a job. The loop knows nothing of
-jobs: a wait (:class:`arta.generation.Watch`) schedules itself here.
+jobs: a wait (:class:`arta.watch.Watch`) schedules itself here.
 """
 
 from __future__ import annotations

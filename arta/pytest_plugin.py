@@ -1,4 +1,4 @@
-"""The pytest plugin that ``pip install arta`` registers (entry point ``pytest11``).
+"""The pytest plugin that ``pip install arta-client`` registers (entry point ``pytest11``).
 
 Only pytest loads this module, so pytest stays out of arta's runtime
 dependencies. It offers one fixture, ``arta_emulator``: see

@@ -8,17 +8,18 @@ renamed into place, so no half image ever has the final name.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import html
 import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from arta.atomic import CLAIM_SECONDS, remove_stale, replacing
 from arta.errors import (
     ArtaError,
     DownloadError,
@@ -41,7 +42,6 @@ from arta.images import (
     whole,
 )
 from arta.params import GenerationParams
-from arta.partfiles import claim, part_path, sweep
 from arta.redact import printable
 from arta.retry import TRANSIENT_STATUSES, RetryPolicy, retry_after, transient
 from arta.transport import RequestsTransport, Transport
@@ -61,6 +61,7 @@ MAX_DOWNLOAD_THREADS = 8
 
 #: Longest file name stem (the extension on top), well under most file systems' 255 bytes.
 MAX_STEM = 160
+
 
 
 class _Stopped(BaseException):
@@ -189,7 +190,7 @@ class Result:
         try:
             target.mkdir(parents=True, exist_ok=True)
             paths = self._paths(target, name)
-            sweep(target)  # the parts of killed writers
+            _remove_stale_parts(target)
         except OSError as error:
             raise self._save_error(target, error) from None
         own = transport is None and self.transport is None
@@ -216,6 +217,7 @@ class Result:
                 self._download(transport, image, path, max_bytes, overwrite, stop)
 
             policy.call(attempt, retry_on=transient)
+            log.info("job %s: saved %s", self.record_id, path)
 
         try:
             if len(paths) == 1:  # one image: no thread to start (Ctrl-C lands in the download)
@@ -272,37 +274,26 @@ class Result:
                 raise DownloadError(f"image {path.name} is announced as {int(declared)} bytes, "
                                     f"larger than the {max_bytes}-byte limit")
             # Created as open() creates any file (the umask applies), under a
-            # name no other download can take.
-            temp = part_path(path)
-            try:
+            # name no other download can take; checked before it is placed.
+            with replacing(path, prefix=".arta-", suffix=".part", private=False,
+                           place=lambda temp, path: _place(temp, path, overwrite)) as file:
                 size, head, tail = 0, b"", b""
-                with open(temp, "xb") as file:
-                    claimed = claim(file)  # held until the rename: no sweep takes it meanwhile
-                    for chunk in response.iter_bytes():
-                        if stop is not None and stop.is_set():
-                            raise _Stopped
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise DownloadError(
-                                f"image {path.name} is larger than the {max_bytes}-byte limit")
-                        head = head if len(head) >= 16 else (head + chunk)[:16]
-                        tail = (tail + chunk)[-16:]
-                        file.write(chunk)
-                    file.flush()
-                    if not magic_ok(extension, head):
-                        raise DownloadError(f"image {path.name}: the bytes are not a "
-                                            f"{extension[1:].upper()} image")
-                    if not whole(extension, head, tail, size):
-                        # The right start but no proper end: cut short on the way, worth a retry.
-                        raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
-                    if claimed:
-                        _place(temp, path, overwrite)
-                if not claimed:  # no lock to hold (and an open file cannot be renamed there)
-                    _place(temp, path, overwrite)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                raise
+                for chunk in response.iter_bytes():
+                    if stop is not None and stop.is_set():
+                        raise _Stopped
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise DownloadError(
+                            f"image {path.name} is larger than the {max_bytes}-byte limit")
+                    head = head if len(head) >= 16 else (head + chunk)[:16]
+                    tail = (tail + chunk)[-16:]
+                    file.write(chunk)
+                if not magic_ok(extension, head):
+                    raise DownloadError(
+                        f"image {path.name}: the bytes are not a {extension[1:].upper()} image")
+                if not whole(extension, head, tail, size):
+                    # The right start but no proper end: cut short on the way, worth a retry.
+                    raise ProtocolError(f"image {path.name} ended early, after {size} bytes")
 
     def read(self, index: int = 0, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
         """The bytes of image ``index``, in memory and checked as :meth:`save` checks files."""
@@ -353,3 +344,20 @@ def _place(temp: Path, path: Path, overwrite: bool) -> None:
             f"{path} already exists and holds something else; pass overwrite=True, "
             "another folder or another name template")
     os.replace(temp, path)
+
+
+_swept: dict[Path, float] = {}  # folder -> when its stale parts were last removed
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Remove the ``.part`` files of killed downloads (:func:`arta.atomic.remove_stale`).
+
+    A folder is swept at most once every :data:`~arta.atomic.CLAIM_SECONDS`
+    per process: a batch saving thousands of images into one folder must
+    not list it before each one.
+    """
+    now = time.time()
+    if now - _swept.get(folder, 0.0) < CLAIM_SECONDS:
+        return
+    _swept[folder] = now
+    remove_stale(folder, ".arta-*.part")

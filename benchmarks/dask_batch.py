@@ -1,31 +1,35 @@
-"""The same batch in one process (the engine's poll loop) and through Dask on one machine.
+"""The same batch in one process (``arta batch``) and through Dask on one machine (``local:2``).
 
 The emulator runs in its own process (jobs queued 0-0.1 s, then in progress
 0.5-1.0 s; reset before each case so that every case gets the same job
 durations). Each case runs as a child process of this script, so that its
 CPU, its workers' and (for Dask) its scheduler's are all counted
-(``RUSAGE_CHILDREN`` once it has exited). Cases, with the same number of
-jobs in flight:
+(``RUSAGE_CHILDREN`` once it has exited); the case samples the thread count
+of its own process and of each process it started. Cases, with the same
+number of jobs in flight:
 
 - ``run_batch(concurrency=C)``: one process, its jobs waiting in the poll loop;
 - ``run_batch_on_dask(scheduler="local:2", concurrency=C)``: a LocalCluster
-  of 2 processes started by the driver (its start-up counts), each job
-  holding a worker thread while it waits.
+  of 2 worker processes started by the driver (its start-up counts); the
+  driver submits on the same engine, each worker waits on its own.
 
 Ratios are against the first case, measured in the same run.
 
-    python benchmarks/dask_batch.py [--jobs 200] [--in-flight 64]
+    python benchmarks/dask_batch.py [--jobs 1000] [--in-flight 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a clone, installed or not
@@ -39,7 +43,8 @@ _EMULATOR = (
 )
 
 _CASE = """
-import sys
+import json, sys, threading
+import psutil
 import arta
 from arta.batch import Manifest, read_jobs, run_batch
 from arta.dask import run_batch_on_dask
@@ -48,36 +53,57 @@ engine, endpoint, prompts, out, in_flight = sys.argv[1:6]
 POLL = arta.PollPolicy(first_delay=0.4, interval=0.3, growth=1.1, max_delay=0.6, jitter=0.05)
 options = {"endpoint": endpoint, "poll_policy": POLL, "timeout": 120}
 jobs, manifest = read_jobs(prompts), Manifest(out + "/arta-manifest.jsonl")
+peaks = {}  # pid -> the most threads seen
+
+def sample(stop):
+    me = psutil.Process()
+    while not stop.wait(0.2):
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                peaks[process.pid] = max(peaks.get(process.pid, 0), process.num_threads())
+            except psutil.Error:
+                pass
+
 if __name__ == "__main__":
+    stop = threading.Event()
+    threading.Thread(target=sample, args=(stop,), daemon=True).start()
     if engine == "process":
         report = run_batch(jobs, manifest, out, concurrency=int(in_flight),
                            client_options=options)
     else:
         report = run_batch_on_dask(jobs, manifest, out, scheduler="local:2",
                                    client_options=options, concurrency=int(in_flight))
+    stop.set()
     assert all(o.event == "done" for o in report.outcomes), [o.error for o in report.outcomes]
+    import os
+    print(json.dumps({"driver": peaks.pop(os.getpid()), "others": sorted(peaks.values())}))
 """
 
 
-def run_case(engine: str, url: str, prompts: Path, in_flight: int) -> tuple[float, float]:
-    """Wall time and CPU seconds (the case's process and all it started)."""
+def run_case(engine: str, url: str, prompts: Path, in_flight: int) -> dict[str, Any]:
+    """Wall time, CPU seconds (the case's process and all it started), threads seen."""
     requests.post(f"{url}/emulator/reset", timeout=10)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory() as out:
         script = Path(out) / "case.py"
         script.write_text(_CASE)
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(script), engine, url, str(prompts), out,
-                        str(in_flight)], check=True, cwd=ROOT)
+        env = {**os.environ, "ARTA_HOME": f"{out}/home"}  # a token of this emulator's
+        done = subprocess.run([sys.executable, str(script), engine, url, str(prompts), out,
+                               str(in_flight)], check=True, cwd=ROOT, capture_output=True,
+                              text=True, env=env)
         wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    threads = json.loads(done.stdout.splitlines()[-1])
+    stats = requests.get(f"{url}/emulator/stats", timeout=10).json()
+    return {"wall": wall, "cpu": cpu, "threads": threads, "signups": stats["signups"],
+            "submits": stats["submits"], "polls": stats["polls"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--in-flight", type=int, default=64)
     args = parser.parse_args()
     server = subprocess.Popen([sys.executable, "-c", _EMULATOR], stdout=subprocess.PIPE,
@@ -88,20 +114,26 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             prompts = Path(folder) / "prompts.txt"
             prompts.write_text("".join(f"a fox, variation {i}\n" for i in range(args.jobs)))
-            rows = [(f"run_batch, 1 process, concurrency {args.in_flight}", "process"),
-                    (f"run_batch_on_dask, local:2, concurrency {args.in_flight}", "dask")]
-            results = [(label, *run_case(engine, url, prompts, args.in_flight))
+            rows = [(f"arta batch, 1 process, concurrency {args.in_flight}", "process"),
+                    (f"arta batch --engine dask, local:2, concurrency {args.in_flight}", "dask")]
+            results = [(label, run_case(engine, url, prompts, args.in_flight))
                        for label, engine in rows]
     finally:
         server.terminate()
         server.wait()
-    base_wall, base_cpu = results[0][1], results[0][2]
+    base = results[0][1]
     print(f"{args.jobs} jobs (in progress 0.5-1.0 s), {args.in_flight} in flight\n")
-    print(f"| {'engine':<42} | {'wall s':>7} | {'x':>5} | {'CPU s':>6} | {'x':>5} |")
-    print(f"|{'-' * 44}|{'-' * 9}|{'-' * 7}|{'-' * 8}|{'-' * 7}|")
-    for label, wall, cpu in results:
-        print(f"| {label:<42} | {wall:7.1f} | {wall / base_wall:5.2f} | {cpu:6.1f} "
-              f"| {cpu / base_cpu:5.2f} |")
+    print(f"| {'engine':<50} | {'wall s':>6} | {'x':>4} | {'CPU s':>5} | {'x':>4} "
+          f"| threads: driver | other processes |")
+    print(f"|{'-' * 52}|{'-' * 8}|{'-' * 6}|{'-' * 7}|{'-' * 6}|{'-' * 18}|{'-' * 17}|")
+    for label, row in results:
+        threads = row["threads"]
+        others = ", ".join(map(str, threads["others"])) or "-"
+        print(f"| {label:<50} | {row['wall']:6.1f} | {row['wall'] / base['wall']:4.2f} "
+              f"| {row['cpu']:5.1f} | {row['cpu'] / base['cpu']:4.2f} "
+              f"| {threads['driver']:>15} | {others:>15} |")
+    print("\nsign-ups, submits, polls per case:",
+          [(r["signups"], r["submits"], r["polls"]) for _, r in results])
 
 
 if __name__ == "__main__":

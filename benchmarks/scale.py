@@ -18,7 +18,7 @@ threads submitting through one client, nothing else running).
    while jobs remain, 429 answers per submit, failed jobs, duplicate submits.
 4. With ``--dask``: case 1 again through ``--engine dask --scheduler local:2``.
 
-    python benchmarks/scale.py [--jobs 1000] [--aio-jobs 2000] [--dask]
+    python benchmarks/scale.py [--jobs 1000] [--aio-jobs 2000] [--dask] [--only-batch]
 """
 
 from __future__ import annotations
@@ -147,6 +147,23 @@ def batch_case(url: str, jobs: int, *options: str) -> tuple[Usage, Path]:
     return usage, folder
 
 
+ONE_PROCESS = ("--concurrency 256 (one process)", ("--concurrency", "256"))
+WORKERS = ("--workers 2 --concurrency 256", ("--workers", "2", "--concurrency", "256"))
+
+
+def batch_table(url: str, jobs: int, ideal: float,
+                cases: list[tuple[str, tuple[str, ...]]]) -> None:
+    """Run each batch case against ``url`` and print its row beside ``ideal``."""
+    print(f"   ideal (accept {jobs} submits + slowest job): {ideal:.1f} s")
+    print(f"   {'case':<36} {'wall s':>7} {'x ideal':>8} {'threads':>8} {'CPU s':>7} "
+          f"{'RSS MB':>7}")
+    for name, options in cases:
+        requests.post(f"{url}/emulator/reset", timeout=10)
+        usage, _ = batch_case(url, jobs, *options)
+        print(f"   {name:<36} {usage.wall:>7.1f} {usage.wall / ideal:>7.2f}x "
+              f"{usage.threads:>8} {usage.cpu:>7.1f} {usage.rss_mb:>7.0f}")
+
+
 def aio_case(url: str, jobs: int) -> tuple[float, int, list[float], int]:
     """``jobs`` concurrent ``await arta.aio.generate`` here; wall, peak threads, lags, errors."""
     with tempfile.TemporaryDirectory() as home:
@@ -205,24 +222,27 @@ def main() -> None:
     parser.add_argument("--aio-jobs", type=int, default=2000)
     parser.add_argument("--capacity-jobs", type=int, default=300)
     parser.add_argument("--dask", action="store_true", help="add the Dask row")
+    parser.add_argument("--only-batch", action="store_true", help="cases 1 and 1b only")
     args = parser.parse_args()
 
     print(f"1. arta batch, {args.jobs} jobs in progress 2-4 s, no capacity limit")
     with emulator("--queue-seconds", "0", "--progress-seconds", "2-4") as url:
         ideal = accept_time(url, args.jobs) + 4.0
-        cases = [("--concurrency 256 (one process)", ("--concurrency", "256")),
+        cases = [ONE_PROCESS, WORKERS,
                  ("--workers 8 --concurrency 8", ("--workers", "8", "--concurrency", "8"))]
         if args.dask:
             cases.append(("--engine dask --scheduler local:2",
                           ("--engine", "dask", "--scheduler", "local:2", "--concurrency", "256")))
-        print(f"   ideal (accept {args.jobs} submits + slowest job): {ideal:.1f} s")
-        print(f"   {'case':<36} {'wall s':>7} {'x ideal':>8} {'threads':>8} {'CPU s':>7} "
-              f"{'RSS MB':>7}")
-        for name, options in cases:
-            requests.post(f"{url}/emulator/reset", timeout=10)
-            usage, _ = batch_case(url, args.jobs, *options)
-            print(f"   {name:<36} {usage.wall:>7.1f} {usage.wall / ideal:>7.2f}x "
-                  f"{usage.threads:>8} {usage.cpu:>7.1f} {usage.rss_mb:>7.0f}")
+        batch_table(url, args.jobs, ideal, cases)
+
+    # Where process workers could still win: jobs so short that one process's
+    # CPU, not the service, sets the pace.
+    print(f"\n1b. arta batch, {args.jobs} jobs in progress 0-0.5 s, no capacity limit")
+    with emulator("--queue-seconds", "0", "--progress-seconds", "0-0.5") as url:
+        ideal = accept_time(url, args.jobs) + 0.5
+        batch_table(url, args.jobs, ideal, [ONE_PROCESS, WORKERS])
+    if args.only_batch:
+        return
 
     print(f"\n2. {args.aio_jobs} concurrent await arta.aio.generate, in progress 4-8 s")
     with emulator("--queue-seconds", "0", "--progress-seconds", "4-8") as url:

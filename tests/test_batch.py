@@ -6,6 +6,7 @@ on loopback; what the service saw is read from the emulator's counters.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -327,50 +328,72 @@ def test_on_a_terminal_the_progress_is_a_bar_with_rate_and_time_left(tmp_path: P
     assert "arta: batch: 2 of 2 done" in text
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")  # a zombie no one has reaped yet is dead
+class _Recorder:
+    """A progress display that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def __enter__(self) -> _Recorder:  # noqa: PYI034 - a test double, never subclassed
+        self.calls.append(("enter", None))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.calls.append(("exit", None))
+
+    def resumed(self, done: int) -> None:
+        self.calls.append(("resumed", done))
+
+    def update(self, *, done: int, in_flight: int, queued: int, failed: int) -> None:
+        self.calls.append(("update", (done, in_flight, queued, failed)))
+
+    def message(self, text: str) -> None:
+        self.calls.append(("message", text))
 
 
-def _workers_of(pid: int) -> list[int]:
-    """The batch's worker processes (spawned by ``pid``), read from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+def test_run_batch_shows_progress_and_a_rerun_counts_earlier_jobs_apart(
+    emulator: Emulator, tmp_path: Path,
+) -> None:
+    (tmp_path / "p.txt").write_text("".join(f"a fox {i}\n" for i in range(4)))
+    manifest = Manifest(tmp_path / "out" / "m.jsonl")
+    with arta.Client(emulator.url, home=tmp_path / "home", poll_policy=FAST_POLL) as client:
+        first = _Recorder()
+        run_batch(read_jobs(tmp_path / "p.txt"), manifest, tmp_path / "out", client=client,
+                  concurrency=4, progress=first)
+        with (tmp_path / "p.txt").open("a") as file:
+            file.write("a cat 4\na cat 5\n")
+        second = _Recorder()
+        run_batch(read_jobs(tmp_path / "p.txt"), manifest, tmp_path / "out", client=client,
+                  concurrency=4, progress=second)
+    for recorder, earlier, total in ((first, 0, 4), (second, 4, 6)):
+        kinds = [kind for kind, _ in recorder.calls]
+        assert kinds[0] == "enter" and kinds[-1] == "exit"
+        assert ("resumed", earlier) in recorder.calls
+        updates = [value for kind, value in recorder.calls if kind == "update"]
+        assert updates[-1] == (total, 0, 0, 0)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
-def test_workers_die_with_their_driver_killed_by_sigkill_and_a_rerun_pays_nothing_twice(
-        tmp_path: Path) -> None:
-    prompts = 120
-    with Emulator(queue_seconds=(0.5, 1.5), progress_seconds=(0.5, 1.0)) as emulator:
-        command, env = _batch(tmp_path, emulator, prompts, "--workers", "2", "--concurrency",
-                              "8", "--json")
-        driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while emulator.stats()["submits"] < 10 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        workers = _workers_of(driver.pid)
-        assert len(workers) == 2
-        driver.kill()
-        driver.wait()
-        while any(map(_alive, workers)) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        submitted = emulator.stats()["submits"]
-        assert not any(map(_alive, workers)) and submitted < prompts  # they did not go on
-        time.sleep(0.5)
-        assert emulator.stats()["submits"] == submitted
-        again = _run([*command, "--concurrency", "64"], env)
-        summary = json.loads(again.stdout.splitlines()[-1])
-        assert again.returncode == 0 and summary["done"] == prompts, again.stderr
-        assert emulator.stats()["submits"] <= prompts + summary["possibly_resubmitted"]
+def test_a_resumed_batch_counts_the_earlier_runs_jobs_as_done_but_not_in_its_rate() -> None:
+    from arta.progress import BatchProgress
+
+    now = [100.0]
+    progress = BatchProgress(io.StringIO(), 120, clock=lambda: now[0], window=60)
+    progress.resumed(84)  # done by the earlier run
+    now[0] = 130.0
+    progress.update(done=86, in_flight=32, queued=2, failed=0)  # 2 ended in this run's 30 s
+    assert progress.text() == ("86/120 done, 32 in flight, 2 queued, 0 failed, 4.0 jobs/min, "
+                               "ETA 8m30s, 30s elapsed")
+
+
+def test_the_bar_on_a_terminal_is_redrawn_only_when_it_changed() -> None:
+    from arta.progress import BatchProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    with BatchProgress(terminal, 4, clock=lambda: 100.0) as progress:
+        progress.update(done=1, in_flight=1, queued=2, failed=0)
+        time.sleep(1.0)  # about five redraw periods, with nothing new to show
+    assert terminal.getvalue().count("arta: [") == 1, terminal.getvalue()

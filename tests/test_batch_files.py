@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import arta
 from arta.batch import Task, plan, read_jobs
 from arta.batch.manifest import Manifest, RunLock
-from arta.cli.progress import BatchProgress
+from arta.progress import BatchProgress
 
 
 def test_only_a_newline_ends_a_prompt(tmp_path: Path) -> None:

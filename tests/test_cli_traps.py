@@ -123,6 +123,25 @@ def test_ctrl_c_in_a_plain_script_logs_and_carries_the_record_id(emulator: Emula
     assert f"interrupted: job {record_id} goes on at the service" in stderr  # the WARNING
 
 
+def test_an_uncaught_ctrl_c_in_a_script_exits_as_interrupted(emulator: Emulator,
+                                                              tmp_path: Path) -> None:
+    """Killed by SIGINT (130 in a shell), as any Python script, after its exit functions."""
+    emulator.app.set_faults("submit:stuck=1")
+    script = ("import atexit, arta\n"
+              "atexit.register(print, 'exit functions ran')\n"
+              "arta.generate('a fox')\n")
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=_env(ARTA_ENDPOINT=emulator.url, ARTA_HOME=str(tmp_path)))
+    _wait_for(lambda: emulator.stats()["polls"] >= 1, "a poll")
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGINT, stderr
+    assert stdout == "exit functions ran\n"
+    record_id = emulator.app.last_record_id()
+    assert f"GenerationInterrupted: interrupted while waiting for job {record_id}" in stderr
+
+
 # -- 3. a command line without traps --------------------------------------------
 
 

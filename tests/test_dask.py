@@ -10,8 +10,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -427,3 +429,187 @@ def test_dask_flags_are_checked_before_any_request(emulator: Emulator, tmp_path:
         env={**os.environ, "PYTHONPATH": str(ROOT), "ARTA_ENDPOINT": emulator.url})
     assert done.returncode == 2 and says in done.stderr, done.stderr
     assert emulator.stats()["signups"] == 0 and emulator.stats()["submits"] == 0
+
+
+# -- at cluster scale (issue 20) ---------------------------------------------
+
+
+def _driver(scheduler: str, endpoint: str, prompts: Path, out: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "tests" / "dask_driver.py"), scheduler, endpoint,
+            str(prompts), str(out)]
+
+
+def _driver_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+            "ARTA_HOME": str(home)}
+
+
+def _prompts(tmp_path: Path, count: int, tag: str) -> Path:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"{tag}: a fox, variation {i}\n" for i in range(count)))
+    return prompts
+
+
+def _run_until_done(command: list[str], env: dict[str, str], manifest: Path,
+                    done: int) -> subprocess.Popen[bytes]:
+    """Start the driver; return it once ``done`` jobs are recorded done (or it ended)."""
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    while driver.poll() is None and (
+            not manifest.exists() or manifest.read_text().count('"done"') < done):
+        time.sleep(0.02)
+    return driver
+
+
+def test_a_local_cluster_driver_killed_and_run_again_signs_up_once(
+        emulator: Emulator, tmp_path: Path) -> None:
+    # local:N is one host: the driver and its workers share the host's token
+    # file, so the second run (a new scheduler) costs no sign-up.
+    count, home, out = 40, tmp_path / "home", tmp_path / "out"
+    command = _driver("local:2", emulator.url, _prompts(tmp_path, count, "local"), out)
+    driver = _run_until_done(command, _driver_env(home), out / "arta-manifest.jsonl", 10)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    on_the_wire = sum(r["event"] == "intent"
+                      for r in Manifest(out / "arta-manifest.jsonl").latest().values())
+    done = subprocess.run(command, env=_driver_env(home), capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = Manifest(out / "arta-manifest.jsonl").latest()
+    assert len(final) == count and {r["event"] for r in final.values()} == {"done"}
+    stats = emulator.stats()
+    assert stats["signups"] == 1
+    assert count <= stats["submits"] <= count + on_the_wire
+    # The token is in the host's file only: 0600 in a 0700 folder.
+    token_file, = home.glob("auth_ARTA*.json")
+    assert (home.stat().st_mode & 0o777, token_file.stat().st_mode & 0o777) == (0o700, 0o600)
+
+
+@pytest.fixture
+def slower_emulator() -> Iterator[Emulator]:
+    """Jobs of half a second: a run is still going a moment after it started."""
+    with Emulator(queue_seconds=0.05, progress_seconds=0.5) as emulator:
+        yield emulator
+
+
+def test_a_scheduler_restarted_midway_costs_no_sign_up_and_no_duplicate(
+        slower_emulator: Emulator, tmp_path: Path) -> None:
+    emulator = slower_emulator
+    count, home, out = 60, tmp_path / "home", tmp_path / "out"
+    prompts, manifest = _prompts(tmp_path, count, "restart"), out / "arta-manifest.jsonl"
+
+    def cluster() -> Any:
+        return distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=2,
+                                        host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                        silence_logs=logging.CRITICAL)
+
+    with cluster() as first:
+        driver = _run_until_done(_driver(first.scheduler_address, emulator.url, prompts, out),
+                                 _driver_env(home), manifest, 10)
+    # The scheduler is gone: the driver records what ended and stops submitting.
+    assert driver.wait(120) != 0
+    assert not any(r["event"] == "intent" for r in Manifest(manifest).latest().values())
+    with cluster() as second:
+        done = subprocess.run(_driver(second.scheduler_address, emulator.url, prompts, out),
+                              env=_driver_env(home), capture_output=True, text=True,
+                              timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = Manifest(manifest).latest()
+    assert len(final) == count and {r["event"] for r in final.values()} == {"done"}
+    stats = emulator.stats()
+    assert (stats["signups"], stats["submits"], stats["duplicate_submits"]) == (1, count, 0)
+
+
+def test_one_worker_of_two_threads_carries_500_waiting_jobs(tmp_path: Path) -> None:
+    import psutil
+
+    now = [time.time()]  # the service's clock: frozen, its jobs wait until it moves
+    slow = arta.PollPolicy(first_delay=2.0, interval=2.0, growth=1.0, max_delay=2.0, jitter=0.1)
+    with Emulator(queue_seconds=0, progress_seconds=1, clock=lambda: now[0]) as emu, \
+            dask_module.config.set(WORKER_CONFIG), distributed.LocalCluster(
+                n_workers=1, processes=True, threads_per_worker=2, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as local, \
+            distributed.Client(local, set_as_default=False) as client:
+        worker = psutil.Process(next(iter(_worker_pids(client).values())))
+        jobs = _jobs(500, "five hundred")
+        reports: list[Any] = []
+        batch = threading.Thread(target=lambda: reports.append(run_batch_on_dask(
+            jobs, Manifest(tmp_path / "m.jsonl"), tmp_path / "out",
+            scheduler=local.scheduler_address, concurrency=500,
+            client_options={"endpoint": emu.url, "poll_policy": slow, "timeout": 600})))
+        batch.start()
+        carried, threads, since = 0, 0, None
+        while carried < 500 and (since is None or time.monotonic() - since < 10):
+            carried = max(client.run(_running_tasks).values())
+            threads = max(threads, worker.num_threads())
+            if since is None and emu.stats()["submits"] == 500:
+                since = time.monotonic()  # all handed off: a few seconds to reach the worker
+            time.sleep(0.1)
+        now[0] += 60  # every job ends
+        batch.join()
+    assert carried == 500
+    assert threads <= 24
+    assert [o.event for o in reports[0].outcomes] == ["done"] * 500
+    assert emu.stats()["signups"] == 1
+
+
+def _running_tasks(dask_worker: Any) -> int:
+    return len(dask_worker.state.all_running_tasks)
+
+
+def _listening(process: Any) -> set[int]:
+    import psutil
+
+    return {c.laddr.port for c in process.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+
+
+def _answer(port: int) -> bytes:
+    """What port ``port`` says first: Dask's handshake, or its answer to a GET /health."""
+    with socket.create_connection(("127.0.0.1", port), 5) as probe:
+        probe.settimeout(1)
+        try:
+            return probe.recv(12)  # a Dask comm speaks first
+        except OSError:
+            pass
+        probe.sendall(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        try:
+            return probe.recv(12)
+        except OSError:
+            return b""
+
+
+def test_a_local_cluster_serves_no_http() -> None:
+    import psutil
+
+    from arta.dask import connect
+
+    this = psutil.Process()
+    before, others = _listening(this), set(this.children(recursive=True))
+    with connect("local:1"):
+        ports = _listening(this) - before  # the scheduler's, in this process
+        ports |= {port for child in set(this.children(recursive=True)) - others
+                  for port in _listening(child)}  # the worker's and its nanny's
+        answers = {port: _answer(port) for port in ports}
+    assert len(answers) >= 2  # the scheduler's, the worker's (and its nanny's)
+    assert not [a for a in answers.values() if a.startswith(b"HTTP/")], answers
+
+
+def test_the_cluster_token_is_seeded_from_the_driver_and_renewals_come_back(dask: Any) -> None:
+    from arta.auth import MemoryTokenStore, Token
+
+    now = time.time()
+    # The driver's token is past the middle of its life: due for renewal, still good.
+    aging = Token("driver-id-token", "driver-refresh", now - 3000, now + 600, "driver")
+    host = MemoryTokenStore()
+    host.save(aging)
+    driver = DaskTokenStore("seeded", client=dask, host_store=host)
+    # A new scheduler starts with the driver's token: no sign-up.
+    assert DaskTokenStore("seeded", client=dask).load() == aging
+    # A worker renews it in the scheduler...
+    renewed = Token("worker-id-token", "worker-refresh", now, now + 3600, "driver")
+    DaskTokenStore("seeded", client=dask).save(renewed)
+    # ...and the driver, looking again, writes the renewal back to its own store.
+    assert driver.load() == renewed and host.load() == renewed
+    # A token in the scheduler fresher than the host's is what a new driver takes.
+    DaskTokenStore("seeded", client=dask, host_store=host)
+    assert host.load() == renewed

@@ -1,4 +1,10 @@
-"""Every example in examples/ runs, as its docstring says, against the emulator."""
+"""Every example runs against the emulator: examples/, and the README's and docs' Python blocks.
+
+The README's and docs' blocks are whole programs (a reader copies them), so
+each is type-checked with ``mypy --strict`` and run as it is, with
+``ARTA_ENDPOINT`` pointing at an emulator; one that defines tests runs
+under pytest.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from arta.emulator import Emulator
 
@@ -74,3 +82,102 @@ def test_protocol_citations_point_at_the_shipped_document() -> None:
             cited += 1
             assert re.search(rf"^{section}\. ", document, re.MULTILINE), (module, section)
     assert cited >= 10
+
+
+# -- the README and the documentation ---------------------------------------------
+
+DOCUMENTS = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))]
+_BLOCK = re.compile(r"^( *)\.\. code-block:: python\n\n((?:\1    .*\n|[ \t]*\n)+)", re.MULTILINE)
+
+
+def python_examples() -> list[tuple[str, str]]:
+    """``(name, code)`` of every Python example in the README and docs/, named file_line."""
+    examples = []
+    for document in DOCUMENTS:
+        text = document.read_text()
+        for match in _BLOCK.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            indent = len(match.group(1)) + 4
+            code = "\n".join(row[indent:] for row in match.group(2).splitlines()).strip() + "\n"
+            examples.append((f"{document.stem.replace('-', '_').lower()}_{line}", code))
+    return examples
+
+
+EXAMPLES_IN_DOCS = python_examples()
+
+
+def test_the_readme_is_a_few_screens_with_links_into_the_docs() -> None:
+    readme = (ROOT / "README.rst").read_text()
+    assert len(readme.encode()) <= 15 * 1024
+    for section in ("Install", "Quick start", "Recipes", "Errors and exit codes",
+                    "Environment variables", "Documentation", "Development"):
+        assert re.search(rf"^{section}\n=+\n", readme, re.MULTILINE), section
+    links = re.findall(r"<((?:docs/)?[\w-]+\.rst)>`_", readme)
+    assert len(links) >= 15
+    for link in links:
+        assert (ROOT / link).is_file(), link
+
+
+def test_the_readme_renders_without_a_warning() -> None:
+    """The package index renders it (long_description) only if docutils finds nothing wrong."""
+    import docutils.core
+
+    docutils.core.publish_doctree((ROOT / "README.rst").read_text(),
+                                  settings_overrides={"halt_level": 2, "report_level": 2})
+
+
+def test_every_environment_variable_read_is_in_the_readme_table() -> None:
+    readme = (ROOT / "README.rst").read_text()
+    table = readme[readme.index("Environment variables\n"):readme.index("\nDocumentation\n")]
+    sources = [*(ROOT / "arta").rglob("*.py"), *(ROOT / "tests").glob("*.py"), ROOT / ".ci" / "run"]
+    named = set()
+    for source in sources:
+        named |= set(re.findall(r"\b(ARTA_[A-Z_]+[A-Z]|FIREBASE_AUTH_EMULATOR_HOST)\b",
+                                source.read_text()))
+    named -= {"ARTA_FIREBASE_BIN", "ARTA_TEST_SEED"}  # test-suite knobs, named in their tests
+    assert {"ARTA_ENDPOINT", "ARTA_HOME", "ARTA_POLL", "ARTA_LOG"} <= named
+    for variable in named:
+        assert f"``{variable}``" in table, variable
+
+
+def test_the_python_examples_type_check_strictly(tmp_path: Path) -> None:
+    assert len(EXAMPLES_IN_DOCS) >= 15
+    for name, code in EXAMPLES_IN_DOCS:
+        (tmp_path / f"{name}.py").write_text(code)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
+         *sorted(str(path) for path in tmp_path.glob("*.py"))],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
+        env={**os.environ, "MYPYPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ARTA_HOME for the examples: after the first few, the learned poll policy knows
+    the emulator's jobs are short, as a user's own machine learns its service."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.mark.parametrize(("name", "code"), EXAMPLES_IN_DOCS, ids=[n for n, _ in EXAMPLES_IN_DOCS])
+def test_each_python_example_runs_against_the_emulator(name: str, code: str, emulator: Emulator,
+                                                       tmp_path: Path, shared_home: Path) -> None:
+    script = tmp_path / f"{name}.py"
+    script.write_text(code)
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", script.name] \
+        if "\ndef test_" in code else [script.name]
+    done = run(args, emulator, shared_home, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    if args[0] == "-m":
+        assert re.search(r"\b\d+ passed\b", done.stdout) and "failed" not in done.stdout
+
+
+def test_help_shows_every_keyword_its_docstring_names() -> None:
+    import inspect
+
+    import arta
+
+    for function in (arta.generate, arta.Client.generate, arta.Client.submit, arta.Client.map):
+        named = set(re.findall(r"``(\w+)=``", function.__doc__ or ""))
+        assert set(inspect.signature(function).parameters) >= named, function
+    assert {"endpoint", "home", "transport"} <= set(inspect.signature(arta.generate).parameters)

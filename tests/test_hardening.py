@@ -305,18 +305,18 @@ def test_stale_part_files_are_cleaned_at_the_next_save(hostile: HostileServer,
 
 
 @pytest.mark.skipif(os.name == "nt", reason="Windows has no flock: the sweep goes by age there")
-def test_a_part_is_swept_once_its_writer_is_gone_and_never_while_it_lives(
-        hostile: HostileServer, tmp_path: Path) -> None:
-    import fcntl
+def test_a_sweep_takes_a_killed_writers_temp_file_and_never_a_live_ones(tmp_path: Path) -> None:
+    from arta.atomic import remove_stale, replacing
 
-    killed, living = tmp_path / ".arta-killed.part", tmp_path / ".arta-living.part"
-    for part, age in ((killed, 3), (living, 600)):
-        part.write_bytes(b"half an image")
-        os.utime(part, (time.time() - age, time.time() - age))
-    with open(living, "rb") as writer:
-        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)  # as a live download holds its part
-        arta.Result("job-parts", _images(hostile, "fast-image", 1), seed=1).save(tmp_path)
-        assert not killed.exists() and living.exists()
+    killed = tmp_path / ".x-killed.tmp"
+    killed.write_bytes(b"half")  # nobody holds it: its writer is gone
+    target = tmp_path / "x.json"
+    with replacing(target, prefix=".x-", suffix=".tmp") as file:
+        file.write(b"{}")
+        remove_stale(tmp_path, ".x-*.tmp", older_than=0.0)
+        living = [p.name for p in tmp_path.glob(".x-*.tmp")]
+    assert living and killed.name not in living  # the live writer's survived, the other went
+    assert target.read_bytes() == b"{}" and not list(tmp_path.glob(".x-*.tmp"))
 
 
 def test_a_done_job_without_images_is_a_protocol_error(tmp_path: Path) -> None:

@@ -175,6 +175,34 @@ def test_map_in_order(client: arta.Client) -> None:
     assert [o.unwrap().params.prompt for o in outcomes] == [f"fox {i}" for i in range(8)]  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("installed", ["tqdm", "rich", "neither"])
+def test_map_shows_progress_with_what_is_installed(
+    client: arta.Client, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    installed: str,
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    hidden = {"tqdm": {"rich"}, "rich": {"tqdm"}, "neither": {"tqdm", "rich"}}[installed]
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in hidden else find_spec(name, *a))
+    outcomes = list(client.map([f"fox {i}" for i in range(3)], concurrency=3, progress=True))
+    assert all(outcome.ok for outcome in outcomes)
+    shown = capsys.readouterr().err
+    if installed == "tqdm":
+        assert "arta map: 100%" in shown and "3/3" in shown, shown
+    elif installed == "rich":
+        assert "arta map" in shown and "0 in flight, 0 failed" in shown, shown
+    else:  # the built-in line: stderr is no terminal here, so one line at the end
+        assert shown.splitlines()[-1].startswith("arta: map: 3/3 done, 0 in flight"), shown
+
+
+def test_map_without_progress_prints_nothing(client: arta.Client,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert all(o.ok for o in client.map(["fox"], concurrency=1))
+    assert capsys.readouterr().err == ""
+
+
 def test_map_refuses_bad_defaults_before_any_request(
         emulator: Emulator, client: arta.Client) -> None:
     with pytest.raises(arta.errors.InvalidStyleError):

@@ -1,6 +1,6 @@
-"""How a run of many jobs ends when it does not end well (issue 18, items 6, 7 and 10).
+"""How a run of many jobs ends when it does not end well (issue 18, items 2, 6, 7 and 10).
 
-The input raising, Ctrl-C, and the client closed under a running ``map``:
+The input raising, Ctrl-C, a batch's driver killed, the client closed under a running ``map``:
 in each case every job that was submitted is handed back with its record
 id, and nothing is submitted afterwards.
 """
@@ -8,6 +8,7 @@ id, and nothing is submitted afterwards.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -155,6 +156,59 @@ def test_leaving_a_map_early_logs_the_jobs_it_leaves_running(
                 _until(lambda: slow.stats()["submits"] == 7)
                 break  # (Ctrl-C in a loop body ends the same way)
         _until(lambda: len(set(uuid.findall(caplog.text))) == 7)  # each paid job, by its id
+
+
+# -- item 2: arta batch --workers, its driver killed ---------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie no one has reaped yet is dead
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The batch's worker processes (spawned by ``pid``), read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+def test_workers_die_with_their_driver_killed_by_sigkill_and_a_rerun_pays_nothing_twice(
+        tmp_path: Path) -> None:
+    prompts = 120
+    with Emulator(queue_seconds=(0.5, 1.5), progress_seconds=(0.5, 1.0)) as emulator:
+        (tmp_path / "prompts.txt").write_text("".join(f"a fox {i}\n" for i in range(prompts)))
+        command = [sys.executable, "-m", "arta.cli", "batch", str(tmp_path / "prompts.txt"),
+                   "-o", str(tmp_path / "out"), "--workers", "2", "--concurrency", "8", "--json"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "ARTA_ENDPOINT": emulator.url,
+               "ARTA_HOME": str(tmp_path / "home")}
+        driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        _until(lambda: emulator.stats()["submits"] >= 10)
+        workers = _workers_of(driver.pid)
+        assert len(workers) == 2
+        driver.kill()
+        driver.wait()
+        _until(lambda: not any(map(_alive, workers)))
+        submitted = emulator.stats()["submits"]
+        assert submitted < prompts  # they did not go on with the batch
+        time.sleep(0.5)
+        assert emulator.stats()["submits"] == submitted
+        again = subprocess.run([*command, "--concurrency", "64"], env=env, capture_output=True,
+                               text=True, timeout=HANG, check=False)
+        summary = json.loads(again.stdout.splitlines()[-1])
+        assert again.returncode == 0 and summary["done"] == prompts, again.stderr
+        assert emulator.stats()["submits"] <= prompts + summary["possibly_resubmitted"]
 
 
 # -- item 10: close() under a running map ------------------------------------------

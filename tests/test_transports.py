@@ -571,7 +571,7 @@ def test_import_arta_does_not_import_httpx() -> None:
 
 def test_without_httpx_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "httpx", None)  # what `import httpx` sees when it is missing
-    with pytest.raises(arta.ConfigurationError, match=re.escape("pip install 'arta[httpx]'")):
+    with pytest.raises(arta.ConfigurationError, match=re.escape("pip install 'arta-client[httpx]'")):
         HttpxTransport()
 
 
@@ -590,15 +590,16 @@ def test_httpx_speaks_http2_when_h2_is_installed(monkeypatch: pytest.MonkeyPatch
     transport.close()
 
 
-# -- the README's own transport ----------------------------------------------------
+# -- the documentation's own transport (docs/transports.rst) ------------------------
 
 
 def _readme_transport() -> type:
-    text = (ROOT / "README.rst").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "transports.rst").read_text(encoding="utf-8")
     blocks = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)", text)
     code = next(block for block in blocks if "class UrllibTransport" in block)
+    code = code.split("\n    client = ", 1)[0]  # the class, not the use of it (test_examples runs that)
     namespace: dict[str, Any] = {}
-    exec(compile(textwrap.dedent(code), "README.rst", "exec"), namespace)  # noqa: S102 - our README
+    exec(compile(textwrap.dedent(code), "transports.rst", "exec"), namespace)  # noqa: S102 - our docs
     return namespace["UrllibTransport"]  # type: ignore[no-any-return]
 
 

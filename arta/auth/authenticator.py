@@ -23,7 +23,7 @@ from typing import Callable
 from arta import protocol
 from arta.auth.stores import FileTokenStore, MemoryTokenStore, Token, TokenStore
 from arta.config import Settings
-from arta.errors import ArtaError, QuotaExceededError
+from arta.errors import ArtaError, ConnectError, QuotaExceededError
 from arta.retry import RetryPolicy, transient
 from arta.transport import Request, Response, Transport
 
@@ -68,6 +68,8 @@ class Authenticator:
         # The token handed out last and when the store was read for it: a
         # poll every few milliseconds need not stat the file each time.
         self._recent: tuple[Token, float] | None = None
+        # The token the log last told of: a reused one is told once, not at every poll.
+        self._told: str | None = None
 
     def _load(self) -> Token | None:
         token = self.store.load()
@@ -91,12 +93,19 @@ class Authenticator:
         token = self._load()
         if token is not None and (token.fresh(self.clock()) or self._throttled()):
             self._recent = (token, now)
-            return token
+            return self._reused(token)
         with self.store.lock():
             token = self._load()  # another process may have renewed it meanwhile
             if token is not None and (token.fresh(self.clock()) or self._throttled()):
-                return token
+                return self._reused(token)
             return self._renew(token)
+
+    def _reused(self, token: Token) -> Token:
+        if token.id_token != self._told:
+            self._told = token.id_token
+            log.info("reusing the stored token (valid %.0f more minutes)",
+                     (token.expires_at - self.clock()) / 60)
+        return token
 
     def _throttled(self) -> bool:
         return self.clock() < self._no_renewal_until
@@ -123,7 +132,7 @@ class Authenticator:
         if token is not None:
             try:
                 renewed = self.refresh(token.refresh_token)
-                log.debug("refreshed the shared token")
+                log.info("renewed the token (refreshed)")
             except protocol.RefreshRejected as error:
                 log.info("%s; signing up again", error)
                 renewed = self.sign_up()
@@ -142,6 +151,7 @@ class Authenticator:
                         renewed.expires_at - renewed.obtained_at, RENEWAL_BACKOFF)
             self._no_renewal_until = self.clock() + RENEWAL_BACKOFF
         self._store(renewed)
+        self._told = renewed.id_token
         return renewed
 
     def _store(self, token: Token) -> None:
@@ -187,4 +197,7 @@ class Authenticator:
             with self.transport.handle_request(request) as response:
                 return parse(response, protocol.request_secrets(request))
 
-        return Token.from_grant(self.retry_policy.call(once, retry_on=transient), self.clock())
+        try:
+            return Token.from_grant(self.retry_policy.call(once, retry_on=transient), self.clock())
+        except ConnectError as error:
+            raise error.naming(self.settings.where)  # offline: say which setting to look at

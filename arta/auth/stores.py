@@ -23,20 +23,17 @@ from typing import Any, Protocol
 
 import filelock
 
-from arta.atomic import write_json_atomically
+from arta.atomic import remove_stale, write_json_atomically
 from arta.auth.token import Token
 from arta.config import Settings
 from arta.errors import ConfigurationError, TokenStoreError
 
-__all__ = ["STALE_TEMP_SECONDS", "FileTokenStore", "MemoryTokenStore", "Token", "TokenStore"]
+__all__ = ["FileTokenStore", "MemoryTokenStore", "Token", "TokenStore"]
 
 log = logging.getLogger("arta.auth")  # one logger for the token, however it is split
 
-#: Temporary copies of the token older than this are left over from a
-#: process killed while saving, and are removed at the next save.
-STALE_TEMP_SECONDS = 60.0
-
 _TEMP_PREFIX, _TEMP_SUFFIX = ".auth_ARTA.", ".tmp"
+_TEMPS = f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"  # what a killed writer may leave
 
 
 class TokenStore(Protocol):
@@ -248,22 +245,14 @@ class FileTokenStore:
             log.warning("the token file %s had mode %o (readable by others); made it 0600",
                         self.path, mode)
 
-    def _remove_temps(self, older_than: float) -> None:
-        """Remove temporary token copies left by killed processes (older than ``older_than`` s)."""
-        now = time.time()
-        for temp in self.path.parent.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
-            with contextlib.suppress(OSError):
-                if now - temp.lstat().st_mtime >= older_than:
-                    temp.unlink()
-
     def save(self, token: Token) -> None:
         """Replace the file atomically with ``token``, readable by its owner only.
 
-        Temporary copies left behind by processes killed while saving (older
-        than :data:`STALE_TEMP_SECONDS`) are removed on the way.
+        Temporary copies left behind by processes killed while saving are
+        removed on the way (:func:`arta.atomic.remove_stale`).
         """
         self._ensure_folder()
-        self._remove_temps(STALE_TEMP_SECONDS)
+        remove_stale(self.path.parent, _TEMPS)
         write_json_atomically(self.path, token.to_json(), prefix=_TEMP_PREFIX,
                               suffix=_TEMP_SUFFIX)
 
@@ -271,8 +260,7 @@ class FileTokenStore:
         """Delete the token file, and every temporary copy of a token beside it."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self._remove_temps(0.0)
+        remove_stale(self.path.parent, _TEMPS, 0.0)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

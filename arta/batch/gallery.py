@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from arta.atomic import replacing
 
 __all__ = ["GalleryEntry", "write_gallery"]
 
@@ -118,14 +119,7 @@ def write_gallery(folder: str | os.PathLike[str], entries: Iterable[GalleryEntry
         "",
     ])
     index = target / "index.html"
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target, prefix=".index-",
-                                     suffix=".part", delete=False) as file:
-        temp = Path(file.name)
-        try:
-            file.write(page)
-        except BaseException:
-            temp.unlink()
-            raise
-    temp.chmod(0o644)  # a page to share, like the images beside it (mkstemp made it 0600)
-    os.replace(temp, index)
+    # A page to share, like the images beside it: created as they are (umask).
+    with replacing(index, prefix=".index-", suffix=".part", private=False) as file:
+        file.write(page.encode("utf-8"))
     return index

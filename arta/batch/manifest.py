@@ -42,7 +42,7 @@ from arta.errors import ArtaError
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
     from typing_extensions import Self
 
-__all__ = ["MANIFEST_NAME", "JobState", "Manifest", "ManifestBusy", "ManifestError", "RunLock"]
+__all__ = ["MANIFEST_NAME", "JobRecord", "Manifest", "ManifestBusy", "ManifestError", "RunLock"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def hidden_beside(path: Path, suffix: str) -> Path:
 
 
 @dataclasses.dataclass(frozen=True)
-class JobState:
+class JobRecord:
     """What the manifest knows of one job: its last event, record id and seed."""
 
     event: str
@@ -171,9 +171,9 @@ class Manifest:
                 records.append(record)
         return records
 
-    def states(self) -> dict[str, JobState]:
+    def states(self) -> dict[str, JobRecord]:
         """What is known of every job, by key (see the module's docstring)."""
-        states: dict[str, JobState] = {}
+        states: dict[str, JobRecord] = {}
         for record in self.records():
             states[record["job"]] = _fold(states.get(record["job"]), record)
         return states
@@ -183,15 +183,15 @@ class Manifest:
         return {record["job"]: record for record in self.records()}
 
 
-def _fold(state: JobState | None, record: dict[str, Any]) -> JobState:
+def _fold(state: JobRecord | None, record: dict[str, Any]) -> JobRecord:
     """The job's state after ``record``."""
     event = record["event"]
     seed = record.get("seed")
     if seed is None and state is not None:
         seed = state.seed
     if event == "intent":
-        return JobState("intent", seed=seed)
-    return JobState(event, record.get("record_id"), seed, record.get("error_type"),
+        return JobRecord("intent", seed=seed)
+    return JobRecord(event, record.get("record_id"), seed, record.get("error_type"),
                     tuple(record.get("files", ())), tuple(record.get("blurred", ())))
 
 

@@ -1,6 +1,6 @@
 """What a batch run is made of: its tasks, its outcomes, and the records it writes.
 
-:func:`plan` reads the manifest's :class:`~arta.batch.manifest.JobState` of every
+:func:`plan` reads the manifest's :class:`~arta.batch.manifest.JobRecord` of every
 job and decides, before any request, what this run does with it: skip it
 (done), resume it by record id, or submit it (again, with the same seed, if
 an earlier run may already have: *possibly resubmitted*).
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from arta.batch.jobfile import BatchJob
-from arta.batch.manifest import JobState, Manifest, ManifestError
+from arta.batch.manifest import JobRecord, Manifest, ManifestError
 from arta.errors import (
     ArtaError,
     DownloadError,
@@ -103,7 +103,7 @@ class BatchReport:
         return next((o.error for o in self.outcomes if o.manifest_error), None)
 
 
-def plan(jobs: Sequence[BatchJob], states: dict[str, JobState]) -> tuple[list[Outcome], list[Task]]:
+def plan(jobs: Sequence[BatchJob], states: dict[str, JobRecord]) -> tuple[list[Outcome], list[Task]]:
     """Split ``jobs`` into those done by an earlier run and the tasks of this one."""
     skipped: list[Outcome] = []
     tasks: list[Task] = []

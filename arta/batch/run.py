@@ -24,6 +24,7 @@ resumes:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -51,6 +52,7 @@ from arta.engine.jobs import Outcome as RunOutcome
 from arta.engine.run import JobRun
 from arta.errors import ArtaError, SubmitOutcomeUnknown
 from arta.generation import Generation
+from arta.progress import ProgressDisplay, progress_display
 from arta.result import Result
 
 __all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Manifest",
@@ -171,6 +173,7 @@ def run_batch(
     on_outcome: Callable[[Outcome], None] | None = None,
     on_plan: Callable[[list[Outcome], list[Task]], object] | None = None,
     on_counts: Callable[[Counts], None] | None = None,
+    progress: bool | ProgressDisplay = False,
 ) -> BatchReport:
     """Run every job not yet done, ``concurrency`` in flight; report every job's outcome.
 
@@ -180,28 +183,41 @@ def run_batch(
     the concurrency. ``on_plan`` is called once before any request with the
     jobs an earlier run finished and the tasks of this run, ``on_outcome``
     in this process as each job ends, ``on_counts`` with the whole batch's
-    counts (queued, in flight, done, failed) as they change. The caller
-    holds the manifest's :class:`~arta.batch.manifest.RunLock`.
+    counts (queued, in flight, done, failed) as they change. ``progress``
+    shows them on stderr (``True``: see :func:`arta.progress.progress_display`;
+    jobs an earlier run finished count as done, not in the rate). The
+    caller holds the manifest's :class:`~arta.batch.manifest.RunLock`.
     """
-    skipped, tasks = plan(jobs, manifest.states())
-    if on_plan is not None:
-        on_plan(skipped, tasks)
-    report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
-    emit = _collector(report, on_outcome)
-    counts = on_counts or (lambda counts: None)
-    if tasks and (workers <= 1 or len(tasks) == 1):
-        owned = client is None
-        client = client or Client(**(client_options or {}))
-        try:
-            _Share(client, manifest, output, tasks, concurrency, emit, counts).run()
-        finally:
-            if owned:
-                client.close()
-    elif tasks:
-        _run_processes(tasks, manifest, output, min(workers, len(tasks)), concurrency,
-                       client_options or {}, emit, counts)
-    report.outcomes.sort(key=lambda o: o.line)
-    return report
+    display = progress_display(progress, len(jobs), label="batch")
+    with display if display is not None else contextlib.nullcontext():
+        skipped, tasks = plan(jobs, manifest.states())
+        if on_plan is not None:
+            on_plan(skipped, tasks)
+        if display is not None:
+            display.resumed(len(skipped))
+        report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
+        emit = _collector(report, on_outcome)
+
+        def counts(now: Counts) -> None:
+            if on_counts is not None:
+                on_counts(now)
+            if display is not None:
+                display.update(done=len(skipped) + now["done"], in_flight=now["in_flight"],
+                               queued=now["queued"], failed=now["failed"])
+
+        if tasks and (workers <= 1 or len(tasks) == 1):
+            owned = client is None
+            client = client or Client(**(client_options or {}))
+            try:
+                _Share(client, manifest, output, tasks, concurrency, emit, counts).run()
+            finally:
+                if owned:
+                    client.close()
+        elif tasks:
+            _run_processes(tasks, manifest, output, min(workers, len(tasks)), concurrency,
+                           client_options or {}, emit, counts)
+        report.outcomes.sort(key=lambda o: o.line)
+        return report
 
 
 def _collector(report: BatchReport,

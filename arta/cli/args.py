@@ -26,7 +26,11 @@ EXIT_CODES_HELP = ("Exit codes: 0 done, 1 a generation failed (or its images cou
                    "network error, 6 no such job, 130 interrupted.")
 
 
-def _global_flags(*, on_command: bool) -> argparse.ArgumentParser:
+_VERBOSE_HELP = ("tell the story of each job (-vv: times, details, HTTP requests; "
+                 "-vvv: file locks too)")
+
+
+def _global_flags(*, on_command: bool, verbose_help: str = _VERBOSE_HELP) -> argparse.ArgumentParser:
     """``-v``/``-q``, for the top parser and, defaulting to nothing, for each command.
 
     A command's copy must not set a default: argparse would overwrite what
@@ -34,8 +38,7 @@ def _global_flags(*, on_command: bool) -> argparse.ArgumentParser:
     """
     flags = argparse.ArgumentParser(add_help=False)
     flags.add_argument("-v", "--verbose", action="count",
-                       default=argparse.SUPPRESS if on_command else 0,
-                       help="log what the client does (-vv: debug)")
+                       default=argparse.SUPPRESS if on_command else 0, help=verbose_help)
     flags.add_argument("-q", "--quiet", action="store_true",
                        default=argparse.SUPPRESS if on_command else False,
                        help="no progress on stderr")
@@ -69,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="show or clear the shared token (never printed unless asked)"))
     commands.add_parser("stats", parents=[common],
                         help="show what the learned poll policy knows of job durations")
-    _add_emulator(commands.add_parser("emulator", parents=[common],
+    serving = _global_flags(on_command=True, verbose_help=(
+        "log each request the emulator answers: method, path (no query), status"))
+    _add_emulator(commands.add_parser("emulator", parents=[serving],
                                       help="run the offline emulator of the service"))
     return parser
 
@@ -118,8 +123,10 @@ def _add_token(token: argparse.ArgumentParser) -> None:
 
 
 def _add_emulator(emulator: argparse.ArgumentParser) -> None:
-    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    emulator.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    emulator.add_argument("--host", default="127.0.0.1",
+                          help="address to listen on (default: %(default)s)")
+    emulator.add_argument("--port", type=int, default=8765,
+                          help="port (default: %(default)s; 0: any free port)")
     emulator.add_argument("--queue-seconds", type=_seconds, default=(1.0, 1.0), metavar="S",
                           help="fixed time a job waits in queue, before waiting for a free "
                                "slot (see --capacity): seconds or MIN-MAX (default 1)")
@@ -210,7 +217,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: DIR/arta-manifest.jsonl)")
     parser.add_argument("--gallery", action="store_true",
                         help="after the run, write DIR/index.html: a contact sheet of the images")
-    dask = parser.add_argument_group("on a Dask cluster (pip install 'arta[dask]')")
+    dask = parser.add_argument_group("on a Dask cluster (pip install 'arta-client[dask]')")
     dask.add_argument("--engine", choices=("local", "dask"), default="local",
                       help="where the jobs wait: this process (default) or a Dask cluster; "
                            "only this process submits either way")
@@ -221,5 +228,6 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                       help="with --engine dask: the workers write the images to PATH (a "
                            "shared filesystem) instead of sending them back")
     dask.add_argument("--token", choices=("cluster", "host"), default="cluster",
-                      help="with --engine dask: one token kept in the scheduler (default), "
-                           "or each host's own token file")
+                      help="with --engine dask on a remote cluster: one token kept in the "
+                           "scheduler, seeded from this host's (default), or each host's own "
+                           "token file; local:N always uses this host's")

@@ -28,9 +28,9 @@ from arta.batch import (
     running,
 )
 from arta.batch.manifest import MANIFEST_NAME, Manifest, RunLock
-from arta.cli.progress import BatchProgress
 from arta.client import Client
 from arta.errors import InvalidInputError
+from arta.progress import BatchProgress
 from arta.styles import DEFAULT_STYLE, resolve_style
 
 __all__ = ["BatchCommand"]
@@ -50,7 +50,7 @@ def _check_engine(args: argparse.Namespace) -> None:
     if args.workers != 1:
         raise InvalidInputError("--workers is for --engine local; a Dask cluster has its own")
     if importlib.util.find_spec("distributed") is None:
-        raise InvalidInputError("--engine dask needs Dask: pip install 'arta[dask]'")
+        raise InvalidInputError("--engine dask needs Dask: pip install 'arta-client[dask]'")
 
 
 def _print_json(record: dict[str, Any]) -> None:
@@ -68,6 +68,8 @@ class BatchCommand:
         check_folder(self.output)
         self.manifest = Manifest(args.manifest or os.path.join(self.output, MANIFEST_NAME))
         self.report = BatchReport([])
+        #: Every outcome so far, for a gallery of what a run stopped by Ctrl-C has.
+        self.outcomes: list[Outcome] = []
         self._lock = RunLock(self.manifest.path)
 
     def lock(self) -> None:
@@ -81,49 +83,62 @@ class BatchCommand:
     def run(self, client: Client, client_options: dict[str, Any]) -> None:
         """Run the jobs with a progress display (workers make clients from ``client_options``)."""
         args = self.args
-        with BatchProgress(sys.stderr, len(self.jobs), enabled=not args.quiet) as progress:
+        # run_batch shows it; the Dask run is shown here.
+        progress = BatchProgress(sys.stderr, len(self.jobs), enabled=not args.quiet)
+
+        def report(outcome: Outcome) -> None:
+            self.outcomes.append(outcome)
+            if args.json:
+                _print_json(outcome.as_json())
+            elif outcome.event == "failed":
+                progress.message(f"arta: line {outcome.line}: {outcome.error}")
+
+        def planned(done: list[Outcome], tasks: list[Task]) -> None:
+            for outcome in done:
+                report(outcome)
+            again = sum(task.possibly_resubmitted for task in tasks)
+            if again:  # said before the submits, so that even a killed run has said it
+                progress.message(
+                    f"arta: batch: warning: {again} job(s) may have been submitted by an "
+                    f"earlier run that was stopped before the answer"
+                    f"{POSSIBLY_RESUBMITTED_NOTE}")
+
+        if args.engine == "dask":
+            from arta.dask.batch import run_batch_on_dask  # imports Dask: only when asked
+
             skipped = 0
 
-            def report(outcome: Outcome) -> None:
-                if args.json:
-                    _print_json(outcome.as_json())
-                elif outcome.event == "failed":
-                    progress.message(f"arta: line {outcome.line}: {outcome.error}")
-
-            def planned(done: list[Outcome], tasks: list[Task]) -> None:
+            def planned_here(done: list[Outcome], tasks: list[Task]) -> None:
                 nonlocal skipped
                 skipped = len(done)
-                for outcome in done:
-                    report(outcome)
-                progress.update(done=skipped, in_flight=0, queued=len(tasks), failed=0)
-                again = sum(task.possibly_resubmitted for task in tasks)
-                if again:  # said before the submits, so that even a killed run has said it
-                    progress.message(
-                        f"arta: batch: warning: {again} job(s) may have been submitted by an "
-                        f"earlier run that was stopped before the answer"
-                        f"{POSSIBLY_RESUBMITTED_NOTE}")
+                planned(done, tasks)
+                progress.resumed(skipped)
 
             def counted(counts: dict[str, int]) -> None:
-                progress.update(done=skipped + counts["done"], in_flight=counts["in_flight"],
-                                queued=counts["queued"], failed=counts["failed"])
+                progress.update(done=skipped + counts["done"],
+                                in_flight=counts["in_flight"], queued=counts["queued"],
+                                failed=counts["failed"])
 
-            if args.engine == "dask":
-                from arta.dask.batch import run_batch_on_dask  # imports Dask: only when asked
-
+            with progress:
                 self.report = run_batch_on_dask(
                     self.jobs, self.manifest, self.output, scheduler=args.scheduler,
                     client_options=client_options, concurrency=args.concurrency,
-                    on_outcome=report, on_plan=planned, on_counts=counted,
+                    on_outcome=report, on_plan=planned_here, on_counts=counted,
                     output_on_workers=args.output_on_workers, token=args.token,
                     timeout=client_options.get("timeout"))
-                return
-            self.report = run_batch(
-                self.jobs, self.manifest, self.output, client=client,
-                client_options=client_options, concurrency=args.concurrency,
-                workers=args.workers, on_outcome=report, on_plan=planned, on_counts=counted)
+            return
+        self.report = run_batch(
+            self.jobs, self.manifest, self.output, client=client,
+            client_options=client_options, concurrency=args.concurrency,
+            workers=args.workers, on_outcome=report, on_plan=planned, progress=progress)
 
     def interrupted(self) -> str:
-        """What to tell the user after Ctrl-C: the jobs still running, and how to resume."""
+        """What to tell the user after Ctrl-C: the jobs still running, and how to resume.
+
+        With ``--gallery``, the gallery of the jobs ended so far is written first.
+        """
+        if self.args.gallery:
+            self._write_gallery(self.outcomes)
         pending = "".join(f"\n  line {number}: {record_id}"
                           for number, record_id in running(self.manifest, self.jobs))
         return (f"interrupted; these jobs go on at the service:{pending or ' none'}\n"
@@ -132,18 +147,18 @@ class BatchCommand:
     def finish(self) -> bool:
         """Write the gallery if asked, print the summary; True if every job is done."""
         if self.args.gallery:
-            self._write_gallery()
+            self._write_gallery(self.report.outcomes)
         return self._summary()
 
-    def _write_gallery(self) -> None:
-        """The ``--gallery`` contact sheet (:mod:`arta.batch.gallery`), from every job's outcome."""
+    def _write_gallery(self, outcomes: list[Outcome]) -> None:
+        """The ``--gallery`` contact sheet (:mod:`arta.batch.gallery`) of these outcomes."""
         gallery = importlib.import_module("arta.batch.gallery")
         by_line = {job.line: job for job in self.jobs}
         entries = [gallery.GalleryEntry(
             prompt=by_line[o.line].prompt,
             style=resolve_style(by_line[o.line].params.get("style", DEFAULT_STYLE)),
             seed=o.seed, files=[Path(f).resolve() for f in o.files], error=o.error,
-            record_id=o.record_id) for o in self.report.outcomes]
+            record_id=o.record_id) for o in outcomes]
         path = gallery.write_gallery(Path(self.output), entries)
         print(f"arta: gallery: {path}", file=sys.stderr)
 

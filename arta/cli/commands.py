@@ -30,9 +30,8 @@ from arta.auth import FileTokenStore
 from arta.batch.manifest import ManifestError
 from arta.cli.args import build_parser
 from arta.cli.batch import BatchCommand
-from arta.cli.progress import StatusLine
 from arta.client import Client
-from arta.config import Settings
+from arta.config import Settings, log_verbosity
 from arta.errors import (
     ArtaError,
     AuthError,
@@ -46,7 +45,8 @@ from arta.errors import (
     SaveError,
 )
 from arta.generation import Generation, PollPolicy
-from arta.redact import install_log_redaction
+from arta.log import configure_logging
+from arta.progress import StatusLine
 from arta.styles import STYLE_ALIASES, STYLES
 
 __all__ = ["main"]
@@ -278,6 +278,8 @@ def _emulator(args: argparse.Namespace) -> int:
                         progress_seconds=args.progress_seconds, capacity=args.capacity,
                         max_jobs_per_user=args.max_jobs_per_user, faults=args.faults,
                         fault_seed=args.fault_seed)
+    if args.verbose:
+        logging.getLogger("arta.emulator").setLevel(logging.DEBUG)  # a line per request
     emulator.start()
     print(emulator.url, flush=True)
     print(f"arta: emulator listening; use ARTA_ENDPOINT={emulator.url}. Ctrl-C stops it.",
@@ -311,8 +313,7 @@ def _hint(error: ArtaError, args: argparse.Namespace) -> str | None:
     """What the user can do next, in this command's terms (library errors carry no CLI syntax)."""
     emulated = getattr(args, "emulator", False)
     if isinstance(error, ConnectError) and not emulated and error.record_id is None:
-        return ("cannot reach the service. To try arta offline, add --emulator; to use "
-                "another service (or a running `arta emulator`), set ARTA_ENDPOINT")
+        return "to try arta offline, add --emulator (an emulator of the service, in this command)"
     if error.record_id is None or not error.resumable:
         return None
     if emulated:
@@ -341,15 +342,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="arta: %(levelname)s: %(message)s")
-    install_log_redaction()  # urllib3's DEBUG lines carry the sign-up URL and its key
     try:
+        configure_logging(max(args.verbose, log_verbosity()), replace=True)  # ARTA_LOG too
         return _COMMANDS[args.command](args)
     except BrokenPipeError:
         raise
     except ArtaError as error:
-        print(f"arta: error: {error}", file=sys.stderr)
+        # The library's hint is Python (``Client().resume(...)``); ours follows.
+        text = str(error).replace(f"; {error.hint})", ")") if error.hint else str(error)
+        print(f"arta: error: {text}", file=sys.stderr)
         hint = _hint(error, args)
         if hint:
             print(f"arta: {hint}", file=sys.stderr)

@@ -1,99 +1,100 @@
-"""``arta batch --engine dask``: the driver submits, the cluster waits and fetches.
+"""``arta batch --engine dask``: the driver submits on the engine, the cluster waits and fetches.
 
-Only the driver (the ``arta batch`` process) ever submits, paced by the
-same :class:`~arta.engine.window.AdaptiveWindow` as a single-process batch (a 429
-or 503 halves it and is never a failed job). For each job it writes the
-records of :class:`~arta.batch.plan.JobRecorder` to the manifest, each line
-fsynced:
-
-1. ``intent`` (the parameters, the seed fixed) before the submit, so that
-   a resubmit after a crash uses the same seed;
-2. ``submitted`` with the record id once the service answered, *before*
-   the job reaches the cluster;
-
-and only then hands the cluster a task keyed ``arta-<R>`` that resumes the
-job by record id, waits for it and fetches its images. A task that Dask
-runs again (its worker died) or recomputes (its result was lost) costs a
-few polls, never a submit. If the driver dies, the manifest says which
-jobs exist: the next run resumes them, and resubmits (with their recorded
-seed) only the jobs whose submit was on the wire, at most one per submit
-that was in flight (:data:`SUBMITTERS` at most).
-
-Images come back to the driver as bytes, one task per job (a job's images
-are a few MB at most), and are written as each task completes, so the
-driver holds at most the jobs in flight. With ``output_on_workers`` the
-workers write them instead (a shared filesystem). Either way each file is
-written beside its final name and renamed into place: a killed writer can
-leave a hidden ``.arta-*.part`` file, never a half image under its name.
+The driver (the ``arta batch`` process) submits through the client's
+:class:`~arta.engine.run.JobRun`, as a single-process batch does: the same
+adaptive window, the same congestion and refusal rules, the same manifest
+records (an ``intent`` fsynced before each submit, ``submitted`` with the
+record id before the job reaches the cluster). Each submitted or resumed
+job is then handed to the cluster as one task keyed ``arta-<record id>``
+that waits for it on the worker's engine and fetches its images; a task
+Dask runs again costs a few polls, never a submit. Images come back to the
+driver as bytes (a job's are a few MB at most) and are written beside their
+final name and renamed into place; with ``output_on_workers`` (and on a
+``local:N`` cluster: one file system) the workers write them.
+docs/dask.rst says how and what is promised.
 """
 
 from __future__ import annotations
 
-import collections
+import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from arta.atomic import replacing
 from arta.batch.jobfile import BatchJob
 from arta.batch.manifest import Manifest, ManifestError
 from arta.batch.plan import BatchReport, JobRecorder, Outcome, Task, plan, save_images
 from arta.client import Client
-from arta.dask.cluster import WORKER_CONFIG
+from arta.dask.cluster import WORKER_CONFIG, local_workers
 from arta.dask.jobs import task_client
 from arta.dask.token_store import DaskTokenStore
-from arta.engine.window import AdaptiveWindow
-from arta.errors import (
-    ArtaError,
-    ConnectError,
-    InvalidInputError,
-    ServiceError,
-)
+from arta.engine.jobs import Job
+from arta.engine.jobs import Outcome as RunOutcome
+from arta.engine.run import JobRun
+from arta.errors import ArtaError, InvalidInputError, SubmitOutcomeUnknown
+from arta.generation import Generation, Status
 from arta.result import Result
-from arta.retry import congested
 
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["SUBMITTERS", "connect", "run_batch_on_dask"]
-
-log = logging.getLogger(__name__)
-
-#: Driver threads that submit: at most this many submits are on the wire at once.
-SUBMITTERS = 8
+__all__ = ["ClusterLost", "connect", "run_batch_on_dask"]
 
 Counts = dict[str, int]
 
 
+#: A cluster of our own on this host: no HTTP routes (a worker its nanny restarts
+#: serves nothing), and :data:`WORKER_CONFIG`.
+LOCAL_CONFIG: dict[str, object] = {**WORKER_CONFIG, "distributed.scheduler.http.routes": [],
+                                   "distributed.worker.http.routes": []}
+
+
+class ClusterLost(ArtaError):
+    """The driver lost its Dask scheduler mid-run; the manifest knows every job: run again."""
+
+
 @contextlib.contextmanager
-def connect(scheduler: str, *, concurrency: int = 64) -> Iterator[distributed.Client]:
+def connect(scheduler: str) -> Iterator[distributed.Client]:
     """A Dask client of ``scheduler``: an address (``tcp://host:8786``), or ``local:N``.
 
     ``local:N`` starts a :class:`distributed.LocalCluster` of N worker
-    processes for the duration, with threads enough for ``concurrency``
-    jobs in flight (a waiting job holds a worker thread).
+    processes (two threads each: a waiting job holds no thread) on
+    127.0.0.1 for the duration, with no dashboard or other HTTP server.
     """
     import dask
     import distributed
 
-    if not scheduler.startswith("local:"):
+    workers = local_workers(scheduler)
+    if workers is None:
         with distributed.Client(scheduler, set_as_default=False) as client:
             yield client
         return
-    count = scheduler[len("local:"):]
-    if not count.isdigit() or int(count) < 1:
-        raise InvalidInputError(f"--scheduler local:N needs a number N >= 1, not {scheduler!r}")
-    workers = int(count)
-    with _quiet("distributed"), dask.config.set(WORKER_CONFIG), distributed.LocalCluster(
-            n_workers=workers, processes=True, threads_per_worker=max(4, -(-concurrency // workers)),
+    with _quiet("distributed"), dask.config.set(LOCAL_CONFIG), distributed.LocalCluster(
+            n_workers=workers, processes=True, threads_per_worker=2, host="127.0.0.1",
             dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
+        # Scheduler and workers listen for HTTP even with no dashboard: stop them.
+        client.run_on_scheduler(_stop_scheduler_http)
+        client.run(_stop_worker_http)
         yield client
+
+
+def _stop_scheduler_http(dask_scheduler: Any) -> None:
+    dask_scheduler.http_server.stop()
+
+
+def _stop_worker_http(dask_worker: Any) -> None:
+    dask_worker.http_server.stop()
 
 
 @contextlib.contextmanager
@@ -108,194 +109,208 @@ def _quiet(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _fetch_job(record_id: str, options: dict[str, Any]) -> dict[str, Any] | ArtaError:
-    """The cluster's task: resume job ``record_id``, wait for it, fetch its images.
+async def fetch_job(record_id: str, options: dict[str, Any],
+                    status: str = Status.SUBMITTED.value) -> dict[str, Any] | ArtaError:
+    """The cluster's task: wait for job ``record_id`` on this worker's engine, fetch its images.
 
-    Returns the images' names and bytes (or, with ``output_on_workers``,
-    the paths written), or the error that ended the job, as a value.
+    A coroutine, so that Dask runs it on the worker's event loop: a waiting
+    job is an entry in the engine's poll loop, not a worker thread, and the
+    images are fetched on the engine's I/O threads. Returns the images'
+    names and bytes (with ``output_on_workers``, the paths written), or the
+    error that ended the job, as a value. ``status`` is the job's as last
+    known (the submit's answer): a job known to be queued is not polled at once.
     """
     client = task_client(options["client_options"], token=options["token"])
+    watch = None
     try:
-        generation = client.resume(record_id)
-        generation.wait(options["timeout"])
-        result = generation.result()
-        if options["output_on_workers"] is not None:
-            return _found(result, files=save_images(result, options["output_on_workers"]))
-        with tempfile.TemporaryDirectory(prefix="arta-") as folder:
-            paths = save_images(result, folder)
-            return _found(result, images=[(Path(p).name, Path(p).read_bytes()) for p in paths])
+        generation = Generation(record_id, session=client, status=Status(status))
+        watch = generation.watch(options["timeout"])
+        _secede(f"arta-{record_id}")
+        await asyncio.wrap_future(watch.future)
+        fetched = client.loop.call_io(_fetch_images, generation.ended_result(),
+                                      options["output_on_workers"])
+        return await asyncio.wrap_future(fetched)
     except ArtaError as error:
         return error.with_record_id(record_id)
+    finally:
+        if watch is not None:
+            watch.cancel()  # a no-op once ended; else (the task was cancelled) the polls stop
 
 
-def _found(result: Result, **fields: Any) -> dict[str, Any]:
-    return {"seed": result.seed, "blurred": result.blurred, **fields}
+def _secede(key: str) -> None:
+    """Free the worker's slot that task ``key`` holds, as :func:`distributed.secede` does for a thread.
+
+    A worker starts at most as many tasks as it has threads, coroutines
+    included; a task that only awaits the engine gives its slot back, so
+    that a worker of 2 threads carries hundreds of waiting jobs.
+    """
+    import distributed
+
+    try:
+        from distributed.worker_state_machine import SecedeEvent
+    except ImportError:  # another Dask: the task keeps its slot, and still works
+        return
+    worker = distributed.get_worker()
+    worker.loop.add_callback(worker.handle_stimulus, SecedeEvent(
+        key=key, compute_duration=0.0, stimulus_id=f"arta-secede-{time.time()}"))
+
+
+def _fetch_images(result: Result, output_on_workers: str | None) -> dict[str, Any]:
+    """On an I/O thread: the images written where the workers write, or read back as bytes."""
+    found = {"seed": result.seed, "blurred": result.blurred}
+    if output_on_workers is not None:
+        return {**found, "files": save_images(result, output_on_workers)}
+    with tempfile.TemporaryDirectory(prefix="arta-") as folder:
+        paths = save_images(result, folder)
+        return {**found, "images": [(Path(p).name, Path(p).read_bytes()) for p in paths]}
 
 
 def _write_into_place(folder: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` as ``folder/name``: a hidden temp file, fsynced, renamed into place."""
+    """Write ``data`` as ``folder/name`` whole, as :meth:`arta.Result.save` writes an image."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".arta-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, folder / name)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    with replacing(folder / name, prefix=".arta-", suffix=".part", private=False) as file:
+        file.write(data)
     return folder / name
 
 
-class _Batch:
-    """One run on the cluster: submitter threads, the tasks, and what comes back.
-
-    Up to :data:`SUBMITTERS` threads submit (so at most that many submits
-    are on the wire if the driver dies); the calling thread takes each
-    finished task or failed submit from one queue and records it, so
-    ``on_outcome`` is called from one thread.
-    """
+class _Driver:
+    """One run: jobs submitted on the engine, each handed to the cluster, recorded as it ends."""
 
     def __init__(self, dask: distributed.Client, client: Client, manifest: Manifest,
-                 output: Path, options: dict[str, Any], concurrency: int) -> None:
+                 output: Path, options: dict[str, Any]) -> None:
         self.dask, self.client, self.manifest, self.output = dask, client, manifest, output
         self.options = options
-        self.window = AdaptiveWindow(concurrency)
-        self.recorders: dict[str, JobRecorder] = {}  # task key -> its job's recorder
-        self.slotted: set[str] = set()  # task keys of jobs submitted in this run
-        self.finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.stop = threading.Event()
-        self.counts = {"queued": 0, "in_flight": 0, "done": 0, "failed": 0}
-        self._lock = threading.Lock()
+        self.lost: str | None = None  # why the scheduler is gone, once it is
+        # Jobs handed off, for the launcher thread (None: the run is over).
+        self._launches: queue.SimpleQueue[tuple[str, str, concurrent.futures.Future[Any]] | None] \
+            = queue.SimpleQueue()
 
-    def _count(self, moves: dict[str, int]) -> None:
-        with self._lock:
-            for name, step in moves.items():
-                self.counts[name] += step
+    def hand_off(self, job: Job, generation: Generation) -> concurrent.futures.Future[Any]:
+        """Queue job ``generation`` for the cluster; the future ends with its task's value."""
+        ending: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._launches.put((generation.record_id, generation.status.value, ending))
+        return ending
 
-    def launch(self, recorder: JobRecorder, record_id: str) -> None:
-        """Hand the cluster job ``record_id``: its task resumes, waits and fetches."""
-        key = f"arta-{record_id}"
-        self.recorders[key] = recorder
-        future = self.dask.submit(_fetch_job, record_id, self.options, key=key, pure=False)
-        future.add_done_callback(self.finished.put)
+    def _launch(self) -> None:
+        """On a thread of its own: the jobs queued, as one task each, in one message to Dask."""
+        end = False
+        while not end:
+            taken = [self._launches.get()]
+            while not self._launches.empty():
+                taken.append(self._launches.get())
+            end = None in taken
+            queued = [item for item in taken if item is not None]
+            if not queued:
+                continue
+            record_ids = [record_id for record_id, _, _ in queued]
+            try:
+                if self.lost is not None:
+                    raise ClusterLost(self.lost)
+                tasks = self.dask.map(fetch_job, record_ids, [self.options] * len(queued),
+                                      [status for _, status, _ in queued], pure=False,
+                                      key=[f"arta-{record_id}" for record_id in record_ids])
+            except Exception as error:  # noqa: BLE001 - each job keeps its id
+                for record_id, _, ending in queued:
+                    _settle(ending, error if isinstance(error, ArtaError) else ArtaError(
+                        f"{type(error).__name__}: {error}", record_id=record_id))
+                continue
+            for task, (_, _, ending) in zip(tasks, queued):
+                task.add_done_callback(functools.partial(self._landed, ending=ending))
 
-    def submitter(self, waiting: collections.deque[Task]) -> None:
-        """Submit the tasks in ``waiting`` as the window allows, until none is left."""
-        failures: dict[int, int] = {}
+    def _landed(self, task: distributed.Future[Any], ending: concurrent.futures.Future[Any],
+                ) -> None:
+        """On Dask's callback thread: the task's value (or its error) ends the job's outcome."""
         try:
-            while not self.stop.is_set():
-                ticket = self.window.acquire()
-                if ticket is None:
-                    self.stop.wait(min(self.window.wait_time(), 0.02))
-                    continue
-                try:
-                    task = waiting.popleft()
-                except IndexError:
-                    self.window.release()
-                    return
-                delay = self.submit(task, ticket, failures)
-                if delay is not None:  # not sent: back in line, later
-                    waiting.appendleft(task)
-                    self.stop.wait(delay)
-        except BaseException as error:  # noqa: BLE001 - handed to the calling thread
-            self.finished.put(error)
-
-    def submit(self, task: Task, ticket: int, failures: dict[int, int]) -> float | None:
-        """Submit one job, its record id fsynced before the cluster sees it.
-
-        Returns None once the job is launched or its submit failed for good,
-        else the seconds to wait before trying it again (429/503, no connection).
-        """
-        recorder = JobRecorder(self.manifest, task)
-        params = task.params()
-        recorder.intent(params)
-        try:
-            generation = self.client.submit_params(params, retry=False)
-        except ServiceError as error:
-            if not congested(error):
-                self._failed(recorder, error, params.seed)
-                return None
-            # congestion: never a failure; back in line after the window's pause
-            return self.window.rejected(ticket, error, self.client.retry_policy)
-        except ConnectError as error:
-            failures[task.job.line] = attempt = failures.get(task.job.line, 0) + 1
-            if attempt >= self.client.retry_policy.attempts:
-                self._failed(recorder, error, params.seed)
-                return None
-            self.window.release()
-            return self.client.retry_policy.delay(error, attempt)
-        except ArtaError as error:  # SubmitOutcomeUnknown, a refused token, ...
-            self._failed(recorder, error, params.seed)
-            return None
-        self.window.accepted()
-        try:
-            recorder.submitted(generation.record_id, generation.seed)
-        except ManifestError as error:
-            raise error.with_record_id(generation.record_id) from error
-        self.slotted.add(f"arta-{generation.record_id}")
-        self._count({"queued": -1, "in_flight": 1})
-        self.launch(recorder, generation.record_id)
-        return None
-
-    def _failed(self, recorder: JobRecorder, error: ArtaError, seed: int) -> None:
-        self.window.release()
-        self._count({"queued": -1, "in_flight": 1})
-        self.finished.put(recorder.failed(error, None, seed))
-
-    def collect(self, future: distributed.Future[Any]) -> Outcome:
-        """Record one finished task: its images written, or its error."""
-        key = str(future.key)
-        recorder, record_id = self.recorders.pop(key), key[len("arta-"):]
-        if key in self.slotted:
-            self.window.release()  # resumed jobs never took a slot
-        try:
-            value = future.result()
-        except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the job lives on
-            value = ArtaError(f"{type(error).__name__}: {error}", record_id=record_id)
+            value = task.result()
+        except BaseException as error:  # noqa: BLE001 - KilledWorker, a lost scheduler: the job lives on
+            value = ArtaError(f"{type(error).__name__}: {error}")
+            if self.dask.status != "running":  # reconnecting: the scheduler forgot every task
+                self.lost = (f"the Dask scheduler was lost ({type(error).__name__}); the "
+                             "submitted jobs go on: run the batch again to resume them")
+                value = ClusterLost(self.lost)
         finally:
-            future.release()
-        seed = recorder.task.seed
-        if isinstance(value, ArtaError):
-            return recorder.failed(value, value.record_id or record_id, seed)
+            task.release()  # nothing of a finished job stays in the scheduler
+        _settle(ending, value)
+
+    def record(self, outcome: RunOutcome) -> Outcome:
+        """Write one ended job's images and its last manifest record."""
+        recorder: JobRecorder = outcome.job.tag
+        record_id = outcome.record_id
+        if outcome.value is None:
+            error = outcome.error or ArtaError("the job ended without a result")
+            seed = outcome.job.params.seed if outcome.job.params else recorder.task.seed
+            return recorder.failed(error, None if isinstance(error, SubmitOutcomeUnknown)
+                                   else record_id, seed)
+        value = outcome.value
+        assert record_id is not None
         try:
-            files = value.get("files") or [str(_write_into_place(self.output, name, data))
-                                           for name, data in value["images"]]
+            files = value["files"] if "files" in value else [
+                str(_write_into_place(self.output, name, data)) for name, data in value["images"]]
         except OSError as error:
             return recorder.failed(ArtaError(f"the images could not be written in "
                                              f"{self.output}: {error}", record_id=record_id),
                                    record_id, value["seed"])
         return recorder.done(record_id, value["seed"], files, value["blurred"])
 
-    def run(self, tasks: list[Task], on_outcome: Callable[[Outcome], None],
-            on_counts: Callable[[Counts], None]) -> None:
-        """Resume and submit every task; record each job as it ends."""
-        fresh = collections.deque(task for task in tasks if task.record_id is None)
-        self.counts["queued"] = len(fresh)
-        for task in tasks:
-            if task.record_id is not None:
-                self.counts["in_flight"] += 1
-                self.launch(JobRecorder(self.manifest, task), task.record_id)
-        threads = [threading.Thread(target=self.submitter, args=(fresh,), daemon=True,
-                                    name=f"arta-dask-submit-{n}")
-                   for n in range(min(SUBMITTERS, len(fresh)))]
-        for thread in threads:
-            thread.start()
-        try:
-            for _ in tasks:
-                item = self.finished.get()
-                if isinstance(item, BaseException):
-                    raise item
-                outcome = item if isinstance(item, Outcome) else self.collect(item)
-                self._count({"in_flight": -1, "done" if outcome.event == "done" else "failed": 1})
-                on_outcome(outcome)
-                on_counts(dict(self.counts))
-        finally:
-            self.stop.set()
-            for thread in threads:
-                thread.join()
+    def run(self, tasks: list[Task], concurrency: int, timeout: float | None,
+            emit: Callable[[Outcome], None], on_counts: Callable[[Counts], None]) -> None:
+        """Submit or resume every task on the engine; record each job as it ends."""
+        def jobs() -> Iterator[Job]:
+            for task in tasks:
+                if self.lost is not None:
+                    return  # the jobs in flight end (with their ids), no new one starts
+                yield Job(None if task.record_id else task.params(), task.record_id,
+                          tag=JobRecorder(self.manifest, task))
+
+        ended = {"done": 0, "failed": 0}
+        launcher = threading.Thread(target=self._launch, name="arta-dask-launcher", daemon=True)
+        launcher.start()
+        with _ended(launcher, self._launches), JobRun(
+                self.client, self.client.window, jobs(), concurrency=concurrency, timeout=timeout,
+                poll_policy=None, on_submitting=_intent, on_submitted=_submitted,
+                hand_off=self.hand_off) as run:
+            for ran in run:
+                outcome = self.record(ran)
+                ended["done" if outcome.event == "done" else "failed"] += 1
+                emit(outcome)
+                in_flight = run.counts["in_flight"]
+                on_counts({"queued": len(tasks) - in_flight - sum(ended.values()),
+                           "in_flight": in_flight, **ended})
+                if outcome.manifest_error:
+                    run.close()  # no record can be kept: stop
+        if self.lost is not None:
+            raise ClusterLost(self.lost)
+
+
+def _settle(ending: concurrent.futures.Future[Any], value: Any) -> None:
+    """End a hand-off's future with ``value`` (an exception raises), unless the run closed it."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if isinstance(value, BaseException):
+            ending.set_exception(value)
+        else:
+            ending.set_result(value)
+
+
+def _intent(job: Job) -> None:
+    assert job.params is not None
+    job.tag.intent(job.params)  # fsynced before the submit: a kill after it is known
+
+
+def _submitted(job: Job, generation: Generation) -> None:
+    try:
+        job.tag.submitted(generation.record_id, generation.seed)
+    except ManifestError as error:
+        raise error.with_record_id(generation.record_id) from error
+
+
+@contextlib.contextmanager
+def _ended(thread: threading.Thread, launches: queue.SimpleQueue[Any]) -> Iterator[None]:
+    """Stop the launcher thread when the run is over."""
+    try:
+        yield
+    finally:
+        launches.put(None)
+        thread.join()
 
 
 def run_batch_on_dask(
@@ -316,37 +331,52 @@ def run_batch_on_dask(
     """Run every job not yet done on a Dask cluster; report every job's outcome, by line.
 
     The counterpart of :func:`arta.batch.run_batch` (same manifest, same
-    plan, same callbacks; the caller holds the manifest's
-    :class:`~arta.batch.manifest.RunLock`). ``scheduler`` is an address
-    (``tcp://host:8786``) or ``local:N``. ``client_options`` are
+    plan, same callbacks, same engine for the submits; the caller holds the
+    manifest's :class:`~arta.batch.manifest.RunLock`). ``scheduler`` is an
+    address (``tcp://host:8786``) or ``local:N``. ``client_options`` are
     :class:`~arta.client.Client` keywords for the driver and every worker
-    (picklable: they travel). ``concurrency`` caps the jobs in flight (the
-    adaptive window's limit); each job in flight holds one worker thread
-    while it waits. ``token`` is ``"cluster"`` (one token in the scheduler,
-    the default) or ``"host"`` (each host's ``auth_ARTA.json``).
-    ``timeout`` bounds each job's wait on the workers. Images are written
-    to ``output`` on this machine, or to ``output_on_workers`` by the workers.
+    (picklable: they travel). ``concurrency`` caps the jobs in flight.
+    ``token``: on a remote cluster, ``"cluster"`` (the default) shares one
+    token through the scheduler, seeded from this host's store and written
+    back to it, and ``"host"`` gives each host its own ``auth_ARTA.json``;
+    a ``local:N`` cluster always uses this host's store. ``timeout`` bounds
+    each job's wait on the workers. Images are written to ``output`` on
+    this machine, or to ``output_on_workers`` by the workers. Raises
+    :class:`ClusterLost` after recording every ended job if the scheduler
+    goes away; a rerun resumes the rest.
     """
     if concurrency < 1:
         raise InvalidInputError(f"concurrency must be at least 1, not {concurrency}")
+    if token not in ("cluster", "host"):
+        raise InvalidInputError(f"token must be 'cluster' or 'host', not {token!r}")
+    local = local_workers(scheduler) is not None  # checks local:N before anything starts
     skipped, tasks = plan(jobs, manifest.states())
     if on_plan is not None:
         on_plan(skipped, tasks)
     report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
-    if tasks:
-        options = {"client_options": dict(client_options or {}), "token": token,
-                   "timeout": timeout, "output_on_workers":
-                   None if output_on_workers is None else str(output_on_workers)}
-        with connect(scheduler, concurrency=concurrency) as dask:
-            store = DaskTokenStore(client=dask) if token == "cluster" else None
-            extra: dict[str, Any] = {"token_store": store} if store is not None else {}
-            with Client(**{**dict(client_options or {}), **extra}) as client:
-                batch = _Batch(dask, client, manifest, Path(output), options, concurrency)
-                def record(outcome: Outcome) -> None:
-                    report.outcomes.append(outcome)
-                    if on_outcome is not None:
-                        on_outcome(outcome)
+    if not tasks:
+        return report
+    shared = token == "cluster" and not local
+    if local and output_on_workers is None:
+        output_on_workers = os.path.abspath(output)  # one file system: no bytes through Dask
+    options = {"client_options": dict(client_options or {}), "timeout": timeout,
+               "token": "cluster" if shared else "host",
+               "output_on_workers": None if output_on_workers is None else str(output_on_workers)}
 
-                batch.run(tasks, record, on_counts or (lambda counts: None))
+    def emit(outcome: Outcome) -> None:
+        report.outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    driver_options = dict(client_options or {})
+    with connect(scheduler) as dask:
+        if shared:  # the cluster's token, seeded from this host's store and written back
+            with Client(**driver_options) as host:
+                driver_options["token_store"] = DaskTokenStore(
+                    client=dask, host_store=host.token_store)
+        with Client(**driver_options) as client:
+            _Driver(dask, client, manifest, Path(output), options).run(
+                tasks, concurrency, timeout, emit, on_counts or (lambda counts: None))
     report.outcomes.sort(key=lambda o: o.line)
     return report
+

@@ -26,13 +26,13 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from arta.errors import ArtaError, TokenStoreError
+from arta.errors import ArtaError, InvalidInputError, TokenStoreError
 
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["NAMESPACE", "WORKER_CONFIG", "dask_client", "held", "metadata_get", "metadata_set",
-           "scheduler_address", "semaphore"]
+__all__ = ["NAMESPACE", "WORKER_CONFIG", "dask_client", "held", "local_workers", "metadata_get",
+           "metadata_set", "scheduler_address", "semaphore"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,16 @@ WORKER_CONFIG: dict[str, object] = (
 _lock = threading.Lock()
 _clients: dict[str, distributed.Client] = {}
 _semaphores: dict[tuple[str, str, int], distributed.Semaphore] = {}
+
+
+def local_workers(scheduler: str) -> int | None:
+    """N for ``local:N`` (a cluster of N worker processes on this host), None for an address."""
+    if not scheduler.startswith("local:"):
+        return None
+    count = scheduler[len("local:"):]
+    if not count.isdigit() or int(count) < 1:
+        raise InvalidInputError(f"--scheduler local:N needs a number N >= 1, not {scheduler!r}")
+    return int(count)
 
 
 def dask_client(address: str | None = None) -> distributed.Client:

@@ -7,15 +7,19 @@ scheduler lock, and :class:`~arta.auth.Authenticator` re-reads the token
 under it before calling Firebase (the double check), so a cluster makes one
 sign-up, and a job submitted from one worker can be polled from any other.
 
-If the scheduler restarts, the token is gone and the next call signs up
-once. A Dask lock is a lease that can overlap briefly with the next holder's
+A driver gives its own store as ``host_store``: the cluster's token is
+seeded from it (a new scheduler, or one restarted, costs no sign-up while
+the host's token is good), and every renewal the driver sees is written
+back to it. Workers never write the token to a file.
+
+A Dask lock is a lease that can overlap briefly with the next holder's
 when a holder dies or hangs: the double check turns that into at most one
 extra refresh or sign-up, never a wrong token.
 
 The token sits in the scheduler's memory in clear: anyone who can talk to
 the scheduler can read it (as anyone who can run tasks on the cluster
 could). Secure the scheduler as Dask's documentation says (TLS, a private
-network).
+network); a ``local:N`` batch keeps the token out of the scheduler.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from arta.auth import Token
+from arta.auth import Token, TokenStore
 from arta.dask.cluster import dask_client, held, metadata_get, metadata_set, scheduler_address
 from arta.errors import TokenStoreError
 
@@ -49,10 +53,15 @@ class DaskTokenStore:
     scheduler again on the other side. A token read from the scheduler is
     kept in this process while it is fresh, so that polls do not ask the
     scheduler each time; under the lock it is always read from the scheduler.
+
+    With ``host_store`` (a driver's own store; it stays in this process),
+    the fresher of the two tokens is put in both now, and each renewal
+    this store sees later is written back to ``host_store``.
     """
 
     def __init__(self, name: str = "token", *, address: str | None = None,
-                 client: distributed.Client | None = None, lock_timeout: float = 60.0) -> None:
+                 client: distributed.Client | None = None, lock_timeout: float = 60.0,
+                 host_store: TokenStore | None = None) -> None:
         self.name = name
         self.address = address if address is not None else (
             scheduler_address(client) if client is not None else None)
@@ -61,6 +70,12 @@ class DaskTokenStore:
         self._thread_lock = threading.Lock()
         self._local = threading.local()  # .locked: this thread holds the lock
         self._cached: Token | None = None
+        self.host_store = host_store
+        if host_store is not None:
+            with self.lock():
+                host, cluster = host_store.load(), self.load()
+                if host is not None and (cluster is None or host.expires_at > cluster.expires_at):
+                    self.save(host)
 
     def _dask(self) -> distributed.Client:
         if self._client is not None and self._client.status == "running":
@@ -77,13 +92,28 @@ class DaskTokenStore:
             token = Token.from_json(data) if data is not None else None
         except ValueError:
             token = None  # a foreign value: replaced at the next renewal
+        if token != cached:
+            self._write_back(token)
         self._cached = token
         return token
 
     def save(self, token: Token) -> None:
-        """Put ``token`` in the scheduler for every worker."""
+        """Put ``token`` in the scheduler for every worker (and in the host's store)."""
         metadata_set(self._dask(), token.to_json(), "token", self.name)
         self._cached = token
+        self._write_back(token)
+
+    def _write_back(self, token: Token | None) -> None:
+        """Keep the host's store up to date with a renewal made anywhere in the cluster."""
+        host = self.host_store
+        if host is None or token is None:
+            return
+        known = host.load()
+        if known is None or token.expires_at > known.expires_at:
+            with host.lock():
+                known = host.load()
+                if known is None or token.expires_at > known.expires_at:
+                    host.save(token)
 
     def clear(self) -> None:
         """Forget the token, here and in the scheduler."""

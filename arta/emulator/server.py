@@ -15,6 +15,7 @@ after it (cut short, with the connection closed, when the server stops).
 from __future__ import annotations
 
 import json
+import logging
 import selectors
 import socket
 import sys
@@ -30,6 +31,8 @@ from arta.emulator.app import EmulatorApp
 from arta.emulator.messages import Request
 
 __all__ = ["EmulatorHTTPServer", "EmulatorRequestHandler"]
+
+log = logging.getLogger(__name__)
 
 _MAX_BODY = 16 * 1024 * 1024  # no form is anywhere near this; refuse rather than buffer
 _MAX_LINE = 65536  # as http.server: a longer request or header line is refused
@@ -257,7 +260,9 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         self._write(response.status, response.headers, response.body)
 
     def _write(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        """The status line, headers and body, in one write."""
+        """The status line, headers and body, in one write (and, at DEBUG, a line saying so)."""
+        path = getattr(self, "path", "").split("?", 1)[0]  # the query holds the key
+        log.debug("%s %s -> %d", self.command, path, status)
         reason = _REASONS.get(status, "")
         lines = [f"HTTP/1.1 {status} {reason}", "Server: arta-emulator", f"Date: {_http_date()}"]
         lines += [f"{name}: {value}" for name, value in headers.items()

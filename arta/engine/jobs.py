@@ -40,11 +40,12 @@ class Outcome:
     generation: Generation | None = None
     result: Result | None = None
     error: ArtaError | None = None
+    value: Any = None  #: what a hand-off's future gave, in place of ``result``
 
     @property
     def ok(self) -> bool:
-        """True if the job is DONE and its result is here."""
-        return self.result is not None
+        """True if the job is DONE and its result (or its hand-off's value) is here."""
+        return self.result is not None or self.value is not None
 
     @property
     def record_id(self) -> str | None:

@@ -8,6 +8,7 @@ yields generations as their waits end, like :mod:`concurrent.futures`'.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from arta.engine.window import AdaptiveWindow
 from arta.errors import ArtaError, GenerationTimeout, InvalidInputError, RunInterrupted
 from arta.generation import Generation, PollPlanner, Session
 from arta.params import GenerationParams
+from arta.progress import ProgressDisplay
 
 __all__ = ["as_completed", "map_outcomes"]
 
@@ -38,7 +40,7 @@ def map_outcomes(client: Session, window: AdaptiveWindow,
                  items: Iterable[str | Mapping[str, Any] | GenerationParams],
                  *, concurrency: int, ordered: bool, timeout: float | None,
                  poll_policy: PollPlanner | None, defaults: Mapping[str, Any],
-                 ) -> Iterator[Outcome]:
+                 progress: ProgressDisplay | None = None) -> Iterator[Outcome]:
     """The body of :meth:`arta.Client.map`: each item a job, tagged with its index."""
 
     def jobs() -> Iterator[Job]:
@@ -51,22 +53,31 @@ def map_outcomes(client: Session, window: AdaptiveWindow,
 
     run = JobRun(client, window, jobs(), concurrency=concurrency, timeout=timeout,
                  poll_policy=poll_policy, on_submitting=None, on_submitted=None)
-    buffered: dict[int, Outcome] = {}
     try:
-        expected = 0
-        for outcome in run:
-            index = outcome.job.tag
-            if not ordered:
-                yield outcome
-                continue
-            buffered[index] = outcome
+        with progress if progress is not None else contextlib.nullcontext():
+            yield from _in_order(run, progress) if ordered else _shown(run, progress)
+    finally:
+        run.close()
+
+
+def _shown(run: JobRun, progress: ProgressDisplay | None) -> Iterator[Outcome]:
+    for outcome in run:
+        if progress is not None:
+            progress.update(**run.counts)
+        yield outcome
+
+
+def _in_order(run: JobRun, progress: ProgressDisplay | None) -> Iterator[Outcome]:
+    buffered: dict[int, Outcome] = {}
+    expected = 0
+    try:
+        for outcome in _shown(run, progress):
+            buffered[outcome.job.tag] = outcome
             while expected in buffered:
                 yield buffered.pop(expected)
                 expected += 1
     except RunInterrupted as interrupted:  # the outcomes held back for order are handed out too
         raise RunInterrupted([*buffered.values(), *interrupted.outcomes]) from None
-    finally:
-        run.close()
 
 
 def as_completed(generations: Iterable[Generation],

@@ -4,6 +4,7 @@
 batch``; nothing in it sleeps or holds a thread per job. A 429 or 503 on a
 submit is no failed job (the window halves and pauses); any other failure
 is an :class:`Outcome` with ``error`` set, and the record id once there is one.
+A ``hand_off`` takes each submitted job in place of the wait here (the Dask driver).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ class JobRun:
                  concurrency: int,
                  timeout: float | None, poll_policy: PollPlanner | None,
                  on_submitting: Callable[[Job], object] | None,
-                 on_submitted: Callable[[Job, Generation], object] | None) -> None:
+                 on_submitted: Callable[[Job, Generation], object] | None,
+                 hand_off: Callable[[Job, Generation], concurrent.futures.Future[Any]] | None = None,
+                 ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError(f"concurrency must be an int of at least 1, not {concurrency!r}")
         self.concurrency = concurrency
@@ -69,6 +72,7 @@ class JobRun:
         self._policy = poll_policy
         self._on_submitting = on_submitting
         self._on_submitted = on_submitted
+        self._hand_off = hand_off  # its future ends the job's outcome, in place of a wait
         self._ready: collections.deque[Job] = collections.deque()  # read, not yet started
         # Outcomes; None only wakes the iterating thread (to read input, or to see a close).
         self._outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
@@ -130,9 +134,9 @@ class JobRun:
         with self._lock:
             self._closed = True
             waits, self._waits = list(self._waits), set()
-        for wait in waits:
-            wait.cancel("the run was closed while waiting for the job")
-        if waits:  # whoever closed may never read their outcomes (a break, Ctrl-C in a loop body)
+        for wait in waits:  # a Watch, or a hand-off's future
+            wait.cancel(*() if self._hand_off else ("the run was closed while waiting for the job",))
+        if waits and self._hand_off is None:  # whoever closed may never read their outcomes (a break, Ctrl-C in a loop body)
             log.warning("the run was closed: %d job(s) go on at the service: %s", len(waits),
                         ", ".join(wait.generation.record_id for wait in waits))
         self._outcomes.put(None)  # the iterating thread sees the close
@@ -239,13 +243,16 @@ class JobRun:
                 if self._on_submitted is not None:
                     _call_hook(self._on_submitted, job, generation)
             with self._lock:  # (a close after this cancels the wait, which then reports)
-                wait = None if self._closed else generation.watch(self._timeout, self._policy)
-                if wait is not None:
+                wait: Any = None
+                if not self._closed:
+                    wait = generation.watch(self._timeout, self._policy) \
+                        if self._hand_off is None else self._hand_off(job, generation)
                     self._waits.add(wait)
             if wait is None:
                 raise GenerationCancelled("the run was closed before the job was waited for")
             started = generation
-            wait.future.add_done_callback(lambda done: self._ended(job, started, wait, done))
+            ending = wait if self._hand_off is not None else wait.future
+            ending.add_done_callback(lambda done: self._ended(job, started, wait, done))
         except Exception as error:  # noqa: BLE001 - every job ends with an outcome
             record_id = generation.record_id if generation is not None else None
             failed = error if isinstance(error, ArtaError) else ArtaError(
@@ -315,12 +322,18 @@ class JobRun:
             self._pump()
 
     def _ended(self, job: Job, generation: Generation, wait: Any,
-               done: concurrent.futures.Future[Generation]) -> None:
+               done: concurrent.futures.Future[Any]) -> None:
         self._window.release()
         with self._lock:
             self._waits.discard(wait)
-        error = done.exception()
-        if error is None:
+        if done.cancelled():  # a hand-off's, by close()
+            error: BaseException | None = GenerationCancelled(
+                "the run was closed while waiting", record_id=generation.record_id)
+        else:
+            error = done.exception()
+        if error is None and self._hand_off is not None:
+            self._finish(Outcome(job, generation, value=done.result()))
+        elif error is None:
             try:
                 self._finish(Outcome(job, generation, result=generation.ended_result()))
             except ArtaError as failed:

@@ -9,7 +9,7 @@ everything else keeps working. See :class:`Transport` for the contract.
 ============================  ==================================================
 :class:`RequestsTransport`    the default: one pooled ``requests.Session``
 :class:`Urllib3Transport`     a bare urllib3 pool: the same options, the fewest frames
-:class:`HttpxTransport`       httpx, HTTP/2 with ``h2`` (``pip install 'arta[httpx]'``)
+:class:`HttpxTransport`       httpx, HTTP/2 with ``h2`` (``pip install 'arta-client[httpx]'``)
 :class:`InProcessTransport`   no sockets: calls the emulator's app directly
 :class:`LoggingTransport`     wraps another; logs method, redacted URL, status, latency
 ============================  ==================================================

@@ -1,4 +1,4 @@
-"""A transport on httpx (``pip install 'arta[httpx]'``), speaking HTTP/2 when ``h2`` is installed.
+"""A transport on httpx (``pip install 'arta-client[httpx]'``), speaking HTTP/2 when ``h2`` is installed.
 
 httpx is imported when a :class:`HttpxTransport` is made, never at
 ``import arta``: the package's only runtime dependencies stay requests,
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HttpxTransport"]
 
-_INSTALL_HINT = "pip install 'arta[httpx]' (or 'arta[http2]' for HTTP/2)"
+_INSTALL_HINT = "pip install 'arta-client[httpx]' (or 'arta-client[http2]' for HTTP/2)"
 
 
 redact_logger("httpx")  # its INFO request lines hold whole URLs

@@ -1,4 +1,4 @@
-"""Progress on stderr: a status line for one job, and a progress bar for a batch.
+"""Progress on stderr: a status line for one job, and a progress display for many.
 
 :class:`StatusLine` (one job, terminals only): the line is redrawn in place (``\\r`` and erase-to-end) a few times a second
 so that the elapsed time moves, and erased when the work ends, so the screen
@@ -6,25 +6,32 @@ is left as it was: what the command prints to stdout (the saved files) is
 all that stays. Nothing is drawn when stderr is not a terminal, and colour
 only when ``NO_COLOR`` is unset and the terminal is not ``dumb``.
 
-:class:`BatchProgress` (a batch): on a terminal, a bar redrawn in place
-with done / in flight / queued / failed, the current rate (jobs a minute
-over the last minute) and the time left at that rate; off a terminal (a CI
-log), the same numbers as a plain line every few seconds and once at the
-end, so that a log shows the batch moving without a line per redraw.
+:class:`BatchProgress` (many jobs): on a terminal, a bar redrawn in place
+(only when its text changed) with done / in flight / queued / failed, the
+current rate (jobs a minute over the last minute) and the time left at that
+rate; off a terminal (a CI log), the same numbers as a plain line every few
+seconds and once at the end. Jobs done by an earlier run of a batch
+(:meth:`~ProgressDisplay.resumed`) count as done but not in the rate.
+
+:func:`progress_display` picks the display for ``progress=True`` of
+:meth:`arta.Client.map` and :func:`arta.batch.run_batch`: tqdm's bar when
+tqdm is installed, else rich's, else the built-in one.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib.util
 import os
+import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TextIO
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
     from typing_extensions import Self
 
-__all__ = ["BatchProgress", "StatusLine"]
+__all__ = ["BatchProgress", "ProgressDisplay", "StatusLine", "progress_display"]
 
 _CLEAR = "\r\x1b[K"
 _COLOURS = {"DONE": "32", "FAILED": "31", "IN_PROGRESS": "33", "IN_QUEUE": "36"}
@@ -117,30 +124,56 @@ class StatusLine(_Redrawn):
                 self.stream.flush()
 
 
+class ProgressDisplay(Protocol):
+    """What shows the progress of many jobs; a context manager around the run."""
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def update(self, *, done: int, in_flight: int, queued: int, failed: int) -> None:
+        """The counts now (done and failed include :meth:`resumed`'s)."""
+
+    def resumed(self, done: int) -> None:
+        """``done`` jobs were done by an earlier run: shown as done, not counted in the rate."""
+
+    def message(self, text: str) -> None:
+        """Print ``text`` on a line of its own, out of the display's way."""
+
+
 class BatchProgress(_Redrawn):
-    """The progress of a batch: a bar on a terminal, a plain line every few seconds elsewhere.
+    """The built-in display: a bar on a terminal, a plain line every few seconds elsewhere.
 
     Call :meth:`update` with the counts whenever they change (from any
-    thread); a background thread draws. ``window`` is the span, in seconds,
-    the rate is measured over; ``every`` is how often the plain line is
-    written when ``stream`` is not a terminal; ``clock`` tells the time.
+    thread); a background thread draws. ``total`` may be None (an input of
+    unknown length: no bar, no time left). ``window`` is the span, in
+    seconds, the rate is measured over; ``every`` is how often the plain
+    line is written when ``stream`` is not a terminal; ``clock`` tells the
+    time; ``label`` names the work in the plain line (``arta: batch: ...``).
     """
 
-    def __init__(self, stream: TextIO, total: int, *, enabled: bool = True,
+    def __init__(self, stream: TextIO, total: int | None, *, enabled: bool = True,
                  window: float = 60.0, every: float = 5.0, width: int = 24,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, label: str = "batch") -> None:
         super().__init__()
         self.stream = stream
         self.total = total
         self.enabled = enabled
         self.tty = enabled and stream.isatty()
-        self.window, self.every, self.width = window, every, width
-        self.counts = {"done": 0, "in_flight": 0, "queued": total, "failed": 0}
+        self.window, self.every, self.width, self.label = window, every, width, label
+        self.counts = {"done": 0, "in_flight": 0, "queued": total or 0, "failed": 0}
         self.clock = clock
         self.started = clock()
         self._ends: collections.deque[float] = collections.deque()  # when each job ended
         self._lock = threading.Lock()
         self._draw_lock = threading.Lock()
+        self._drawn = ""
+
+    def resumed(self, done: int) -> None:
+        """``done`` jobs were done by an earlier run: shown as done, not counted in the rate."""
+        with self._lock:
+            self.counts["done"] += done
+            self.counts["queued"] = max(0, self.counts["queued"] - done)
 
     def update(self, *, done: int, in_flight: int, queued: int, failed: int) -> None:
         """The counts now; jobs that ended since the last call feed the rate."""
@@ -168,18 +201,23 @@ class BatchProgress(_Redrawn):
         rate = self.rate(now)
         with self._lock:
             c = dict(self.counts)
+        pace = "--" if rate is None else f"{rate:.1f}"
+        elapsed = _duration(now - self.started)
+        if self.total is None:
+            return (f"{c['done']} done, {c['in_flight']} in flight, {c['failed']} failed, "
+                    f"{pace} jobs/min, {elapsed} elapsed")
         left = max(0, self.total - c["done"] - c["failed"])
         eta = "--" if not rate else _duration(left * 60.0 / rate)
-        pace = "--" if rate is None else f"{rate:.1f}"
         return (f"{c['done']}/{self.total} done, {c['in_flight']} in flight, {c['queued']} "
-                f"queued, {c['failed']} failed, {pace} jobs/min, ETA {eta}, "
-                f"{_duration(now - self.started)} elapsed")
+                f"queued, {c['failed']} failed, {pace} jobs/min, ETA {eta}, {elapsed} elapsed")
 
     def bar(self, now: float | None = None) -> str:
         """The terminal form: a bar, then :meth:`text`."""
+        if self.total is None:
+            return self.text(now)
         with self._lock:
             ended = self.counts["done"] + self.counts["failed"]
-        filled = self.width * ended // self.total if self.total else self.width
+        filled = min(self.width, self.width * ended // self.total if self.total else self.width)
         return f"[{'#' * filled}{'.' * (self.width - filled)}] {self.text(now)}"
 
     def message(self, text: str) -> None:
@@ -187,12 +225,17 @@ class BatchProgress(_Redrawn):
         with self._draw_lock:
             self.stream.write(f"{_CLEAR if self.tty else ''}{text}\n")
             self.stream.flush()
+            self._drawn = ""  # the bar is gone from the screen: draw it again
         if self.tty:
             self._draw()
 
     def _draw(self) -> None:
-        line = f"{_CLEAR}arta: {self.bar()}" if self.tty else f"arta: batch: {self.text()}\n"
+        line = (f"{_CLEAR}arta: {self.bar()}" if self.tty
+                else f"arta: {self.label}: {self.text()}\n")
         with self._draw_lock:
+            if self.tty and line == self._drawn:
+                return  # nothing changed on the screen
+            self._drawn = line
             self.stream.write(line)
             self.stream.flush()
 
@@ -209,6 +252,89 @@ class BatchProgress(_Redrawn):
                 self.stream.flush()
         elif self.enabled:
             self._draw()  # the last word in a log
+
+
+class _TqdmProgress:
+    """:class:`ProgressDisplay` on a ``tqdm`` bar."""
+
+    def __init__(self, total: int | None, label: str, stream: TextIO) -> None:
+        import tqdm
+
+        self._tqdm = tqdm
+        self._stream = stream
+        self._bar = tqdm.tqdm(total=total, desc=f"arta {label}", unit="job", file=stream,
+                              dynamic_ncols=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.close()
+
+    def resumed(self, done: int) -> None:
+        # tqdm's rate is (n - initial) / elapsed: an earlier run's jobs are not this one's pace.
+        self._bar.initial = self._bar.n = self._bar.n + done
+        self._bar.refresh()
+
+    def update(self, *, done: int, in_flight: int, queued: int, failed: int) -> None:
+        ended = done + failed
+        self._bar.set_postfix(in_flight=in_flight, failed=failed, refresh=False)
+        if ended != self._bar.n:
+            self._bar.update(ended - self._bar.n)
+
+    def message(self, text: str) -> None:
+        self._tqdm.tqdm.write(text, file=self._stream)
+
+
+class _RichProgress:
+    """:class:`ProgressDisplay` on a ``rich`` progress bar."""
+
+    def __init__(self, total: int | None, label: str, stream: TextIO) -> None:
+        import rich.console
+        import rich.progress
+
+        self._progress = rich.progress.Progress(
+            *rich.progress.Progress.get_default_columns(), rich.progress.TextColumn("{task.fields[counts]}"),
+            console=rich.console.Console(file=stream))
+        self._task = self._progress.add_task(f"arta {label}", total=total, counts="")
+
+    def __enter__(self) -> Self:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def resumed(self, done: int) -> None:
+        # reset() drops the speed samples: an earlier run's jobs are not this one's pace.
+        task = self._progress.tasks[0]
+        self._progress.reset(self._task, completed=int(task.completed) + done)
+
+    def update(self, *, done: int, in_flight: int, queued: int, failed: int) -> None:
+        self._progress.update(self._task, completed=done + failed,
+                              counts=f"{in_flight} in flight, {failed} failed")
+
+    def message(self, text: str) -> None:
+        self._progress.console.print(text, markup=False, highlight=False)
+
+
+def progress_display(progress: bool | ProgressDisplay | None, total: int | None, *,
+                     label: str, stream: TextIO | None = None) -> ProgressDisplay | None:
+    """The display for a ``progress=`` option: None for False, the given one, or one to suit.
+
+    ``True`` picks tqdm's bar when tqdm is installed, else rich's, else
+    :class:`BatchProgress`; on ``stream`` (default: stderr).
+    """
+    if progress is None or progress is False:
+        return None
+    if progress is not True:
+        return progress
+    stream = sys.stderr if stream is None else stream
+    if importlib.util.find_spec("tqdm") is not None:
+        return _TqdmProgress(total, label, stream)
+    if importlib.util.find_spec("rich") is not None:
+        return _RichProgress(total, label, stream)
+    return BatchProgress(stream, total, label=label)
 
 
 def _duration(seconds: float) -> str:
