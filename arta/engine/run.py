@@ -256,7 +256,7 @@ class JobRun:
         except Exception as error:  # noqa: BLE001 - every job ends with an outcome
             record_id = generation.record_id if generation is not None else None
             failed = error if isinstance(error, ArtaError) else ArtaError(
-                f"internal error while starting the job: {error!r}")
+                f"{type(error).__name__}: {error}")
             if record_id is not None:
                 failed = failed.with_record_id(record_id)
                 if self._closed:
