@@ -23,7 +23,8 @@ from typing import Any
 
 from arta.api import default_client, generate, set_default_client
 from arta.client import Client
-from arta.engine.run import Outcome, as_completed
+from arta.engine.jobs import Outcome
+from arta.engine.mapping import as_completed
 from arta.errors import (
     ArtaError,
     ConfigurationError,
@@ -86,7 +87,8 @@ _MOVED = {
         "RequestsTransport", "Response", "Transport")},
     **{name: "arta.auth" for name in ("FileTokenStore", "MemoryTokenStore", "Token", "TokenStore")},
     **{name: "arta.polling" for name in ("LearnedPollPolicy", "PollPlanner", "default_poll_policy")},
-    **{name: "arta.engine.run" for name in ("Job", "JobRun")},
+    "Job": "arta.engine.jobs",
+    "JobRun": "arta.engine.run",
     "GenerateOptions": "arta.api",
     "STYLE_ALIASES": "arta.styles",
 }

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any, Callable, TypedDict, TypeVar, Union
 from arta import protocol
 from arta.auth import Authenticator, FileTokenStore, Token, TokenStore
 from arta.config import Settings
-from arta.engine.run import Job, JobRun, Outcome, map_outcomes
+from arta.engine.jobs import Job, Outcome
+from arta.engine.mapping import map_outcomes
+from arta.engine.run import JobRun
 from arta.engine.window import AdaptiveWindow
 from arta.errors import (
     AuthError,
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     GenerationInterrupted,
@@ -156,6 +159,7 @@ class Client:
         self.window = AdaptiveWindow()
         self._loop: PollLoop | None = None
         self._loop_lock = threading.Lock()
+        self._closed = False
 
     # -- the public calls ----------------------------------------------------
 
@@ -178,13 +182,15 @@ class Client:
         With ``retry=False`` the submit is sent once: a 429 or 503 is raised
         as it is, for a caller that paces submits itself (:meth:`map`).
         """
+        self._check_open()
         token = self.auth.token()  # a token error is no submit failure: nothing was sent
         try:
             state = self.retry_policy.call(
                 lambda: self._authorized(
                     lambda id_token: protocol.submit_request(self.settings, id_token, params,
                                                              self.request_timeout),
-                    lambda response: protocol.parse_job(response, "submit"), token),
+                    lambda response, secrets: protocol.parse_job(response, "submit",
+                                                                 secrets=secrets), token),
                 retry_on=surely_not_taken if retry else _never)
         except ConnectError as error:  # nothing was sent: say which setting chose the address
             raise error.naming(self.settings.where)
@@ -261,6 +267,7 @@ class Client:
         when installed, else rich's, else a plain one: see
         :func:`arta.progress.progress_display`), or pass a display of your own.
         """
+        self._check_open()
         GenerationParams.create("a prompt", **defaults)  # bad defaults fail here, before any request
         check_wait_options(timeout, None, poll_policy)
         display = progress_display(progress, len(items) if isinstance(items, Sized) else None,
@@ -280,6 +287,7 @@ class Client:
         ``on_submitted(job, generation)`` as soon as the service has named
         the record id, before the job is polled (record it there).
         """
+        self._check_open()
         check_wait_options(timeout, None, poll_policy)
         return JobRun(self, self.window, jobs, concurrency=concurrency, timeout=timeout,
                       poll_policy=poll_policy, on_submitting=on_submitting,
@@ -289,22 +297,28 @@ class Client:
 
     @property
     def loop(self) -> PollLoop:
-        """This client's poll loop: made on first use, and anew in a forked child."""
+        """This client's poll loop: made on first use, and anew in a forked child.
+
+        Raises :class:`~arta.errors.ClientClosedError` once the client is closed.
+        """
         with self._loop_lock:
+            self._check_open()
             if self._loop is None or self._loop.pid != os.getpid():
                 self._loop = PollLoop(self.pool_size)
             return self._loop
 
     def poll(self, record_id: str, deadline: float | None = None) -> protocol.JobState:
         """Ask the service once how job ``record_id`` stands; no request outlasts ``deadline``."""
+        self._check_open()
         return self._authorized(
             lambda token: protocol.status_request(self.settings, token, record_id, deadline,
                                                   self.request_timeout),
-            lambda response: protocol.parse_job(response, "status", record_id))
+            lambda response, secrets: protocol.parse_job(response, "status", record_id, secrets))
 
     # -- plumbing ------------------------------------------------------------
 
-    def _authorized(self, build: Callable[[str], Request], parse: Callable[[Response], T],
+    def _authorized(self, build: Callable[[str], Request],
+                    parse: Callable[[Response, tuple[str, ...]], T],
                     token: Token | None = None) -> T:
         """Send once with the shared token; on 401/403 replace exactly that token and send once more.
 
@@ -325,16 +339,23 @@ class Client:
                 "`arta token --clear`"
             ) from None
 
-    def _send(self, request: Request, parse: Callable[[Response], T]) -> T:
+    def _send(self, request: Request, parse: Callable[[Response, tuple[str, ...]], T]) -> T:
         with self.transport.handle_request(request) as response:
-            return parse(response)
+            return parse(response, protocol.request_secrets(request))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("the client is closed: it sends nothing more; "
+                                    "make a new arta.Client")
 
     def close(self) -> None:
-        """Stop the poll loop (ending its waits with their record ids) and release connections.
+        """Stop the poll loop (ending its waits and runs, record ids kept) and release connections.
 
-        The transport is closed only if the client made it.
+        Afterwards every call raises :class:`~arta.errors.ClientClosedError`
+        (nothing is sent). The transport is closed only if the client made it.
         """
         with self._loop_lock:
+            self._closed = True
             loop, self._loop = self._loop, None
         if loop is not None and loop.pid == os.getpid():
             loop.close()

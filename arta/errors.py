@@ -29,8 +29,9 @@
         └── SaveError                         ...because the disk refused it (OSError)
 
     KeyboardInterrupt
-    ├── GenerationInterrupted                 Ctrl-C during a wait; carries the record_id
-    └── SubmitInterrupted                     Ctrl-C during a submit; carries the params
+    ├── GenerationInterrupted                 Ctrl-C during a wait or a save; carries the record_id
+    ├── SubmitInterrupted                     Ctrl-C during a submit; carries the params
+    └── RunInterrupted                        Ctrl-C during a map; carries the record_ids
 
 Errors raised after a job was submitted carry its ``record_id`` and say how
 to resume it, so nothing already paid for is ever lost (except for a job the
@@ -40,6 +41,7 @@ service failed, or a record id it does not know: nothing is left to resume).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from arta.interrupt import exit_as_interrupted_if_uncaught
@@ -47,6 +49,7 @@ from arta.interrupt import exit_as_interrupted_if_uncaught
 __all__ = [
     "ArtaError",
     "AuthError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
     "DownloadError",
@@ -66,6 +69,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "RejectedError",
+    "RunInterrupted",
     "SaveError",
     "ServiceError",
     "SubmitInterrupted",
@@ -270,6 +274,10 @@ class GenerationFailed(ArtaError):
         self.error_details = error_details
 
 
+class ClientClosedError(ArtaError):
+    """The client was closed: it sends nothing more (make a new :class:`arta.Client`)."""
+
+
 class GenerationTimeout(ArtaError):
     """The job did not finish within the timeout; it may still finish on the service."""
 
@@ -307,21 +315,23 @@ class SaveError(DownloadError):
 
 
 class GenerationInterrupted(KeyboardInterrupt):
-    """Ctrl-C while waiting for a job: still a ``KeyboardInterrupt``, carrying ``record_id``.
+    """Ctrl-C while waiting for a job (or saving its images): a ``KeyboardInterrupt`` with ``record_id``.
 
-    The job goes on at the service; ``Client().resume(record_id)`` picks it up.
+    The job goes on at the service (or is DONE); ``Client().resume(record_id)`` picks it up.
+    ``doing`` says what was interrupted, as in "interrupted while saving the images of job ...".
     Uncaught, it ends the script as a plain Ctrl-C does (status 130), record id
     on stderr (:mod:`arta.interrupt`).
     """
 
-    def __init__(self, record_id: str) -> None:
+    def __init__(self, record_id: str, doing: str = "waiting for") -> None:
         exit_as_interrupted_if_uncaught()
-        super().__init__(f"interrupted while waiting for job {record_id}; "
+        super().__init__(f"interrupted while {doing} job {record_id}; "
                          f"{resume_hint(record_id)}")
         self.record_id = record_id
+        self.doing = doing
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.record_id,)
+        return type(self), (self.record_id, self.doing)
 
 
 class SubmitInterrupted(KeyboardInterrupt):
@@ -340,3 +350,24 @@ class SubmitInterrupted(KeyboardInterrupt):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.params,)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :meth:`arta.Client.map` (or a run): still a ``KeyboardInterrupt``.
+
+    ``outcomes`` are the jobs that had ended or were in flight and not yet
+    handed out (each with its record id once submitted); ``record_ids``
+    are those ids: the jobs go on at the service and can be resumed.
+    """
+
+    def __init__(self, outcomes: Sequence[Any]) -> None:
+        exit_as_interrupted_if_uncaught()
+        self.outcomes = list(outcomes)
+        self.record_ids = [o.record_id for o in self.outcomes if o.record_id]
+        shown = ", ".join(self.record_ids[:20]) + (" ..." if len(self.record_ids) > 20 else "")
+        super().__init__(f"interrupted with {len(self.record_ids)} submitted job(s) not handed "
+                         f"out" + (f": {shown}; resume each with Client().resume(record_id)"
+                                   if self.record_ids else ""))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.outcomes,)

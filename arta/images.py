@@ -12,17 +12,19 @@ from __future__ import annotations
 import base64
 import html
 import io
+import ipaddress
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 from arta.errors import ArtaError, DownloadError, ProtocolError, ServiceError
 from arta.retry import TRANSIENT_STATUSES, RetryPolicy, retry_after, transient
 from arta.transport import Request, RequestsTransport, Response, Transport
 
-__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DISPLAY_MAX_BYTES", "Image", "extension_of", "image_html",
-           "image_request",
-           "open_image", "read_image"]
+__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DISPLAY_MAX_BYTES", "Image", "blocked_host", "extension_of",
+           "image_html", "image_request", "open_image", "read_image"]
 
 #: Largest image accepted from the service.
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
@@ -36,6 +38,8 @@ _MAGIC = {
     ".jpg": (b"\xff\xd8\xff",),
     ".webp": (b"RIFF",),  # then 4 bytes of size, then b"WEBP" (checked below)
 }
+
+_EC2_METADATA_V6 = ipaddress.IPv6Address("fd00:ec2::254")
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,49 @@ class Image:
             return self.read(max_bytes=DISPLAY_MAX_BYTES)
         except (ArtaError, OSError):
             return None
+
+
+def blocked_host(url: str, endpoint: str | None) -> str | None:
+    """Why ``url`` must not be fetched (not http(s), or a link-local/metadata address), or None.
+
+    A server's URL on 169.254.0.0/16 or ``fd00:ec2::254`` would fetch this
+    machine's cloud credentials; allowed only for an endpoint there too (a test rig).
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "a malformed URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"not an http(s) URL (scheme {parts.scheme or 'none'!r})"
+    if _metadata_address(host) and not (endpoint and _metadata_address(
+            urlsplit(endpoint).hostname or "")):
+        return f"a link-local or cloud-metadata address ({host})"
+    return None
+
+
+def _metadata_address(host: str) -> bool:
+    """Whether ``host`` is, or is spelled as, a link-local or cloud-metadata address.
+
+    The address is read as the system reads it (``getaddrinfo``, numeric
+    only: no DNS query), so ``2852039166``, ``0xa9fea9fe`` or
+    ``169.254.43518`` are 169.254.169.254 here as they are to the connection.
+    """
+    if host.lower().rstrip(".") in ("metadata.google.internal", "metadata"):
+        return True
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP,
+                                   flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return False  # a name, not an address: it is fetched as the transport resolves it
+    for *_, sockaddr in found:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_link_local or address == _EC2_METADATA_V6:
+            return True
+    return False
 
 
 def image_request(url: str) -> Request:

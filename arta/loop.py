@@ -18,9 +18,10 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any, Callable, Protocol, TypeVar
 
-from arta.errors import ArtaError
+from arta.errors import ArtaError, ClientClosedError
 
 __all__ = ["PollLoop", "Wait"]
 
@@ -50,6 +51,10 @@ class Wait(Protocol):
         ...
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class PollLoop:
     """A timer heap with one scheduler thread, and a bounded pool of I/O threads.
 
@@ -73,6 +78,7 @@ class PollLoop:
         self._thread: threading.Thread | None = None
         self._pool = _IOPool(io_threads, self.io_thread_prefix, self.call_at)
         self._closed = False
+        self._dependents: weakref.WeakSet[_Closable] = weakref.WeakSet()
 
     # -- what the client and its facades use -------------------------------
 
@@ -80,7 +86,7 @@ class PollLoop:
         """Keep ``wait`` until :meth:`forget`: closing the loop cancels it, a set stop event too."""
         with self._wake:
             if self._closed:
-                raise ArtaError("the client is closed")
+                raise ClientClosedError("the client is closed")
             self._watches.add(wait)
             if wait.stop is not None:
                 self._stoppable.add(wait)
@@ -104,8 +110,16 @@ class PollLoop:
                 ) -> concurrent.futures.Future[T]:
         """Run ``function(*args)`` on an I/O thread; its future gives the outcome."""
         if self._closed:
-            raise ArtaError("the client is closed")
+            raise ClientClosedError("the client is closed")
         return self._pool.submit(function, *args)
+
+    def closes_with(self, dependent: _Closable) -> None:
+        """Close ``dependent`` (a run of many jobs) when this loop closes, or now if it has."""
+        with self._wake:
+            if not self._closed:
+                self._dependents.add(dependent)
+                return
+        dependent.close()
 
     def forget(self, watch: Wait) -> None:
         """Drop an ended watch (its heap entries fire and find it done)."""
@@ -129,6 +143,9 @@ class PollLoop:
             self._heap.clear()
             self._wake.notify()
             thread = self._thread
+            dependents = list(self._dependents)
+        for dependent in dependents:  # first: they stop sending before their waits end
+            dependent.close()
         for watch in watches:
             watch.cancel("the client was closed while waiting for the job")
         if thread is not None and thread is not threading.current_thread():
@@ -207,7 +224,7 @@ class _IOPool:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._ready:
             if self._closed:
-                raise ArtaError("the client is closed")
+                raise ClientClosedError("the client is closed")
             self._work.append((time.monotonic(), future, function, args))
             if len(self._work) <= self._idle:  # an idle thread (woken or not) will take it
                 self._ready.notify()

@@ -11,8 +11,10 @@ from __future__ import annotations
 import enum
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from arta.config import Settings
 from arta.errors import (
@@ -27,7 +29,7 @@ from arta.errors import (
 )
 from arta.images import Image
 from arta.params import GenerationParams
-from arta.redact import printable
+from arta.redact import printable, redact, remove_secrets
 from arta.retry import retry_after
 from arta.transport import DEFAULT_TIMEOUT, Request, Response, Timeout
 
@@ -44,6 +46,7 @@ __all__ = [
     "parse_refresh",
     "parse_signup",
     "refresh_request",
+    "request_secrets",
     "signup_request",
     "status_request",
     "submit_request",
@@ -154,7 +157,24 @@ def status_request(settings: Settings, id_token: str, record_id: str,
                    deadline=deadline)
 
 
+def request_secrets(request: Request) -> tuple[str, ...]:
+    """The secrets ``request`` carries (its token, refresh token, API key): a server may echo them."""
+    query = dict(parse_qsl(urlsplit(request.url).query))
+    found = (request.headers.get("Authorization"), (request.form or {}).get("refresh_token"),
+             query.get("key"))
+    return tuple(secret for secret in found if secret)
+
+
 # -- parsing answers --------------------------------------------------------
+
+
+def _read(response: Response, secrets: Collection[str]) -> bytes:
+    """The body, with the request's own secrets taken out (a server may quote the request back)."""
+    body = response.read()
+    if not secrets:
+        return body
+    return remove_secrets(body.decode("utf-8", "surrogateescape"), secrets).encode(
+        "utf-8", "surrogateescape")
 
 
 def _loads(body: bytes) -> Any:
@@ -166,8 +186,8 @@ def _loads(body: bytes) -> Any:
             from None
 
 
-def _json_body(response: Response, what: str) -> Any:
-    body = response.read()
+def _json_body(response: Response, what: str, secrets: Collection[str] = ()) -> Any:
+    body = _read(response, secrets)
     try:
         return _loads(body)
     except MalformedResponse as error:
@@ -182,18 +202,18 @@ def _text(value: Any) -> str:
     """A server-supplied value as one printable line (no terminal escapes), bounded."""
     if not isinstance(value, (str, int, float)):
         value = "(a nested value)" if isinstance(value, (list, dict)) else str(value)
-    return printable(str(value))[:_MAX_TEXT]
+    return redact(printable(str(value)))[:_MAX_TEXT]
 
 
-def _firebase_error(response: Response, what: str) -> Exception:
+def _firebase_error(response: Response, what: str, secrets: Collection[str]) -> Exception:
     try:
-        code = _text(_loads(response.read())["error"]["message"]).split(":", 1)[0].strip()
+        code = _text(_loads(_read(response, secrets))["error"]["message"]).split(":", 1)[0].strip()
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, MalformedResponse):
         code = ""
     if not code or (response.status >= 429 and code != "TOO_MANY_ATTEMPTS_TRY_LATER"):
         # A 429/5xx or an answer that is no Firebase error at all: the
         # service is struggling, not refusing us.
-        return _service_error(response, what, None)
+        return _service_error(response, what, None, secrets)
     if code == "TOO_MANY_ATTEMPTS_TRY_LATER":
         wait = retry_after(response.headers) or 3600.0
         return QuotaExceededError(
@@ -225,18 +245,21 @@ def _grant(body: Any, what: str, keys: tuple[str, str, str, str]) -> TokenGrant:
     return TokenGrant(id_token, refresh_token, expires_in, user_id)
 
 
-def parse_signup(response: Response) -> TokenGrant:
-    """Parse a sign-up answer (camelCase, ``expiresIn`` a string of seconds)."""
+def parse_signup(response: Response, secrets: Collection[str] = ()) -> TokenGrant:
+    """Parse a sign-up answer (camelCase, ``expiresIn`` a string of seconds).
+
+    ``secrets`` (the request's, :func:`request_secrets`) never appear in an error's text.
+    """
     if response.status != 200:
-        raise _firebase_error(response, "sign-up")
+        raise _firebase_error(response, "sign-up", secrets)
     return _grant(_json_body(response, "sign-up"), "sign-up",
                   ("idToken", "refreshToken", "expiresIn", "localId"))
 
 
-def parse_refresh(response: Response) -> TokenGrant:
-    """Parse a refresh answer (snake_case, unlike sign-up)."""
+def parse_refresh(response: Response, secrets: Collection[str] = ()) -> TokenGrant:
+    """Parse a refresh answer (snake_case, unlike sign-up); ``secrets`` as for :func:`parse_signup`."""
     if response.status != 200:
-        raise _firebase_error(response, "token refresh")
+        raise _firebase_error(response, "token refresh", secrets)
     return _grant(_json_body(response, "token refresh"), "token refresh",
                   ("id_token", "refresh_token", "expires_in", "user_id"))
 
@@ -257,9 +280,10 @@ def _detail(body: Any) -> str:
     return _text(detail) if detail else ""
 
 
-def _service_error(response: Response, what: str, record_id: str | None) -> Exception:
+def _service_error(response: Response, what: str, record_id: str | None,
+                   secrets: Collection[str]) -> Exception:
     try:
-        detail = _detail(_loads(response.read()))
+        detail = _detail(_loads(_read(response, secrets)))
     except (ValueError, UnicodeDecodeError, MalformedResponse):
         detail = ""
     said = f"HTTP {response.status}" + (f": {detail}" if detail else "")
@@ -298,9 +322,12 @@ def _images(value: Any) -> tuple[Image, ...]:
     return tuple(images)
 
 
-def parse_job(response: Response, what: str = "status",
-              record_id: str | None = None) -> JobState:
+def parse_job(response: Response, what: str = "status", record_id: str | None = None,
+              secrets: Collection[str] = ()) -> JobState:
     """Parse a submit or status answer into a :class:`JobState`.
+
+    ``secrets`` (the request's, :func:`request_secrets`) are taken out of
+    the body first: no error text or ``error_details`` can quote them.
 
     A 404 to a status question means the service knows no such job:
     :class:`~arta.errors.JobNotFoundError`, which is not worth a retry.
@@ -309,9 +336,9 @@ def parse_job(response: Response, what: str = "status",
         raise JobNotFoundError(f"status: the service knows no job {record_id!r} (HTTP 404)",
                                status=404, record_id=record_id)
     if response.status != 200:
-        raise _service_error(response, what, record_id)
+        raise _service_error(response, what, record_id, secrets)
     try:
-        return _job(_json_body(response, what), what, record_id)
+        return _job(_json_body(response, what, secrets), what, record_id)
     except ProtocolError as error:
         raise error.with_record_id(record_id) if record_id else error
 

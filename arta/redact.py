@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from urllib.parse import quote_plus
 
 __all__ = ["REDACTED", "RedactingFilter", "install_log_redaction", "printable", "redact",
-           "redact_logger", "scrub_chain"]
+           "redact_logger", "remove_secrets", "scrub_chain"]
 
 #: What a secret is replaced with.
 REDACTED = "REDACTED"
@@ -43,15 +44,22 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every known secret shape, and each of ``secrets``, replaced by ``REDACTED``."""
+    text = remove_secrets(text, secrets)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def remove_secrets(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of ``secrets`` (at least 4 characters), as is or quoted, replaced."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, REDACTED)
-            # requests quotes a header value with repr(): its escaped form too.
-            escaped = repr(secret)[1:-1]
-            if escaped != secret:
-                text = text.replace(escaped, REDACTED)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+            # requests quotes a header value with repr(), a server echoes a form
+            # url-encoded: those spellings too.
+            for escaped in (repr(secret)[1:-1], quote_plus(secret)):
+                if escaped != secret:
+                    text = text.replace(escaped, REDACTED)
     return text
 
 

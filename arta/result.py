@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import html
-import ipaddress
 import logging
 import os
 import re
@@ -19,12 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from arta.atomic import CLAIM_SECONDS, remove_stale, replacing
 from arta.errors import (
     ArtaError,
     DownloadError,
+    GenerationInterrupted,
     InvalidInputError,
     MalformedResponse,
     ProtocolError,
@@ -34,6 +33,7 @@ from arta.errors import (
 from arta.images import (
     DEFAULT_MAX_IMAGE_BYTES,
     Image,
+    blocked_host,
     extension_of,
     image_html,
     image_request,
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "{record_id}-{index}-s{seed}"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-_EC2_METADATA_V6 = ipaddress.IPv6Address("fd00:ec2::254")
 
 #: Images downloaded at once by one ``save()``: a status answer listing
 #: thousands costs this many threads, not thousands.
@@ -85,36 +84,6 @@ def _fit(text: str, limit: int) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     keep = (limit - len(digest) - 2) // 2
     return f"{text[:keep]}-{digest}-{text[-keep:]}"
-
-
-def _blocked_host(url: str, endpoint: str | None) -> str | None:
-    """Why ``url`` must not be fetched (not http(s), or a link-local/metadata address), or None.
-
-    A server's URL on 169.254.0.0/16 or ``fd00:ec2::254`` would fetch this
-    machine's cloud credentials; allowed only for an endpoint there too (a test rig).
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        return "a malformed URL"
-    if parts.scheme not in ("http", "https") or not host:
-        return f"not an http(s) URL (scheme {parts.scheme or 'none'!r})"
-    if _metadata_address(host) and not (endpoint and _metadata_address(
-            urlsplit(endpoint).hostname or "")):
-        return f"a link-local or cloud-metadata address ({host})"
-    return None
-
-
-def _metadata_address(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return host.lower().rstrip(".") in ("metadata.google.internal", "metadata")
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_link_local or address == _EC2_METADATA_V6
 
 
 @dataclass(frozen=True)
@@ -182,7 +151,7 @@ class Result:
                 record_id=self.record_id)
         endpoint = getattr(getattr(self.transport, "settings", None), "endpoint", None)
         for index, image in enumerate(self.images):
-            why = _blocked_host(image.url, endpoint)
+            why = blocked_host(image.url, endpoint)
             if why is not None:
                 raise DownloadError(f"image {index}: its URL is {why}; not fetched",
                                     record_id=self.record_id)
@@ -212,7 +181,8 @@ class Result:
         :class:`~arta.errors.ProtocolError`), carrying the record id; its
         subclass :class:`~arta.errors.SaveError` when the disk refuses the file.
 
-        Ctrl-C (``KeyboardInterrupt``) returns at once: the downloads stop
+        Ctrl-C returns at once, as :class:`~arta.errors.GenerationInterrupted`
+        (a ``KeyboardInterrupt``) carrying the record id: the downloads stop
         at their next chunk and remove their temporary files.
         """
         self._check_images()
@@ -227,6 +197,10 @@ class Result:
         used = transport or self.transport or RequestsTransport(pool_size=MAX_DOWNLOAD_THREADS)
         try:
             return self._save_all(used, paths, target, max_bytes, overwrite)
+        except GenerationInterrupted:
+            raise
+        except KeyboardInterrupt:  # the job is DONE and paid for: say which one
+            raise GenerationInterrupted(self.record_id, "saving the images of") from None
         finally:
             if own:
                 used.close()

@@ -27,8 +27,9 @@ loopback with fast timings; ``ARTA_ENDPOINT`` points at it and
 ``ARTA_HOME`` at a throw-away folder (your real token file is never
 touched); the process's default client (what ``arta.generate`` and
 ``arta.aio`` use) polls fast and is swapped with
-:func:`arta.set_default_client`; and a guard makes any connection to a
-non-loopback address fail with :class:`UnexpectedNetworkAccess`.
+:func:`arta.set_default_client`; and a guard makes any connection or
+datagram to a non-loopback address, and any DNS look-up, fail with
+:class:`UnexpectedNetworkAccess`.
 Everything is restored afterwards, so each test gets a fresh service.
 """
 
@@ -73,23 +74,87 @@ def _loopback(host: Any) -> bool:
         return str(host) == "localhost"
 
 
+def _local_name(host: Any) -> bool:
+    """A host that needs no DNS query: none, ``localhost``, or any numeric address."""
+    if host is None or (isinstance(host, (str, bytes)) and not host):
+        return True
+    name = host.decode("ascii", "replace") if isinstance(host, bytes) else str(host)
+    if name.lower().rstrip(".") in ("localhost", "localhost.localdomain") \
+            or name.lower().rstrip(".").endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    return True  # an address: no look-up; connecting to it is guarded on its own
+
+
+def _refuse(what: str) -> UnexpectedNetworkAccess:
+    return UnexpectedNetworkAccess(
+        f"{what} while arta's emulator stands in for the service: only loopback is allowed")
+
+
 @contextlib.contextmanager
 def _loopback_only() -> Iterator[None]:
-    """Fail any connection to a non-loopback address (all threads), until the block ends."""
-    real = socket.socket.connect
+    """Until the block ends (all threads): fail any connection, datagram or DNS look-up off loopback.
+
+    Guarded: ``connect``, ``connect_ex``, ``sendto``, ``sendmsg`` to an
+    address that is not loopback, and ``getaddrinfo``/``gethostbyname``/
+    ``gethostbyname_ex`` of a name, ``gethostbyaddr`` of anything but loopback
+    (each would be a DNS query).
+    """
+    sock = socket.socket
+    saved_methods = {name: getattr(sock, name)
+                     for name in ("connect", "connect_ex", "sendto", "sendmsg")}
+    saved_lookups = {name: getattr(socket, name) for name in
+                     ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr")}
+
+    def check(self: socket.socket, address: Any) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple) \
+                and not _loopback(address[0]):
+            raise _refuse(f"a connection or datagram to {address[0]}")
 
     def connect(self: socket.socket, address: Any) -> None:
-        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
-            raise UnexpectedNetworkAccess(
-                f"a connection to {address[0]} while arta's emulator stands in for the "
-                "service: only loopback is allowed")
-        real(self, address)
+        check(self, address)
+        saved_methods["connect"](self, address)
 
-    socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        check(self, address)
+        return int(saved_methods["connect_ex"](self, address))
+
+    def sendto(self: socket.socket, data: Any, *flags_and_address: Any) -> int:
+        check(self, flags_and_address[-1])
+        return int(saved_methods["sendto"](self, data, *flags_and_address))
+
+    def sendmsg(self: socket.socket, buffers: Any, *rest: Any) -> int:
+        if len(rest) >= 3:  # ancdata, flags, address
+            check(self, rest[2])
+        return int(saved_methods["sendmsg"](self, buffers, *rest))
+
+    def lookup(name: str) -> Any:
+        real = saved_lookups[name]
+        # A reverse look-up asks DNS even of an address: only loopback's is local.
+        local = _loopback if name == "gethostbyaddr" else _local_name
+
+        def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if not local(host):
+                raise _refuse(f"a DNS look-up of {host!r}")
+            return real(host, *args, **kwargs)
+        return guarded
+
+    replaced = {"connect": connect, "connect_ex": connect_ex, "sendto": sendto,
+                "sendmsg": sendmsg}
+    for name, function in replaced.items():
+        setattr(sock, name, function)
+    for name in saved_lookups:
+        setattr(socket, name, lookup(name))
     try:
         yield
     finally:
-        socket.socket.connect = real  # type: ignore[method-assign]
+        for name, method in saved_methods.items():
+            setattr(sock, name, method)
+        for name, function in saved_lookups.items():
+            setattr(socket, name, function)
 
 
 class MockArta(contextlib.ContextDecorator):

@@ -77,6 +77,8 @@ def _call(spec: dict[str, Any]) -> None:
         client.resume("job-1")
     elif call == "result":
         client.resume("job-1").result()
+    elif call == "refresh":
+        client.auth.refresh(spec["secrets"][0])
     elif call == "token":
         client.auth.token()
     elif call == "submit":

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 PNG = encode_rgb(4, 3, [bytes(4 * 3)] * 3)
 SECRET = "hostile-secret-token-value"
+REFRESH_SECRET = "hostile-secret-refresh-value"
 
 Handler = Callable[["_Handler", str], None]
 
@@ -70,6 +71,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except OSError:
             return True
 
+    body = b""
+
     def _route(self) -> tuple[str, str]:
         mode, _, rest = self.path.lstrip("/").partition("/")
         return mode, rest
@@ -79,7 +82,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
+        self.body = self.rfile.read(length)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -270,6 +273,11 @@ ATTACKS: dict[tuple[str, str], Handler] = {
     ("malformed-url", "status"): _urls("http://[::1/x.png"),
     ("metadata-v4", "status"): _urls("http://169.254.169.254/latest/meta-data/x.png"),
     ("metadata-v6", "status"): _urls("http://[fd00:ec2::254]/latest/x.png"),
+    # issue 18, item 9: the same address spelt as the system also reads it
+    ("metadata-decimal", "status"): _urls("http://2852039166/latest/x.png"),
+    ("metadata-hex", "status"): _urls("http://0xa9fea9fe/latest/x.png"),
+    ("metadata-octal", "status"): _urls("http://0251.0376.0251.0376/latest/x.png"),
+    ("metadata-short", "status"): _urls("http://169.254.43518/latest/x.png"),
     ("escapes", "status"): _escapes,
     ("slow-image", "image"): _slow_image,
     ("announced-huge", "image"): lambda handler, mode: handler.send(
@@ -284,6 +292,16 @@ ATTACKS: dict[tuple[str, str], Handler] = {
     ("expires-negative", "signup"): _signup_with("-5"),
     ("expires-zero", "signup"): _signup_with("0"),
     ("token-newline", "signup"): _signup_with(token=f" {SECRET}\nx"),
+    # Issue 18, item 8: the request's own secrets quoted back, as an error and as a failure.
+    ("echo-token", "signup"): _signup_with(token=SECRET),
+    ("echo-token", "submit"): lambda handler, mode: handler.json(
+        {"detail": f"bad header Authorization: {handler.headers['Authorization']}"}, 500),
+    ("echo-failed", "signup"): _signup_with(token=SECRET),
+    ("echo-failed", "status"): lambda handler, mode: handler.json(
+        {"record_id": "job", "status": "FAILED", "error_code": "E",
+         "error_details": f"token {handler.headers['Authorization']} refused"}),
+    ("echo-refresh", "refresh"): lambda handler, mode: handler.json(
+        {"error": {"code": 400, "message": handler.body.decode()}}, 400),
     # Only the status call misbehaves (sign-up, submit and images answer as usual):
     # the deadline of one poll, and of the wait, is what these test.
     ("drip-status-headers", "status"): _drip_status_headers,

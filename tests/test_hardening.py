@@ -30,8 +30,9 @@ from arta.auth import Authenticator, FileTokenStore, MemoryTokenStore, Token
 from arta.cli import main as cli_main
 from arta.config import API_KEY, Settings
 from arta.emulator import Emulator
+from arta.images import blocked_host as _blocked_host
 from arta.redact import install_log_redaction, redact
-from arta.result import MAX_DOWNLOAD_THREADS, _blocked_host
+from arta.result import MAX_DOWNLOAD_THREADS
 from arta.transport import RequestsTransport, Response
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,6 +209,15 @@ def test_a_loose_home_warns_and_one_writable_by_others_and_not_ours_is_refused(
         FileTokenStore(shared / "auth_ARTA.json").save(Token("id-token-value", "r", 1.0, 1e12))
 
 
+def test_a_world_writable_sticky_home_like_tmp_is_refused_saying_why(tmp_path: Path) -> None:
+    shared = tmp_path / "like-tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # ours, sticky: others still create files in it before we do
+    with pytest.raises(arta.ConfigurationError, match="writable by other users .every user: mode 1777"):
+        FileTokenStore(shared / "auth_ARTA.json").save(Token("id-token-value", "r", 1.0, 1e12))
+    assert not (shared / "auth_ARTA.json").exists()
+
+
 @pytest.mark.parametrize(("variable", "value"), [
     ("ARTA_ENDPOINT", "garbage"), ("ARTA_ENDPOINT", "http://[::1"),
     ("ARTA_ENDPOINT", "http://127.0.0.1:99999"), ("ARTA_ENDPOINT", "http://127.0.0.1:1/?x=1"),
@@ -321,6 +331,12 @@ def test_metadata_addresses_are_allowed_only_for_an_endpoint_on_one() -> None:
     assert _blocked_host(url, "http://169.254.10.10:8765") is None
     assert _blocked_host("http://[::ffff:169.254.169.254]/x", None)
     assert _blocked_host("https://cdn.example/x.png", None) is None
+
+
+@pytest.mark.parametrize("host", ["2852039166", "0xa9fea9fe", "0251.0376.0251.0376",
+                                  "169.254.43518", "[::ffff:a9fe:a9fe]"])
+def test_every_spelling_of_the_metadata_address_is_blocked(host: str) -> None:
+    assert _blocked_host(f"http://{host}/latest/x.png", None)  # resolved numerically: no DNS
 
 
 def test_file_names_stay_unique_for_long_ids_and_templates_without_index() -> None:

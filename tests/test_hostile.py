@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_server import SECRET, HostileServer
+from hostile_server import REFRESH_SECRET, SECRET, HostileServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("hostile_child.py")
@@ -80,6 +80,11 @@ ROWS = [
     Row("malformed-url", "save", "DownloadError", at_most={"image": 0}),
     Row("metadata-v4", "save", "DownloadError"),
     Row("metadata-v6", "save", "DownloadError"),
+    # issue 18, item 9: other spellings of 169.254.169.254
+    Row("metadata-decimal", "save", "DownloadError", at_most={"image": 0}),
+    Row("metadata-hex", "save", "DownloadError", at_most={"image": 0}),
+    Row("metadata-octal", "save", "DownloadError", at_most={"image": 0}),
+    Row("metadata-short", "save", "DownloadError", at_most={"image": 0}),
     # item 23: terminal escapes from the server never reach the error text
     Row("escapes", "result", "GenerationFailed"),
     # item 10, first and third bullets: the poll loop's deadline
@@ -94,6 +99,10 @@ ROWS = [
     Row("password", "submit", "ConnectError",
         endpoint="http://arta:pw-hostile-secret@127.0.0.1:9/password",
         secrets=("pw-hostile-secret",)),
+    # issue 18, item 8: a server quoting the request's token or refresh token back
+    Row("echo-token", "submit", "SubmitOutcomeUnknown", secrets=(SECRET,)),
+    Row("echo-failed", "result", "GenerationFailed", secrets=(SECRET,)),
+    Row("echo-refresh", "refresh", "AuthError", secrets=(REFRESH_SECRET,)),
 ]
 
 

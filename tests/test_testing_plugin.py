@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,43 @@ def test_mock_arta_as_a_decorator_gives_each_call_a_fresh_emulator() -> None:
     pipeline()
     pipeline()
     assert len(set(urls)) == 2
+
+
+class _ReachedTheWire(AssertionError):
+    """What the test's tripwire raises: the call got past the plugin's guard."""
+
+
+def _tripwire(real: Any = None) -> Any:
+    """Stands in, under the guard, for what would reach the network: nothing leaves the test.
+
+    A look-up of loopback goes on to ``real`` (the emulator looks up its own
+    address as it starts, before the guard is in place).
+    """
+    def wire(*args: Any, **kwargs: Any) -> Any:
+        if real is not None and args and args[0] in ("127.0.0.1", "localhost"):
+            return real(*args, **kwargs)
+        raise _ReachedTheWire("the call got past the guard")
+    return wire
+
+
+@pytest.mark.parametrize("attempt", [
+    lambda: socket.socket().connect_ex(("192.0.2.1", 80)),
+    lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 53)),
+    lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", 0, ("192.0.2.1", 53)),
+    lambda: socket.getaddrinfo("example.com", 443),
+    lambda: socket.gethostbyname("example.com"),
+    lambda: socket.gethostbyaddr("192.0.2.1"),
+], ids=["connect_ex", "udp-sendto", "udp-sendto-flags", "getaddrinfo", "gethostbyname",
+        "gethostbyaddr"])
+def test_the_guard_refuses_connect_ex_datagrams_and_dns_lookups(
+        attempt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with mock_arta():  # loopback and local names still work under the guard
+        assert socket.getaddrinfo("localhost", 80)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"x", ("127.0.0.1", 9))
+    for name in ("connect_ex", "sendto"):
+        monkeypatch.setattr(socket.socket, name, _tripwire())
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyaddr"):
+        monkeypatch.setattr(socket, name, _tripwire(getattr(socket, name)))
+    with mock_arta(), pytest.raises(UnexpectedNetworkAccess):
+        attempt()

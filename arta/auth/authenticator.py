@@ -189,12 +189,13 @@ class Authenticator:
         """Trade ``refresh_token`` for a new token (not stored; retried when transient)."""
         return self._call(protocol.refresh_request(self.settings, refresh_token), protocol.parse_refresh)
 
-    def _call(self, request: Request, parse: Callable[[Response], protocol.TokenGrant]) -> Token:
+    def _call(self, request: Request,
+              parse: Callable[[Response, tuple[str, ...]], protocol.TokenGrant]) -> Token:
         # Transient failures are retried, sign-up included: at worst a lost
         # answer costs one extra anonymous account, never a paid job.
         def once() -> protocol.TokenGrant:
             with self.transport.handle_request(request) as response:
-                return parse(response)
+                return parse(response, protocol.request_secrets(request))
 
         try:
             return Token.from_grant(self.retry_policy.call(once, retry_on=transient), self.clock())

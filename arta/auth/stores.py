@@ -77,7 +77,7 @@ def _make_private_folder(folder: Path) -> None:
 
 
 def _check_home(folder: Path) -> None:
-    """Refuse a state folder others can write to; warn about one they can read.
+    """Refuse a state folder every user (or another owner) can write to; warn about a loose one.
 
     A group- or world-writable folder owned by someone else lets that user
     swap the token file for theirs (or read every token written there).
@@ -91,6 +91,11 @@ def _check_home(folder: Path) -> None:
             f"ARTA_HOME {folder} is not a folder; point ARTA_HOME at a folder (or remove the file)")
     mode = stat.S_IMODE(info.st_mode)
     mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    if mode & 0o002:  # the sticky bit (/tmp's 1777) only stops others deleting our files
+        raise ConfigurationError(
+            f"ARTA_HOME {folder} is writable by other users (every user: mode {mode:o}); even with "
+            "the sticky bit another user can create the token or lock file there before you do. "
+            "Use a folder of your own (chmod 700)")
     if mode & 0o022 and not mine and not mode & stat.S_ISVTX:
         raise ConfigurationError(
             f"ARTA_HOME {folder} is writable by other users (mode {mode:o}) and is not yours: "

@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import threading
@@ -46,8 +47,9 @@ from arta.batch.plan import (
     save_images,
 )
 from arta.client import Client
-from arta.engine.run import Job, JobRun
-from arta.engine.run import Outcome as RunOutcome
+from arta.engine.jobs import Job
+from arta.engine.jobs import Outcome as RunOutcome
+from arta.engine.run import JobRun
 from arta.errors import ArtaError, SubmitOutcomeUnknown
 from arta.generation import Generation
 from arta.progress import ProgressDisplay, progress_display
@@ -58,8 +60,10 @@ __all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Ma
 
 log = logging.getLogger(__name__)
 
-#: Threads that save images (downloads are short; the jobs' waits are in the poll loop).
 Counts = dict[str, int]
+
+#: A worker's exit status when its driver died under it.
+EXIT_ORPHANED = 70
 
 
 class _Share:
@@ -271,9 +275,29 @@ def _run_processes(tasks: list[Task], manifest: Manifest, output: str | os.PathL
         channel.close()
 
 
+def _die_with_driver() -> None:
+    """End this worker process the moment its driver dies, however it died (``kill -9`` too).
+
+    An orphan would go on submitting beside the next run, which takes the
+    run lock the dead driver held: jobs paid twice. The worker stops as
+    abruptly as a killed process; the manifest is made for that (every
+    line fsynced; an intent without its record id is flagged on the next run).
+    """
+    driver = multiprocessing.parent_process()
+    if driver is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([driver.sentinel])  # ready when the driver is gone
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="arta-batch-driver-watch", daemon=True).start()
+
+
 def _worker(index: int, tasks: list[Task], client_options: dict[str, Any], manifest: str,
             output: str, concurrency: int, channel: Any) -> None:
-    """A worker process: its share of the batch, reported on ``channel``."""
+    """A worker process: its share of the batch, reported on ``channel``; it dies with its driver."""
+    _die_with_driver()
     try:
         with Client(**client_options) as client:
             _Share(client, Manifest(manifest), output, tasks, concurrency,

@@ -150,6 +150,12 @@ def _follow(generation: Generation, client: Client, args: argparse.Namespace, *,
             result = generation.result()  # GenerationFailed for a FAILED job
             if save_to is not None:
                 files = [str(path) for path in result.save(save_to)]
+    except KeyboardInterrupt:
+        if not generation.done:
+            raise
+        raise _Interrupted(
+            f"interrupted while saving the images; job {generation.record_id} is done (and "
+            f"paid for). Save them with: {_status_command(generation.record_id, args)}") from None
     except ArtaError as error:
         if args.json:
             _print_json(_job_json(generation, error=error))
@@ -356,5 +362,5 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"arta: {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt as interrupted:  # a SubmitInterrupted says what may exist
-        print(f"arta: {interrupted or 'interrupted'}", file=sys.stderr)
+        print(f"arta: {str(interrupted) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -38,8 +38,9 @@ from arta.client import Client
 from arta.dask.cluster import WORKER_CONFIG, local_workers
 from arta.dask.jobs import task_client
 from arta.dask.token_store import DaskTokenStore
-from arta.engine.run import Job, JobRun
-from arta.engine.run import Outcome as RunOutcome
+from arta.engine.jobs import Job
+from arta.engine.jobs import Outcome as RunOutcome
+from arta.engine.run import JobRun
 from arta.errors import ArtaError, InvalidInputError, SubmitOutcomeUnknown
 from arta.generation import Generation, Status
 from arta.result import Result

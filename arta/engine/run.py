@@ -11,94 +11,33 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
-import dataclasses
 import functools
+import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable
 
+from arta.engine.jobs import Job, Outcome
 from arta.engine.window import AdaptiveWindow
 from arta.errors import (
     ArtaError,
     ConnectError,
     GenerationCancelled,
-    GenerationTimeout,
     InvalidInputError,
+    RunInterrupted,
     ServiceError,
 )
 from arta.generation import Generation, PollPlanner, Session, wait_bound
-from arta.params import GenerationParams
-from arta.progress import ProgressDisplay
-from arta.result import Result
 from arta.retry import congested
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Job", "JobRun", "Outcome", "as_completed", "map_outcomes"]
+__all__ = ["JobRun"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One unit of work: submit ``params`` (seed fixed), or resume ``record_id`` instead.
-
-    ``tag`` is the caller's, handed back in the :class:`Outcome`. A job with
-    ``error`` set failed before anything could be sent (a bad item of
-    :meth:`arta.Client.map`): its outcome is that error, and no request is made.
-    """
-
-    params: GenerationParams | None = None
-    record_id: str | None = None
-    tag: Any = None
-    error: ArtaError | None = None
-
-    def __post_init__(self) -> None:
-        if self.params is None and not self.record_id and self.error is None:
-            raise InvalidInputError("a Job needs params to submit or a record_id to resume")
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """How one job ended: a :class:`~arta.result.Result`, or the error that ended it."""
-
-    job: Job
-    generation: Generation | None = None
-    result: Result | None = None
-    error: ArtaError | None = None
-    value: Any = None  #: what a hand-off's future gave, in place of ``result``
-
-    @property
-    def ok(self) -> bool:
-        """True if the job is DONE and its result (or its hand-off's value) is here."""
-        return self.result is not None or self.value is not None
-
-    @property
-    def record_id(self) -> str | None:
-        """The job's id at the service (None if it was never submitted, or its fate is unknown)."""
-        if self.generation is not None:
-            return self.generation.record_id
-        return getattr(self.error, "record_id", None) or self.job.record_id
-
-    @property
-    def params(self) -> GenerationParams | None:
-        """What was (or was to be) submitted."""
-        if self.job.params is not None:
-            return self.job.params
-        return self.generation.params if self.generation is not None else None
-
-    @property
-    def index(self) -> Any:
-        """The item's position, for outcomes of :meth:`arta.Client.map` (the job's tag)."""
-        return self.job.tag
-
-    def unwrap(self) -> Result:
-        """The result, or raise the error."""
-        if self.result is None:
-            raise self.error or ArtaError("the job has no result", record_id=self.record_id)
-        return self.result
+log = logging.getLogger(__name__)
 
 
 class JobRun:
@@ -106,7 +45,13 @@ class JobRun:
 
     ``counts`` says how many jobs are queued, in flight, done and failed;
     ``close()`` stops submitting (jobs already submitted keep their record
-    ids and are no longer waited for).
+    ids and are no longer waited for). The run also closes with its client.
+
+    The input is read only on the thread that iterates the run (and the one
+    that made it), never on the loop's threads: if it raises, the jobs taken
+    before end as usual and then the iteration raises that error. Ctrl-C
+    while iterating raises :class:`~arta.errors.RunInterrupted` with the
+    outcomes not yet handed out, record ids included.
     """
 
     def __init__(self, client: Session, window: AdaptiveWindow, jobs: Iterable[Job], *,
@@ -120,6 +65,7 @@ class JobRun:
             raise InvalidInputError(f"concurrency must be an int of at least 1, not {concurrency!r}")
         self.concurrency = concurrency
         self._client = client
+        self._loop = client.loop  # a closed client refuses here, before anything is read
         self._window = window
         self._jobs = iter(jobs)
         self._timeout = wait_bound(timeout, client, poll_policy)  # refusals end by it too
@@ -127,38 +73,61 @@ class JobRun:
         self._on_submitting = on_submitting
         self._on_submitted = on_submitted
         self._hand_off = hand_off  # its future ends the job's outcome, in place of a wait
-        self._ready: collections.deque[Job] = collections.deque()  # taken back, to go first
-        self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._ready: collections.deque[Job] = collections.deque()  # read, not yet started
+        # Outcomes; None only wakes the iterating thread (to read input, or to see a close).
+        self._outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self._lock = threading.RLock()
+        self._submits_ended = threading.Condition(self._lock)
         self._waits: set[Any] = set()
         self._connect_failures: dict[int, int] = {}
         self._refused_since: float | None = None  # since when every submit was refused
+        self._refused: ArtaError | None = None  # refused past the timeout: the rest end so
+        self._input_error: Exception | None = None
+        self._input_wanted = False
         self._running = 0  # this run's jobs between their slot and their outcome
+        self._submitting = 0  # of those, the ones in a submit right now
         self._owed = 0  # jobs taken in and not yet handed out
         self._exhausted = False
         self._closed = False
         self.counts = {"queued": 0, "in_flight": 0, "done": 0, "failed": 0}
         self._window.limit = concurrency  # the window never grows past what was asked
-        self._pump()
+        self._loop.closes_with(self)
+        try:
+            self._read_input()
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
 
     def __iter__(self) -> Iterator[Outcome]:
         return self
 
     def __next__(self) -> Outcome:
-        with self._lock:
-            done = self._owed == 0 and self._exhausted
-        if done or self._closed:
-            try:  # after close(): what had ended by then, and no more
-                outcome = self._outcomes.get_nowait() if self._closed else None
-            except queue.Empty:
-                outcome = None
-            if outcome is None:
-                raise StopIteration
-        else:
-            outcome = self._outcomes.get()
-        with self._lock:
-            self._owed -= 1
-        return outcome
+        try:
+            return self._next_outcome()
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+
+    def _next_outcome(self) -> Outcome:
+        while True:
+            self._read_input()
+            with self._lock:
+                done = self._owed == 0 and self._exhausted
+                if self._closed:  # a submit on its way comes back with its record id
+                    while self._submitting:
+                        self._submits_ended.wait()
+            if done or self._closed:
+                try:  # after close(): what had ended by then, and no more
+                    outcome = self._outcomes.get_nowait()
+                except queue.Empty:
+                    error, self._input_error = self._input_error, None
+                    if error is not None and not self._closed:
+                        raise error
+                    raise StopIteration from None
+            else:
+                outcome = self._outcomes.get()
+            if outcome is not None:
+                with self._lock:
+                    self._owed -= 1
+                return outcome
 
     def close(self) -> None:
         """Stop submitting and stop waiting; already submitted jobs keep their record ids."""
@@ -167,6 +136,29 @@ class JobRun:
             waits, self._waits = list(self._waits), set()
         for wait in waits:  # a Watch, or a hand-off's future
             wait.cancel(*() if self._hand_off else ("the run was closed while waiting for the job",))
+        if waits and self._hand_off is None:  # whoever closed may never read their outcomes (a break, Ctrl-C in a loop body)
+            log.warning("the run was closed: %d job(s) go on at the service: %s", len(waits),
+                        ", ".join(wait.generation.record_id for wait in waits))
+        self._outcomes.put(None)  # the iterating thread sees the close
+
+    def _interrupted(self) -> RunInterrupted:
+        """Close on Ctrl-C; the outcomes not handed out (submits on their way included)."""
+        self.close()
+        with self._lock:
+            while self._submitting:
+                self._submits_ended.wait()
+        outcomes = []
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                break
+            if outcome is not None:
+                outcomes.append(outcome)
+        interrupted = RunInterrupted(outcomes)
+        if interrupted.record_ids:
+            log.warning("%s", interrupted)
+        return interrupted
 
     def __enter__(self) -> Self:
         return self
@@ -174,86 +166,108 @@ class JobRun:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _next_job(self) -> Job | None:
-        if self._ready:
-            return self._ready.popleft()
-        if self._exhausted:
-            return None
+    def _read_input(self) -> None:
+        """Take jobs from the input while the run has room for them (only the iterating thread)."""
         while True:
+            with self._lock:
+                self._input_wanted = False
+                if self._exhausted or self._closed or (
+                        self._refused is None
+                        and self._running + len(self._ready) >= self.concurrency):
+                    break
             try:
-                job = next(self._jobs)
+                job: Job | None = next(self._jobs)
             except StopIteration:
-                self._exhausted = True
-                return None
-            self._owed += 1
-            if job.error is None:
-                self.counts["queued"] += 1
-                return job
-            self._finish(Outcome(job, error=job.error), counted=False)
+                job = None
+            except Exception as error:  # noqa: BLE001 - raised once the jobs taken have ended
+                job, self._input_error = None, error
+            with self._lock:
+                if job is None:
+                    self._exhausted = True
+                    break
+                self._owed += 1
+                failed = job.error or self._refused
+                if failed is None:
+                    self.counts["queued"] += 1
+                    self._ready.append(job)
+                    continue
+            self._finish(Outcome(job, error=failed), counted=False)
+        self._pump()
 
     def _pump(self) -> None:
         """Start as many jobs as this run's concurrency and the client's window allow."""
         window = self._window
         with self._lock:
-            while not self._closed and self._running < self.concurrency:
-                job = self._next_job()
-                if job is None:
-                    break
+            while not self._closed and self._ready and self._running < self.concurrency:
                 ticket = window.acquire()
                 if ticket is None:
-                    self._ready.appendleft(job)
                     # A full window is reopened by a job's end; a paused one by the clock.
                     pause = window.wait_time()
                     if pause != float("inf"):
-                        self._client.loop.call_at(time.monotonic() + pause, self._pump)
+                        self._loop.call_at(time.monotonic() + pause, self._pump)
                     break
+                job = self._ready.popleft()
                 self._running += 1
                 self.counts["queued"] -= 1
                 self.counts["in_flight"] += 1
-                self._client.loop.run_io(functools.partial(self._start, job, ticket))
+                self._loop.run_io(functools.partial(self._start, job, ticket))
+            wanted = not (self._closed or self._exhausted or self._input_wanted) and (
+                self._refused is not None or self._running + len(self._ready) < self.concurrency)
+            self._input_wanted = self._input_wanted or wanted
+        if wanted:
+            self._outcomes.put(None)  # the iterating thread reads more input
 
     def _start(self, job: Job, ticket: int) -> None:
         """On an I/O thread: submit (or resume) one job and put it in the poll loop."""
-        client = self._client
-        try:
-            if job.record_id is not None:
-                generation = Generation(job.record_id, params=job.params, session=client)
-            else:
-                submitted = self._submit(job, ticket)
-                if submitted is None:
-                    return  # taken back, to be submitted again
-                generation = submitted
-                if self._on_submitted is not None:
-                    _call_hook(self._on_submitted, job, generation, generation.record_id)
-        except ArtaError as error:
-            self._window.release()
-            self._finish(Outcome(job, error=error))
-            return
         with self._lock:
             if self._closed:
                 self._window.release()
-                self._finish(Outcome(job, generation, error=GenerationCancelled(
-                    "the run was closed before the job was waited for",
-                    record_id=generation.record_id)))
-                return
-            try:
-                if self._hand_off is None:
-                    wait: Any = generation.watch(self._timeout, self._policy)
-                    ending = wait.future
-                else:
-                    wait = ending = self._hand_off(job, generation)
-            except Exception as error:  # noqa: BLE001 - the job is paid: keep its id
-                self._window.release()
-                self._finish(Outcome(job, generation, error=ArtaError(
-                    f"{type(error).__name__}: {error}", record_id=generation.record_id)))
-                return
-            self._waits.add(wait)
-        ending.add_done_callback(lambda done: self._ended(job, generation, wait, done))
+                return  # nothing sent
+            self._submitting += 1
+        try:
+            self._start_job(job, ticket)
+        finally:
+            with self._lock:
+                self._submitting -= 1
+                self._submits_ended.notify_all()
+
+    def _start_job(self, job: Job, ticket: int) -> None:
+        generation = None
+        try:
+            if job.record_id is not None:
+                generation = Generation(job.record_id, params=job.params, session=self._client)
+            else:
+                generation = self._submit(job, ticket)
+                if generation is None:
+                    return  # taken back, to be submitted again
+                if self._on_submitted is not None:
+                    _call_hook(self._on_submitted, job, generation)
+            with self._lock:  # (a close after this cancels the wait, which then reports)
+                wait: Any = None
+                if not self._closed:
+                    wait = generation.watch(self._timeout, self._policy) \
+                        if self._hand_off is None else self._hand_off(job, generation)
+                    self._waits.add(wait)
+            if wait is None:
+                raise GenerationCancelled("the run was closed before the job was waited for")
+            started = generation
+            ending = wait if self._hand_off is not None else wait.future
+            ending.add_done_callback(lambda done: self._ended(job, started, wait, done))
+        except Exception as error:  # noqa: BLE001 - every job ends with an outcome
+            record_id = generation.record_id if generation is not None else None
+            failed = error if isinstance(error, ArtaError) else ArtaError(
+                f"{type(error).__name__}: {error}")
+            if record_id is not None:
+                failed = failed.with_record_id(record_id)
+                if self._closed:
+                    log.warning("the run was closed: job %s goes on at the service", record_id)
+            self._window.release()
+            self._finish(Outcome(job, generation, error=failed))
 
     def _submit(self, job: Job, ticket: int) -> Generation | None:
         assert job.params is not None
         if self._on_submitting is not None:
-            _call_hook(self._on_submitting, job, None, None)
+            _call_hook(self._on_submitting, job)
         window = self._window
         try:
             generation = self._client.submit_params(job.params, retry=False)
@@ -286,11 +300,14 @@ class JobRun:
         return generation
 
     def _give_up_queued(self, error: ArtaError) -> None:
-        """End every job not yet submitted with ``error`` (nothing of theirs was sent)."""
+        """End every job not yet submitted, and the rest of the input, with ``error`` (none sent)."""
         with self._lock:
-            while (job := self._next_job()) is not None:
-                self.counts["queued"] -= 1
-                self._finish(Outcome(job, error=error), counted=False)
+            self._refused = error
+            ready, self._ready = list(self._ready), collections.deque()
+            self.counts["queued"] -= len(ready)
+        for job in ready:
+            self._finish(Outcome(job, error=error), counted=False)
+        self._outcomes.put(None)  # the iterating thread reads the rest, each ending so
 
     def _take_back(self, job: Job, delay: float) -> None:
         """Put ``job`` back at the head of the line, to be sent again after ``delay``."""
@@ -300,7 +317,7 @@ class JobRun:
             self.counts["queued"] += 1
             self._ready.appendleft(job)
         if delay > 0:
-            self._client.loop.call_at(time.monotonic() + delay, self._pump)
+            self._loop.call_at(time.monotonic() + delay, self._pump)
         else:
             self._pump()
 
@@ -338,93 +355,12 @@ class JobRun:
             self._pump()
 
 
-def _call_hook(hook: Callable[..., object], job: Job, generation: Generation | None,
-               record_id: str | None) -> None:
-    """Call a caller's hook; its failure fails the job (with its record id, once there is one)."""
+def _call_hook(hook: Callable[..., object], *args: object) -> None:
+    """Call a caller's hook; its failure fails the job (given its record id by the caller)."""
     try:
-        if generation is None:
-            hook(job)
-        else:
-            hook(job, generation)
+        hook(*args)
     except ArtaError:
         raise
     except Exception as error:
         raise ArtaError(f"{type(error).__name__} in {getattr(hook, '__name__', 'a hook')}: "
-                        f"{error}", record_id=record_id) from error
-
-
-def _as_params(item: str | Mapping[str, Any] | GenerationParams,
-               defaults: Mapping[str, Any]) -> GenerationParams:
-    if isinstance(item, GenerationParams):
-        return item
-    if isinstance(item, str):
-        return GenerationParams.create(item, **defaults)
-    if isinstance(item, Mapping) and "prompt" in item:
-        fields = {**defaults, **item}
-        return GenerationParams.create(fields.pop("prompt"), **fields)
-    raise InvalidInputError(
-        f"an item must be a prompt, a dict with a 'prompt', or GenerationParams, not {item!r}")
-
-
-def map_outcomes(client: Session, window: AdaptiveWindow,
-                 items: Iterable[str | Mapping[str, Any] | GenerationParams],
-                 *, concurrency: int, ordered: bool, timeout: float | None,
-                 poll_policy: PollPlanner | None, defaults: Mapping[str, Any],
-                 progress: ProgressDisplay | None = None) -> Iterator[Outcome]:
-    """The body of :meth:`arta.Client.map`: each item a job, tagged with its index."""
-
-    def jobs() -> Iterator[Job]:
-        for index, item in enumerate(items):
-            try:
-                yield Job(_as_params(item, defaults), tag=index)
-            except (InvalidInputError, TypeError) as error:  # no request for this one
-                failed = error if isinstance(error, ArtaError) else InvalidInputError(str(error))
-                yield Job(tag=index, error=failed)
-
-    run = JobRun(client, window, jobs(), concurrency=concurrency, timeout=timeout,
-                 poll_policy=poll_policy, on_submitting=None, on_submitted=None)
-    try:
-        with progress if progress is not None else contextlib.nullcontext():
-            yield from _in_order(run, progress) if ordered else _shown(run, progress)
-    finally:
-        run.close()
-
-
-def _shown(run: JobRun, progress: ProgressDisplay | None) -> Iterator[Outcome]:
-    for outcome in run:
-        if progress is not None:
-            progress.update(**run.counts)
-        yield outcome
-
-
-def _in_order(run: JobRun, progress: ProgressDisplay | None) -> Iterator[Outcome]:
-    buffered: dict[int, Outcome] = {}
-    expected = 0
-    for outcome in _shown(run, progress):
-        buffered[outcome.job.tag] = outcome
-        while expected in buffered:
-            yield buffered.pop(expected)
-            expected += 1
-
-
-def as_completed(generations: Iterable[Generation],
-                 timeout: float | None = None) -> Iterator[Generation]:
-    """Yield each generation as its wait ends, as :func:`concurrent.futures.as_completed` does.
-
-    Every wait runs in its client's poll loop (:meth:`Generation.future`).
-    Call ``result()`` on what is yielded: the images, or the error that
-    ended the job or its wait (carrying the record id). Past ``timeout``
-    seconds, :class:`~arta.errors.GenerationTimeout` names the jobs still
-    running; they go on at the service, and their waits end.
-    """
-    by_future = {generation.future(): generation for generation in generations}
-    try:
-        for future in concurrent.futures.as_completed(by_future, timeout=timeout):
-            yield by_future[future]
-    except concurrent.futures.TimeoutError:
-        pending = [g.record_id for f, g in by_future.items() if not f.done()]
-        for future in by_future:
-            future.cancel()  # nobody waits for them any more: their polls stop
-        raise GenerationTimeout(
-            f"{len(pending)} of {len(by_future)} jobs still running after {timeout:g}s: "
-            + ", ".join(pending)) from None
+                        f"{error}") from error
