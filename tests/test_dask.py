@@ -127,7 +127,7 @@ def test_200_jobs_one_signup_no_duplicates(emu: Emulator, cluster: Any, tmp_path
     before = emu.stats()
     jobs = _jobs(200, "batch")
     manifest = Manifest(tmp_path / "out" / "arta-manifest.jsonl")
-    seen: list[arta.batch.Outcome] = []
+    seen: list[arta.batch.JobReport] = []
     outcomes = run_batch_on_dask(jobs, manifest, tmp_path / "out",
                                  scheduler=cluster.scheduler_address,
                                  client_options=_options(emu), concurrency=16,
@@ -155,7 +155,7 @@ def test_a_worker_killed_mid_run(emu: Emulator, dask: Any, cluster: Any,
     victim = next(iter(_worker_pids(dask).values()))
     killed: list[int] = []
 
-    def kill_once(outcome: arta.batch.Outcome) -> None:
+    def kill_once(outcome: arta.batch.JobReport) -> None:
         if not killed and outcome.event == "done":
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)

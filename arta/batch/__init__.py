@@ -10,8 +10,8 @@ from arta.batch.run import (
     POSSIBLY_RESUBMITTED_NOTE,
     BatchJob,
     BatchReport,
+    JobReport,
     Manifest,
-    Outcome,
     Task,
     check_folder,
     plan,
@@ -20,5 +20,28 @@ from arta.batch.run import (
     running,
 )
 
-__all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Manifest",
-           "Outcome", "Task", "check_folder", "plan", "read_jobs", "run_batch", "running"]
+__all__ = [
+    "FIELDS",
+    "POSSIBLY_RESUBMITTED_NOTE",
+    "BatchJob",
+    "BatchReport",
+    "JobReport",
+    "Manifest",
+    "Task",
+    "check_folder",
+    "plan",
+    "read_jobs",
+    "run_batch",
+    "running",
+]
+
+
+def __getattr__(name: str) -> object:
+    """``arta.batch.Outcome`` was the name of :class:`JobReport` (one ``Outcome``: the engine's)."""
+    if name == "Outcome":
+        import warnings
+
+        warnings.warn("arta.batch.Outcome is arta.batch.JobReport", DeprecationWarning,
+                      stacklevel=2)
+        return JobReport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ from arta.errors import (
 from arta.params import GenerationParams
 from arta.result import Result
 
-__all__ = ["POSSIBLY_RESUBMITTED_NOTE", "BatchReport", "JobRecorder", "Outcome", "Task",
+__all__ = ["POSSIBLY_RESUBMITTED_NOTE", "BatchReport", "JobRecorder", "JobReport", "Task",
            "check_folder", "plan", "save_images"]
 
 #: What "possibly resubmitted" means, for the summary line.
@@ -50,7 +50,7 @@ def check_folder(folder: str | os.PathLike[str]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Outcome:
+class JobReport:
     """How one job of this run ended (also the ``--json`` output of a job)."""
 
     line: int
@@ -90,7 +90,7 @@ class Task:
 class BatchReport:
     """What a run did: every job's outcome, and how many jobs may have been paid twice."""
 
-    outcomes: list[Outcome]
+    outcomes: list[JobReport]
     possibly_resubmitted: int = 0
 
     def count(self, event: str) -> int:
@@ -103,16 +103,16 @@ class BatchReport:
         return next((o.error for o in self.outcomes if o.manifest_error), None)
 
 
-def plan(jobs: Sequence[BatchJob], states: dict[str, JobRecord]) -> tuple[list[Outcome], list[Task]]:
+def plan(jobs: Sequence[BatchJob], states: dict[str, JobRecord]) -> tuple[list[JobReport], list[Task]]:
     """Split ``jobs`` into those done by an earlier run and the tasks of this one."""
-    skipped: list[Outcome] = []
+    skipped: list[JobReport] = []
     tasks: list[Task] = []
     for job in jobs:
         state = states.get(job.key)
         if state is None:
             tasks.append(Task(job))
         elif state.event == "done":
-            skipped.append(Outcome(job.line, "skipped", state.record_id, state.files,
+            skipped.append(JobReport(job.line, "skipped", state.record_id, state.files,
                                    state.blurred, prompt=job.prompt, seed=state.seed))
         elif state.error_type == GenerationFailed.__name__:
             tasks.append(Task(job))  # the service failed it: a new job, a new seed
@@ -146,13 +146,13 @@ class JobRecorder:
                               "seed": seed})
 
     def done(self, record_id: str, seed: int | None, files: Sequence[str],
-             blurred: Sequence[int]) -> Outcome:
+             blurred: Sequence[int]) -> JobReport:
         """The images are saved."""
         self.manifest.append({**self.base, "event": "done", "record_id": record_id,
                               "seed": seed, "files": list(files), "blurred": list(blurred)})
         return self.outcome("done", record_id, seed, files=tuple(files), blurred=tuple(blurred))
 
-    def failed(self, error: ArtaError, record_id: str | None, seed: int | None) -> Outcome:
+    def failed(self, error: ArtaError, record_id: str | None, seed: int | None) -> JobReport:
         """The job ended in ``error``; record it (if the manifest still can be written)."""
         text = f"{type(error).__name__}: {error}"
         try:
@@ -166,9 +166,9 @@ class JobRecorder:
                             manifest_error=isinstance(error, ManifestError))
 
     def outcome(self, event: str, record_id: str | None, seed: int | None,
-                **fields: Any) -> Outcome:
+                **fields: Any) -> JobReport:
         """This job's outcome."""
-        return Outcome(self.task.job.line, event, record_id, prompt=self.task.job.prompt,
+        return JobReport(self.task.job.line, event, record_id, prompt=self.task.job.prompt,
                        seed=seed, possibly_resubmitted=self.task.possibly_resubmitted, **fields)
 
 

@@ -40,23 +40,34 @@ from arta.batch.plan import (
     POSSIBLY_RESUBMITTED_NOTE,
     BatchReport,
     JobRecorder,
-    Outcome,
+    JobReport,
     Task,
     check_folder,
     plan,
     save_images,
 )
 from arta.client import Client
-from arta.engine.jobs import Job
-from arta.engine.jobs import Outcome as RunOutcome
+from arta.engine.jobs import Job, Outcome
 from arta.engine.run import JobRun
 from arta.errors import ArtaError, SubmitOutcomeUnknown
 from arta.generation import Generation
 from arta.progress import ProgressDisplay, progress_display
 from arta.result import Result
 
-__all__ = ["FIELDS", "POSSIBLY_RESUBMITTED_NOTE", "BatchJob", "BatchReport", "Manifest",
-           "Outcome", "Task", "check_folder", "plan", "read_jobs", "run_batch", "running"]
+__all__ = [
+    "FIELDS",
+    "POSSIBLY_RESUBMITTED_NOTE",
+    "BatchJob",
+    "BatchReport",
+    "JobReport",
+    "Manifest",
+    "Task",
+    "check_folder",
+    "plan",
+    "read_jobs",
+    "run_batch",
+    "running",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +81,7 @@ class _Share:
     """One process's share of a batch: its tasks through ``client.run``, saves on its I/O threads."""
 
     def __init__(self, client: Client, manifest: Manifest, output: str | os.PathLike[str],
-                 tasks: Sequence[Task], concurrency: int, emit: Callable[[Outcome], None],
+                 tasks: Sequence[Task], concurrency: int, emit: Callable[[JobReport], None],
                  on_counts: Callable[[Counts], None]) -> None:
         self.client, self.manifest, self.output = client, manifest, output
         self.tasks, self.concurrency = tasks, concurrency
@@ -142,14 +153,14 @@ class _Share:
             self._saving -= 1
         self._end(outcome)
 
-    def _failed(self, outcome: RunOutcome) -> Outcome:
+    def _failed(self, outcome: Outcome) -> JobReport:
         recorder: JobRecorder = outcome.job.tag
         error = outcome.error or ArtaError("the job ended without a result")
         seed = outcome.job.params.seed if outcome.job.params is not None else recorder.task.seed
         record_id = None if isinstance(error, SubmitOutcomeUnknown) else outcome.record_id
         return recorder.failed(error, record_id, seed)
 
-    def _end(self, outcome: Outcome) -> None:
+    def _end(self, outcome: JobReport) -> None:
         with self._lock:
             self._ended["done" if outcome.event == "done" else "failed"] += 1
             self._emit(outcome)
@@ -170,8 +181,8 @@ def run_batch(
     client_options: dict[str, Any] | None = None,
     concurrency: int = 64,
     workers: int = 1,
-    on_outcome: Callable[[Outcome], None] | None = None,
-    on_plan: Callable[[list[Outcome], list[Task]], object] | None = None,
+    on_outcome: Callable[[JobReport], None] | None = None,
+    on_plan: Callable[[list[JobReport], list[Task]], object] | None = None,
     on_counts: Callable[[Counts], None] | None = None,
     progress: bool | ProgressDisplay = False,
 ) -> BatchReport:
@@ -221,8 +232,8 @@ def run_batch(
 
 
 def _collector(report: BatchReport,
-               on_outcome: Callable[[Outcome], None] | None) -> Callable[[Outcome], None]:
-    def emit(outcome: Outcome) -> None:
+               on_outcome: Callable[[JobReport], None] | None) -> Callable[[JobReport], None]:
+    def emit(outcome: JobReport) -> None:
         report.outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
@@ -234,7 +245,7 @@ def _collector(report: BatchReport,
 
 def _run_processes(tasks: list[Task], manifest: Manifest, output: str | os.PathLike[str],
                    workers: int, concurrency: int, client_options: dict[str, Any],
-                   emit: Callable[[Outcome], None], on_counts: Callable[[Counts], None]) -> None:
+                   emit: Callable[[JobReport], None], on_counts: Callable[[Counts], None]) -> None:
     """Split the tasks and the concurrency over ``workers`` processes; relay what they say."""
     # spawn, not fork: a forked child would inherit this process's threads and sockets.
     context = multiprocessing.get_context("spawn")

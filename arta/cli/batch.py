@@ -20,7 +20,7 @@ from typing import Any
 from arta.batch import (
     POSSIBLY_RESUBMITTED_NOTE,
     BatchReport,
-    Outcome,
+    JobReport,
     Task,
     check_folder,
     read_jobs,
@@ -69,7 +69,7 @@ class BatchCommand:
         self.manifest = Manifest(args.manifest or os.path.join(self.output, MANIFEST_NAME))
         self.report = BatchReport([])
         #: Every outcome so far, for a gallery of what a run stopped by Ctrl-C has.
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[JobReport] = []
         self._lock = RunLock(self.manifest.path)
 
     def lock(self) -> None:
@@ -86,14 +86,14 @@ class BatchCommand:
         # run_batch shows it; the Dask run is shown here.
         progress = BatchProgress(sys.stderr, len(self.jobs), enabled=not args.quiet)
 
-        def report(outcome: Outcome) -> None:
+        def report(outcome: JobReport) -> None:
             self.outcomes.append(outcome)
             if args.json:
                 _print_json(outcome.as_json())
             elif outcome.event == "failed":
                 progress.message(f"arta: line {outcome.line}: {outcome.error}")
 
-        def planned(done: list[Outcome], tasks: list[Task]) -> None:
+        def planned(done: list[JobReport], tasks: list[Task]) -> None:
             for outcome in done:
                 report(outcome)
             again = sum(task.possibly_resubmitted for task in tasks)
@@ -108,7 +108,7 @@ class BatchCommand:
 
             skipped = 0
 
-            def planned_here(done: list[Outcome], tasks: list[Task]) -> None:
+            def planned_here(done: list[JobReport], tasks: list[Task]) -> None:
                 nonlocal skipped
                 skipped = len(done)
                 planned(done, tasks)
@@ -150,7 +150,7 @@ class BatchCommand:
             self._write_gallery(self.report.outcomes)
         return self._summary()
 
-    def _write_gallery(self, outcomes: list[Outcome]) -> None:
+    def _write_gallery(self, outcomes: list[JobReport]) -> None:
         """The ``--gallery`` contact sheet (:mod:`arta.batch.gallery`) of these outcomes."""
         gallery = importlib.import_module("arta.batch.gallery")
         by_line = {job.line: job for job in self.jobs}

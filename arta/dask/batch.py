@@ -33,13 +33,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from arta.atomic import replacing
 from arta.batch.jobfile import BatchJob
 from arta.batch.manifest import Manifest, ManifestError
-from arta.batch.plan import BatchReport, JobRecorder, Outcome, Task, plan, save_images
+from arta.batch.plan import BatchReport, JobRecorder, JobReport, Task, plan, save_images
 from arta.client import Client
 from arta.dask.cluster import WORKER_CONFIG, local_workers
 from arta.dask.jobs import task_client
 from arta.dask.token_store import DaskTokenStore
-from arta.engine.jobs import Job
-from arta.engine.jobs import Outcome as RunOutcome
+from arta.engine.jobs import Job, Outcome
 from arta.engine.run import JobRun
 from arta.errors import ArtaError, InvalidInputError, SubmitOutcomeUnknown
 from arta.generation import Generation, Status
@@ -232,7 +231,7 @@ class _Driver:
             task.release()  # nothing of a finished job stays in the scheduler
         _settle(ending, value)
 
-    def record(self, outcome: RunOutcome) -> Outcome:
+    def record(self, outcome: Outcome) -> JobReport:
         """Write one ended job's images and its last manifest record."""
         recorder: JobRecorder = outcome.job.tag
         record_id = outcome.record_id
@@ -253,7 +252,7 @@ class _Driver:
         return recorder.done(record_id, value["seed"], files, value["blurred"])
 
     def run(self, tasks: list[Task], concurrency: int, timeout: float | None,
-            emit: Callable[[Outcome], None], on_counts: Callable[[Counts], None]) -> None:
+            emit: Callable[[JobReport], None], on_counts: Callable[[Counts], None]) -> None:
         """Submit or resume every task on the engine; record each job as it ends."""
         def jobs() -> Iterator[Job]:
             for task in tasks:
@@ -321,8 +320,8 @@ def run_batch_on_dask(
     scheduler: str,
     client_options: dict[str, Any] | None = None,
     concurrency: int = 64,
-    on_outcome: Callable[[Outcome], None] | None = None,
-    on_plan: Callable[[list[Outcome], list[Task]], object] | None = None,
+    on_outcome: Callable[[JobReport], None] | None = None,
+    on_plan: Callable[[list[JobReport], list[Task]], object] | None = None,
     on_counts: Callable[[Counts], None] | None = None,
     output_on_workers: str | os.PathLike[str] | None = None,
     token: str = "cluster",
@@ -363,7 +362,7 @@ def run_batch_on_dask(
                "token": "cluster" if shared else "host",
                "output_on_workers": None if output_on_workers is None else str(output_on_workers)}
 
-    def emit(outcome: Outcome) -> None:
+    def emit(outcome: JobReport) -> None:
         report.outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
