@@ -6,7 +6,6 @@ on loopback; what the service saw is read from the emulator's counters.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -371,29 +370,3 @@ def test_run_batch_shows_progress_and_a_rerun_counts_earlier_jobs_apart(
         assert ("resumed", earlier) in recorder.calls
         updates = [value for kind, value in recorder.calls if kind == "update"]
         assert updates[-1] == (total, 0, 0, 0)
-
-
-def test_a_resumed_batch_counts_the_earlier_runs_jobs_as_done_but_not_in_its_rate() -> None:
-    from arta.progress import BatchProgress
-
-    now = [100.0]
-    progress = BatchProgress(io.StringIO(), 120, clock=lambda: now[0], window=60)
-    progress.resumed(84)  # done by the earlier run
-    now[0] = 130.0
-    progress.update(done=86, in_flight=32, queued=2, failed=0)  # 2 ended in this run's 30 s
-    assert progress.text() == ("86/120 done, 32 in flight, 2 queued, 0 failed, 4.0 jobs/min, "
-                               "ETA 8m30s, 30s elapsed")
-
-
-def test_the_bar_on_a_terminal_is_redrawn_only_when_it_changed() -> None:
-    from arta.progress import BatchProgress
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    terminal = Terminal()
-    with BatchProgress(terminal, 4, clock=lambda: 100.0) as progress:
-        progress.update(done=1, in_flight=1, queued=2, failed=0)
-        time.sleep(1.0)  # about five redraw periods, with nothing new to show
-    assert terminal.getvalue().count("arta: [") == 1, terminal.getvalue()

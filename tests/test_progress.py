@@ -1,4 +1,4 @@
-"""The batch progress of a resumed run, and a bar that is written only when it changed."""
+"""The progress display: a resumed run's rate, and a bar that is written only when it changed."""
 
 from __future__ import annotations
 
