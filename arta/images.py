@@ -230,6 +230,10 @@ def open_image(image: Image, transport: Transport | None = None, *,
     as it is read (a cut-short image raises at the end, not silently). Made
     without a ``transport``, the stream closes its own when closed.
     """
+    endpoint = getattr(getattr(transport, "settings", None), "endpoint", None)
+    why = blocked_host(image.url, endpoint)
+    if why is not None:  # as Result.save refuses it: no read, open or preview fetches it either
+        raise DownloadError(f"image {image.name or image.url}: its URL is {why}; not fetched")
     own = transport is None
     used: Transport = transport if transport is not None else RequestsTransport(pool_size=1)
     try:

@@ -339,6 +339,17 @@ def test_every_spelling_of_the_metadata_address_is_blocked(host: str) -> None:
     assert _blocked_host(f"http://{host}/latest/x.png", None)  # resolved numerically: no DNS
 
 
+@pytest.mark.parametrize("host", ["169.254.169.254", "0xa9fea9fe", "metadata.google.internal"])
+def test_reading_or_previewing_an_image_refuses_a_metadata_address_as_saving_does(
+        host: str) -> None:
+    image = arta.Image(f"http://{host}/latest/meta-data.png", "x.png", "image/png", False)
+    with pytest.raises(arta.errors.DownloadError, match="not fetched"):
+        image.read()
+    with pytest.raises(arta.errors.DownloadError, match="not fetched"):
+        arta.Result("job-meta", (image,), seed=1).read()
+    assert "not fetched" in arta.Result("job-meta", (image,), seed=1)._repr_html_()
+
+
 def test_file_names_stay_unique_for_long_ids_and_templates_without_index() -> None:
     common = "r" * 130
     one = arta.Result(common + "-one", (arta.Image("http://h/1", "", "image/png", False),), 7)
