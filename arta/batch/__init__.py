@@ -5,20 +5,17 @@ still needs; ``manifest`` is the batch's fsynced memory; ``jobfile`` reads
 prompts and JSON lines; ``gallery`` writes the HTML page of the results.
 """
 
-from arta.batch.run import (
-    FIELDS,
+from arta.batch.jobfile import FIELDS, BatchJob, read_jobs
+from arta.batch.manifest import Manifest
+from arta.batch.plan import (
     POSSIBLY_RESUBMITTED_NOTE,
-    BatchJob,
     BatchReport,
     JobReport,
-    Manifest,
     Task,
     check_folder,
     plan,
-    read_jobs,
-    run_batch,
-    running,
 )
+from arta.batch.run import run_batch, running
 
 __all__ = [
     "FIELDS",

@@ -34,15 +34,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
-from arta.batch.jobfile import FIELDS, BatchJob, read_jobs
+from arta.batch.jobfile import BatchJob
 from arta.batch.manifest import Manifest, ManifestError
 from arta.batch.plan import (
-    POSSIBLY_RESUBMITTED_NOTE,
     BatchReport,
     JobRecorder,
     JobReport,
     Task,
-    check_folder,
     plan,
     save_images,
 )
@@ -54,20 +52,7 @@ from arta.generation import Generation
 from arta.progress import ProgressDisplay, progress_display
 from arta.result import Result
 
-__all__ = [
-    "FIELDS",
-    "POSSIBLY_RESUBMITTED_NOTE",
-    "BatchJob",
-    "BatchReport",
-    "JobReport",
-    "Manifest",
-    "Task",
-    "check_folder",
-    "plan",
-    "read_jobs",
-    "run_batch",
-    "running",
-]
+__all__ = ["run_batch", "running"]
 
 log = logging.getLogger(__name__)
 
