@@ -29,7 +29,7 @@ from arta.errors import (
 )
 from arta.images import Image
 from arta.params import GenerationParams
-from arta.redact import printable, redact, remove_secrets
+from arta.redact import printable, redact, remove_secrets, spellings
 from arta.retry import retry_after
 from arta.transport import DEFAULT_TIMEOUT, Request, Response, Timeout
 
@@ -159,9 +159,8 @@ def status_request(settings: Settings, id_token: str, record_id: str,
 
 def request_secrets(request: Request) -> tuple[str, ...]:
     """The secrets ``request`` carries (its token, refresh token, API key): a server may echo them."""
-    query = dict(parse_qsl(urlsplit(request.url).query))
-    found = (request.headers.get("Authorization"), (request.form or {}).get("refresh_token"),
-             query.get("key"))
+    key = dict(parse_qsl(urlsplit(request.url).query)).get("key") if "?" in request.url else None
+    found = (request.headers.get("Authorization"), (request.form or {}).get("refresh_token"), key)
     return tuple(secret for secret in found if secret)
 
 
@@ -171,7 +170,9 @@ def request_secrets(request: Request) -> tuple[str, ...]:
 def _read(response: Response, secrets: Collection[str]) -> bytes:
     """The body, with the request's own secrets taken out (a server may quote the request back)."""
     body = response.read()
-    if not secrets:
+    # Searched as bytes first: every answer is read here, and almost none quotes a secret.
+    if not any(spelling.encode("utf-8", "surrogateescape") in body
+               for spelling in spellings(tuple(secrets))):
         return body
     return remove_secrets(body.decode("utf-8", "surrogateescape"), secrets).encode(
         "utf-8", "surrogateescape")

@@ -16,13 +16,14 @@ record reaching a handler (urllib3's DEBUG lines included).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable
 from urllib.parse import quote_plus
 
 __all__ = ["REDACTED", "RedactingFilter", "install_log_redaction", "printable", "redact",
-           "redact_logger", "remove_secrets", "scrub_chain"]
+           "redact_logger", "remove_secrets", "scrub_chain", "spellings"]
 
 #: What a secret is replaced with.
 REDACTED = "REDACTED"
@@ -52,15 +53,24 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def remove_secrets(text: str, secrets: Iterable[str]) -> str:
     """``text`` with each of ``secrets`` (at least 4 characters), as is or quoted, replaced."""
+    for spelling in spellings(tuple(secrets)):
+        text = text.replace(spelling, REDACTED)
+    return text
+
+
+@functools.lru_cache(maxsize=32)
+def spellings(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Each of ``secrets`` (at least 4 characters) as is, and as a server may quote it back.
+
+    requests quotes a header value with ``repr()``, a server echoes a form
+    url-encoded: those spellings too. Kept for the few secrets in use, since
+    every answer of the service is searched for them.
+    """
+    found: list[str] = []
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
-            # requests quotes a header value with repr(), a server echoes a form
-            # url-encoded: those spellings too.
-            for escaped in (repr(secret)[1:-1], quote_plus(secret)):
-                if escaped != secret:
-                    text = text.replace(escaped, REDACTED)
-    return text
+            found += dict.fromkeys((secret, repr(secret)[1:-1], quote_plus(secret)))
+    return tuple(found)
 
 
 def printable(text: str) -> str:
