@@ -297,6 +297,27 @@ def _generate_with_key(key: str, endpoint: str) -> arta.Result | arta.ArtaError:
         return error
 
 
+def _generate_refused_at_first(key: str, endpoint: str) -> arta.Result | arta.ArtaError:
+    no_retry = arta.RetryPolicy(attempts=1, first_delay=0.05, max_delay=0.2, jitter=0.01)
+    try:
+        return generate("a fox at a busy door", key=key, client_options={
+            "endpoint": endpoint, "poll_policy": FAST_POLL, "retry_policy": no_retry})
+    except arta.ArtaError as error:
+        return error
+
+
+def test_a_submit_refused_as_congestion_pauses_and_is_sent_again(emu: Emulator,
+                                                                  dask: Any) -> None:
+    """429 and 503 alike (the one congestion rule), paused by the retry policy's backoff."""
+    before = emu.stats()
+    emu.app.inject("submit", "503", times=1)
+    emu.app.inject("submit", "429", times=1)
+    outcome = dask.submit(_generate_refused_at_first, "refused-job", emu.url,
+                          pure=False).result(60)
+    assert isinstance(outcome, arta.Result), outcome
+    assert _delta(emu, before)["submits"] == 1  # only the accepted one made a job
+
+
 def test_a_rerun_after_a_dropped_submit_raises_instead_of_guessing(
         emu: Emulator, dask: Any) -> None:
     before = emu.stats()

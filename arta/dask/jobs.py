@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import random
 import threading
 import time
 import uuid
@@ -45,10 +44,11 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 from arta.client import Client
 from arta.dask.cluster import dask_client, held, metadata_get, metadata_set, semaphore
 from arta.dask.token_store import DaskTokenStore
-from arta.errors import ArtaError, InvalidInputError, RateLimitedError, SubmitOutcomeUnknown
+from arta.errors import ArtaError, InvalidInputError, ServiceError, SubmitOutcomeUnknown
 from arta.generation import Generation, OnChange, wait_bound
 from arta.params import GenerationParams
 from arta.result import Result
+from arta.retry import RetryPolicy, congested
 
 if TYPE_CHECKING:
     import distributed
@@ -177,19 +177,25 @@ def in_flight(dask: distributed.Client, concurrency: int | None) -> Iterator[Non
 
 
 def _submit_patiently(dask: distributed.Client, submit: Callable[[], Generation],
-                      deadline: float | None) -> Generation:
-    """Submit; on a 429 the whole cluster pauses for its Retry-After, then this task tries again.
+                      policy: RetryPolicy, deadline: float | None) -> Generation:
+    """Submit; refused as congestion (429, 503), the whole cluster pauses, then this task tries again.
 
-    A rate-limited submit is never a failed job (only ``timeout`` ends the wait).
+    The pause is the retry policy's (its backoff for that many refusals in a
+    row, a ``Retry-After`` capped), as the engine's window takes it. A
+    refused submit is never a failed job (only ``timeout`` ends the wait).
     """
+    refusals = 0
     while True:
         pause = metadata_get(dask, "pause-until")
         if isinstance(pause, (int, float)) and pause > time.time():
             time.sleep(pause - time.time())
         try:
             return submit()
-        except RateLimitedError as error:
-            delay = (error.retry_after or 1.0) * random.uniform(1.0, 1.5)
+        except ServiceError as error:
+            if not congested(error):
+                raise
+            refusals += 1
+            delay = policy.delay(error, refusals)
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise
             metadata_set(dask, time.time() + delay, "pause-until")
@@ -224,7 +230,8 @@ def generate(prompt: str, *, key: str | None = None, timeout: float | None = Non
     deadline = None if bound is None else time.monotonic() + bound
     guard = JobGuard(dask, job_key)
     with in_flight(dask, concurrency):
-        generation = _submit_patiently(dask, lambda: guard.start(client, settings), deadline)
+        generation = _submit_patiently(dask, lambda: guard.start(client, settings),
+                                       client.retry_policy, deadline)
         if on_change is not None:
             on_change(generation)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
