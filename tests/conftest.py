@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 import struct
 from collections.abc import Iterator
@@ -21,6 +22,13 @@ import pytest
 import arta
 from arta.emulator import Emulator
 from arta.transport import HttpxTransport, InProcessTransport, Urllib3Transport
+
+# A shell that starts the suite in the background (``cmd &``, ``nohup``)
+# makes it ignore SIGINT, and the processes the tests start inherit that:
+# their Ctrl-C tests would send a signal nobody receives. A handler, unlike
+# SIG_IGN, is reset to the default across exec, so the children get Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: Poll fast: the emulator's jobs take a fraction of a second in tests.
 FAST_POLL = arta.PollPolicy(first_delay=0.02, growth=1.5, max_delay=0.1, jitter=0.01)
