@@ -52,6 +52,7 @@ def replacing(path: Path, *, prefix: str, suffix: str = ".tmp", private: bool = 
     else:
         temp = path.with_name(f"{prefix}{uuid.uuid4().hex}{suffix}")
         file = open(temp, "xb")  # noqa: SIM115 -- closed below, before the move
+    move = place or os.replace
     try:
         with file:
             if fcntl is not None:  # claimed until the move: no sweep takes it meanwhile
@@ -59,7 +60,10 @@ def replacing(path: Path, *, prefix: str, suffix: str = ".tmp", private: bool = 
             yield file
             file.flush()
             os.fsync(file.fileno())
-        (place or os.replace)(temp, path)
+            if fcntl is not None:
+                move(temp, path)  # still open, so still claimed
+        if fcntl is None:
+            move(temp, path)  # (where an open file cannot be moved)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
