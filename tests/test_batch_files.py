@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -14,7 +13,6 @@ from hypothesis import strategies as st
 import arta
 from arta.batch import Task, plan, read_jobs
 from arta.batch.manifest import Manifest, RunLock
-from arta.progress import BatchProgress
 
 
 def test_only_a_newline_ends_a_prompt(tmp_path: Path) -> None:
@@ -147,37 +145,3 @@ def test_the_manifest_reader_takes_any_bytes(pieces: list[bytes]) -> None:
         plan(read_jobs(prompts), states)  # whatever survived is usable
         for state in states.values():
             assert state.record_id is None or isinstance(state.record_id, str)
-
-
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_the_progress_shows_counts_rate_and_time_left() -> None:
-    now = [100.0]
-    progress = BatchProgress(io.StringIO(), 10, clock=lambda: now[0], window=60)
-    assert "0/10 done" in progress.text() and "ETA --" in progress.text()
-    now[0] = 130.0
-    progress.update(done=3, in_flight=2, queued=4, failed=1)  # 4 ended in 30 s: 8 a minute
-    assert progress.text() == ("3/10 done, 2 in flight, 4 queued, 1 failed, 8.0 jobs/min, "
-                               "ETA 45s, 30s elapsed")
-    now[0] = 200.0  # the window moved past them: no recent rate
-    assert "-- jobs/min, ETA --" in progress.text()
-    assert progress.bar(130.0).startswith("[#########...............] 3/10 done")
-
-
-def test_the_progress_is_a_bar_on_a_terminal_and_a_plain_line_in_a_log() -> None:
-    terminal, log = _Terminal(), io.StringIO()
-    for stream in (terminal, log):
-        with BatchProgress(stream, 4, every=0.01) as progress:
-            progress.update(done=2, in_flight=1, queued=0, failed=1)
-            progress.message("arta: line 3: failed")
-    assert "\r\x1b[K" in terminal.getvalue() and terminal.getvalue().endswith("\r\x1b[K")
-    assert "\r" not in log.getvalue()
-    assert log.getvalue().splitlines()[-1].startswith(
-        "arta: batch: 2/4 done, 1 in flight, 0 queued, 1 failed")
-    quiet = io.StringIO()
-    with BatchProgress(quiet, 4, enabled=False) as progress:
-        progress.update(done=4, in_flight=0, queued=0, failed=0)
-    assert quiet.getvalue() == ""

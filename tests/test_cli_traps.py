@@ -104,20 +104,27 @@ def test_the_emulator_s_hints_do_not_promise_a_job_that_dies_with_it(tmp_path: P
     assert "arta status" not in done.stderr and "goes on at the service" not in done.stderr
 
 
-def test_ctrl_c_in_a_plain_script_logs_and_carries_the_record_id(emulator: Emulator,
-                                                                 tmp_path: Path) -> None:
+def _interrupted_while_waiting(script: str, emulator: Emulator, tmp_path: Path,
+                               ) -> tuple[int, str, str]:
+    """Run ``script`` (a job stuck at the emulator), Ctrl-C it once it polls; how it ended."""
     emulator.app.set_faults("submit:stuck=1")
-    script = ("import arta\n"
-              "try:\n"
-              "    arta.generate('a fox')\n"
-              "except KeyboardInterrupt as interrupt:\n"
-              "    print(type(interrupt).__name__, interrupt.record_id)\n")
     process = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=_env(ARTA_ENDPOINT=emulator.url, ARTA_HOME=str(tmp_path)))
     _wait_for(lambda: emulator.stats()["polls"] >= 1, "a poll")
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
+    return process.returncode, stdout, stderr
+
+
+def test_ctrl_c_in_a_plain_script_logs_and_carries_the_record_id(emulator: Emulator,
+                                                                 tmp_path: Path) -> None:
+    script = ("import arta\n"
+              "try:\n"
+              "    arta.generate('a fox')\n"
+              "except KeyboardInterrupt as interrupt:\n"
+              "    print(type(interrupt).__name__, interrupt.record_id)\n")
+    _, stdout, stderr = _interrupted_while_waiting(script, emulator, tmp_path)
     record_id = emulator.app.last_record_id()
     assert stdout == f"GenerationInterrupted {record_id}\n", stderr
     assert f"interrupted: job {record_id} goes on at the service" in stderr  # the WARNING
@@ -126,17 +133,11 @@ def test_ctrl_c_in_a_plain_script_logs_and_carries_the_record_id(emulator: Emula
 def test_an_uncaught_ctrl_c_in_a_script_exits_as_interrupted(emulator: Emulator,
                                                               tmp_path: Path) -> None:
     """Killed by SIGINT (130 in a shell), as any Python script, after its exit functions."""
-    emulator.app.set_faults("submit:stuck=1")
     script = ("import atexit, arta\n"
               "atexit.register(print, 'exit functions ran')\n"
               "arta.generate('a fox')\n")
-    process = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=_env(ARTA_ENDPOINT=emulator.url, ARTA_HOME=str(tmp_path)))
-    _wait_for(lambda: emulator.stats()["polls"] >= 1, "a poll")
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGINT, stderr
+    returncode, stdout, stderr = _interrupted_while_waiting(script, emulator, tmp_path)
+    assert returncode == -signal.SIGINT, stderr
     assert stdout == "exit functions ran\n"
     record_id = emulator.app.last_record_id()
     assert f"GenerationInterrupted: interrupted while waiting for job {record_id}" in stderr
