@@ -24,7 +24,6 @@ resumes:
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -32,7 +31,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from arta.batch.jobfile import BatchJob
 from arta.batch.manifest import Manifest, ManifestError
@@ -52,7 +51,10 @@ from arta.generation import Generation
 from arta.progress import ProgressDisplay, progress_display
 from arta.result import Result
 
-__all__ = ["run_batch", "running"]
+if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker needs it
+    from typing_extensions import Self
+
+__all__ = ["BatchBook", "run_batch", "running"]
 
 log = logging.getLogger(__name__)
 
@@ -184,45 +186,75 @@ def run_batch(
     jobs an earlier run finished count as done, not in the rate). The
     caller holds the manifest's :class:`~arta.batch.manifest.RunLock`.
     """
-    display = progress_display(progress, len(jobs), label="batch")
-    with display if display is not None else contextlib.nullcontext():
-        skipped, tasks = plan(jobs, manifest.states())
-        if on_plan is not None:
-            on_plan(skipped, tasks)
-        if display is not None:
-            display.resumed(len(skipped))
-        report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
-        emit = _collector(report, on_outcome)
-
-        def counts(now: Counts) -> None:
-            if on_counts is not None:
-                on_counts(now)
-            if display is not None:
-                display.update(done=len(skipped) + now["done"], in_flight=now["in_flight"],
-                               queued=now["queued"], failed=now["failed"])
-
+    with BatchBook(jobs, manifest, on_outcome=on_outcome, on_plan=on_plan,
+                   on_counts=on_counts, progress=progress) as book:
+        tasks = book.tasks
         if tasks and (workers <= 1 or len(tasks) == 1):
             owned = client is None
             client = client or Client(**(client_options or {}))
             try:
-                _Share(client, manifest, output, tasks, concurrency, emit, counts).run()
+                _Share(client, manifest, output, tasks, concurrency, book.emit, book.counts).run()
             finally:
                 if owned:
                     client.close()
         elif tasks:
             _run_processes(tasks, manifest, output, min(workers, len(tasks)), concurrency,
-                           client_options or {}, emit, counts)
-        report.outcomes.sort(key=lambda o: o.line)
-        return report
+                           client_options or {}, book.emit, book.counts)
+    return book.report
 
 
-def _collector(report: BatchReport,
-               on_outcome: Callable[[JobReport], None] | None) -> Callable[[JobReport], None]:
-    def emit(outcome: JobReport) -> None:
-        report.outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
-    return emit
+class BatchBook:
+    """What every engine of a batch keeps alike: the plan, the report, the callbacks, the progress.
+
+    Entered, it plans the jobs (``tasks`` are this run's; the rest are
+    reported done at once) and shows the progress; :meth:`emit` and
+    :meth:`counts` take what the engine says; at the end the report is in
+    line order. ``run_batch`` and the Dask driver both keep one.
+    """
+
+    def __init__(self, jobs: list[BatchJob], manifest: Manifest, *,
+                 on_outcome: Callable[[JobReport], None] | None,
+                 on_plan: Callable[[list[JobReport], list[Task]], object] | None,
+                 on_counts: Callable[[Counts], None] | None,
+                 progress: bool | ProgressDisplay) -> None:
+        self._jobs, self._manifest = jobs, manifest
+        self._on_outcome, self._on_plan, self._on_counts = on_outcome, on_plan, on_counts
+        self._display = progress_display(progress, len(jobs), label="batch")
+        self._skipped = 0
+        self.tasks: list[Task] = []
+        self.report = BatchReport([])
+
+    def __enter__(self) -> Self:
+        if self._display is not None:
+            self._display.__enter__()
+        skipped, self.tasks = plan(self._jobs, self._manifest.states())
+        if self._on_plan is not None:
+            self._on_plan(skipped, self.tasks)
+        self._skipped = len(skipped)
+        if self._display is not None:
+            self._display.resumed(self._skipped)
+        self.report = BatchReport(list(skipped),
+                                  sum(task.possibly_resubmitted for task in self.tasks))
+        return self
+
+    def emit(self, outcome: JobReport) -> None:
+        """One job of this run ended."""
+        self.report.outcomes.append(outcome)
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+
+    def counts(self, now: Counts) -> None:
+        """This run's counts changed (an earlier run's jobs are added to ``done`` for the display)."""
+        if self._on_counts is not None:
+            self._on_counts(now)
+        if self._display is not None:
+            self._display.update(done=self._skipped + now["done"], in_flight=now["in_flight"],
+                                 queued=now["queued"], failed=now["failed"])
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.report.outcomes.sort(key=lambda o: o.line)
+        if self._display is not None:
+            self._display.__exit__(*exc_info)
 
 
 # -- several processes -------------------------------------------------------

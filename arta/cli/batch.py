@@ -83,7 +83,7 @@ class BatchCommand:
     def run(self, client: Client, client_options: dict[str, Any]) -> None:
         """Run the jobs with a progress display (workers make clients from ``client_options``)."""
         args = self.args
-        # run_batch shows it; the Dask run is shown here.
+        # Shown by the run (run_batch or the Dask driver), as it goes.
         progress = BatchProgress(sys.stderr, len(self.jobs), enabled=not args.quiet)
 
         def report(outcome: JobReport) -> None:
@@ -106,26 +106,12 @@ class BatchCommand:
         if args.engine == "dask":
             from arta.dask.batch import run_batch_on_dask  # imports Dask: only when asked
 
-            skipped = 0
-
-            def planned_here(done: list[JobReport], tasks: list[Task]) -> None:
-                nonlocal skipped
-                skipped = len(done)
-                planned(done, tasks)
-                progress.resumed(skipped)
-
-            def counted(counts: dict[str, int]) -> None:
-                progress.update(done=skipped + counts["done"],
-                                in_flight=counts["in_flight"], queued=counts["queued"],
-                                failed=counts["failed"])
-
-            with progress:
-                self.report = run_batch_on_dask(
-                    self.jobs, self.manifest, self.output, scheduler=args.scheduler,
-                    client_options=client_options, concurrency=args.concurrency,
-                    on_outcome=report, on_plan=planned_here, on_counts=counted,
-                    output_on_workers=args.output_on_workers, token=args.token,
-                    timeout=client_options.get("timeout"))
+            self.report = run_batch_on_dask(
+                self.jobs, self.manifest, self.output, scheduler=args.scheduler,
+                client_options=client_options, concurrency=args.concurrency,
+                on_outcome=report, on_plan=planned, progress=progress,
+                output_on_workers=args.output_on_workers, token=args.token,
+                timeout=client_options.get("timeout"))
             return
         self.report = run_batch(
             self.jobs, self.manifest, self.output, client=client,

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from arta.atomic import replacing
 from arta.batch.jobfile import BatchJob
 from arta.batch.manifest import Manifest, ManifestError
-from arta.batch.plan import BatchReport, JobRecorder, JobReport, Task, plan, save_images
+from arta.batch.plan import BatchReport, JobRecorder, JobReport, Task, save_images
+from arta.batch.run import BatchBook, Counts
 from arta.client import Client
 from arta.dask.cluster import WORKER_CONFIG, local_workers
 from arta.dask.jobs import task_client
@@ -42,14 +43,13 @@ from arta.engine.jobs import Job, Outcome
 from arta.engine.run import JobRun
 from arta.errors import ArtaError, InvalidInputError, SubmitOutcomeUnknown
 from arta.generation import Generation, Status
+from arta.progress import ProgressDisplay
 from arta.result import Result
 
 if TYPE_CHECKING:
     import distributed
 
 __all__ = ["ClusterLost", "connect", "run_batch_on_dask"]
-
-Counts = dict[str, int]
 
 
 #: A cluster of our own on this host: no HTTP routes (a worker its nanny restarts
@@ -326,11 +326,12 @@ def run_batch_on_dask(
     output_on_workers: str | os.PathLike[str] | None = None,
     token: str = "cluster",
     timeout: float | None = None,
+    progress: bool | ProgressDisplay = False,
 ) -> BatchReport:
     """Run every job not yet done on a Dask cluster; report every job's outcome, by line.
 
     The counterpart of :func:`arta.batch.run_batch` (same manifest, same
-    plan, same callbacks, same engine for the submits; the caller holds the
+    plan, same callbacks and progress, same engine for the submits; the caller holds the
     manifest's :class:`~arta.batch.manifest.RunLock`). ``scheduler`` is an
     address (``tcp://host:8786``) or ``local:N``. ``client_options`` are
     :class:`~arta.client.Client` keywords for the driver and every worker
@@ -349,33 +350,24 @@ def run_batch_on_dask(
     if token not in ("cluster", "host"):
         raise InvalidInputError(f"token must be 'cluster' or 'host', not {token!r}")
     local = local_workers(scheduler) is not None  # checks local:N before anything starts
-    skipped, tasks = plan(jobs, manifest.states())
-    if on_plan is not None:
-        on_plan(skipped, tasks)
-    report = BatchReport(list(skipped), sum(task.possibly_resubmitted for task in tasks))
-    if not tasks:
-        return report
-    shared = token == "cluster" and not local
     if local and output_on_workers is None:
         output_on_workers = os.path.abspath(output)  # one file system: no bytes through Dask
+    shared = token == "cluster" and not local
     options = {"client_options": dict(client_options or {}), "timeout": timeout,
                "token": "cluster" if shared else "host",
                "output_on_workers": None if output_on_workers is None else str(output_on_workers)}
-
-    def emit(outcome: JobReport) -> None:
-        report.outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
-
     driver_options = dict(client_options or {})
-    with connect(scheduler) as dask:
-        if shared:  # the cluster's token, seeded from this host's store and written back
-            with Client(**driver_options) as host:
-                driver_options["token_store"] = DaskTokenStore(
-                    client=dask, host_store=host.token_store)
-        with Client(**driver_options) as client:
-            _Driver(dask, client, manifest, Path(output), options).run(
-                tasks, concurrency, timeout, emit, on_counts or (lambda counts: None))
-    report.outcomes.sort(key=lambda o: o.line)
-    return report
+    with BatchBook(jobs, manifest, on_outcome=on_outcome, on_plan=on_plan,
+                   on_counts=on_counts, progress=progress) as book:
+        if not book.tasks:
+            return book.report
+        with connect(scheduler) as dask:
+            if shared:  # the cluster's token, seeded from this host's store and written back
+                with Client(**driver_options) as host:
+                    driver_options["token_store"] = DaskTokenStore(
+                        client=dask, host_store=host.token_store)
+            with Client(**driver_options) as client:
+                _Driver(dask, client, manifest, Path(output), options).run(
+                    book.tasks, concurrency, timeout, book.emit, book.counts)
+    return book.report
 
