@@ -49,7 +49,7 @@ against the bare row on the same transport, in the same load of this run.
 
     python benchmarks/peer.py                   # everything (about 12 minutes on 2 cores)
     python benchmarks/peer.py --quick           # a smoke run with small N (about 3 minutes)
-    python benchmarks/peer.py --only map-httpx  # one row, in each load (ratios then show -)
+    python benchmarks/peer.py --only old,map-httpx  # some rows, in each load (a ratio needs its row)
     python benchmarks/peer.py --loads a,c --jobs 200 --format md
 
 No client and no emulator here contacts anything but 127.0.0.1: every client
@@ -686,12 +686,15 @@ def run_load(load: Load, wanted: Sequence[str], peer: Path | None, io_threads: i
 
 
 def wanted_rows(only: str | None) -> list[str]:
-    """The rows to run: all, or ``only`` with the rows its ratios and its polls need."""
+    """The rows to run: all, or those ``only`` names (comma-separated), in the table's order."""
     if only is None:
         return [*LOAD_ROWS, *LAG_ROWS]
-    if only not in (*LOAD_ROWS, *LAG_ROWS):
-        raise SystemExit(f"--only: no row {only!r}; rows: {', '.join((*LOAD_ROWS, *LAG_ROWS))}")
-    return [only]
+    names = only.split(",")
+    for name in names:
+        if name not in (*LOAD_ROWS, *LAG_ROWS):
+            raise SystemExit(f"--only: no row {name!r}; rows: "
+                             f"{', '.join((*LOAD_ROWS, *LAG_ROWS))}")
+    return [row for row in (*LOAD_ROWS, *LAG_ROWS) if row in names]
 
 
 def main() -> None:
@@ -699,7 +702,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, help="jobs of loads (a) and (b) (500 and 300)")
     parser.add_argument("--lag-jobs", type=int, help="jobs in flight in (c) (2,000)")
     parser.add_argument("--quick", action="store_true", help="small N, for a smoke run")
-    parser.add_argument("--only", metavar="NAME", help="run one row: " + ", ".join(
+    parser.add_argument("--only", metavar="NAME", help="run only these rows (comma-separated): " + ", ".join(
         (*LOAD_ROWS, *LAG_ROWS)))
     parser.add_argument("--loads", default="a,b,c", help="which loads to run (a,b,c)")
     parser.add_argument("--format", choices=("rst", "md"), default="rst")

@@ -13,13 +13,17 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import arta
+import arta.client
+import arta.images
+import arta.provider
+import arta.result
 from arta.emulator import Emulator
 from arta.transport import HttpxTransport, InProcessTransport, Urllib3Transport
 
@@ -29,6 +33,10 @@ from arta.transport import HttpxTransport, InProcessTransport, Urllib3Transport
 # SIG_IGN, is reset to the default across exec, so the children get Ctrl-C.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+#: The transports ARTA_TEST_TRANSPORT can make the default of every client in a test.
+_DEFAULT_TRANSPORTS: dict[str, Callable[..., arta.transport.Transport]] = {
+    "urllib3": Urllib3Transport, "httpx": HttpxTransport}
 
 #: Poll fast: the emulator's jobs take a fraction of a second in tests.
 FAST_POLL = arta.PollPolicy(first_delay=0.02, growth=1.5, max_delay=0.1, jitter=0.01)
@@ -56,6 +64,12 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ARTA_HOME", str(tmp_path / "arta-home"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # Every client a test makes without naming a transport gets the one
+    # ARTA_TEST_TRANSPORT names: the whole suite then runs on that transport.
+    default = _DEFAULT_TRANSPORTS.get(os.environ.get("ARTA_TEST_TRANSPORT", "").strip().lower())
+    if default is not None:
+        for module in (arta.client, arta.images, arta.result, arta.provider):
+            monkeypatch.setattr(module, "RequestsTransport", default)
     # Each test's default client is made from that test's environment.
     previous = arta.set_default_client(None)
     yield

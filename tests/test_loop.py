@@ -14,7 +14,7 @@ import arta
 from arta.emulator import Emulator
 from arta.engine.window import AdaptiveWindow
 from arta.errors import ServiceError
-from arta.loop import FEW_THREADS, PollLoop
+from arta.loop import FEW_THREADS, SLACK_SHARE, PollLoop, _coalesced
 from arta.retry import RetryPolicy
 
 SLOW_POLL = arta.PollPolicy(first_delay=0.3, interval=0.3, growth=1, max_delay=0.3, jitter=0)
@@ -316,3 +316,32 @@ def test_the_io_pool_grows_for_calls_that_wait_and_stays_small_for_quick_ones() 
     assert all(f.result() == 4950 for f in quick) and all(f.done() for f in slow)
     assert few <= FEW_THREADS  # quick calls are bound by the CPU: more threads only contend
     assert many == 8  # calls that wait on the network get every thread allowed
+
+
+def test_timers_set_around_the_same_time_fire_together_and_never_early() -> None:
+    now = time.monotonic()
+    # 40 polls due over 80 ms, two seconds from now: a grid of 62.5 ms, so 2 or 3 wakes.
+    wanted = [now + 2.0 + i * 0.002 for i in range(40)]
+    rounded = [_coalesced(when, now) for when in wanted]
+    assert len(set(rounded)) <= 3
+    assert all(when <= late <= when + 2.0 * SLACK_SHARE for when, late in zip(wanted, rounded))
+    assert _coalesced(now + 0.01, now) == now + 0.01  # a short timer keeps its time
+
+    loop = PollLoop()
+    fired: list[tuple[float, float]] = []
+    everyone = threading.Event()
+    try:
+        start = time.monotonic()
+        for i in range(40):
+            when = start + 0.3 + i * 0.001
+
+            def record(when: float = when) -> None:
+                fired.append((when, time.monotonic()))
+                if len(fired) == 40:
+                    everyone.set()
+
+            loop.call_at(when, record)
+        assert everyone.wait(30)
+    finally:
+        loop.close()
+    assert all(at >= when for when, at in fired)  # late by the slack at most, never early
