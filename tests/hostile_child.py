@@ -62,9 +62,10 @@ def _call(spec: dict[str, Any]) -> None:
     import os
 
     import arta
-    from arta.transport import HttpxTransport
+    from arta.transport import HttpxTransport, Urllib3Transport
 
-    transport = HttpxTransport() if os.environ.get("ARTA_TEST_TRANSPORT") == "httpx" else None
+    kind = os.environ.get("ARTA_TEST_TRANSPORT", "").strip().lower()
+    transport = {"httpx": HttpxTransport, "urllib3": Urllib3Transport}.get(kind, lambda: None)()
     client = arta.Client(
         spec["endpoint"], home=spec["home"], transport=transport,
         request_timeout=(2.0, spec["read_timeout"]),
