@@ -9,6 +9,8 @@ reach the internet, even by mistake.
 from __future__ import annotations
 
 import ipaddress
+import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import socket
@@ -119,6 +121,18 @@ def client(emulator: Emulator, tmp_path: Path) -> Iterator[arta.Client]:
     finally:
         if transport is not None:  # the client closes only a transport it made
             transport.close()
+
+
+def many_processes() -> multiprocessing.context.ForkServerContext:
+    """Processes for a test that starts many at once: each its own process, as with spawn.
+
+    They are forked from a server process that imported arta and the test
+    modules once, instead of each importing everything anew (which made a
+    test of 64 processes spend a minute of CPU on imports).
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["arta", "test_token_store", "test_poll_stats"])
+    return context
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST_POLL
+from conftest import FAST_POLL, many_processes
 from google_auth_emulator import (
     FIREBASE_TOOLS_VERSION,
     GoogleAuthEmulator,
@@ -88,7 +87,7 @@ def test_64_processes_starting_together_make_one_sign_up(
 ) -> None:
     env = {"FIREBASE_AUTH_EMULATOR_HOST": google.host, "ARTA_ENDPOINT": emulator.url,
            "ARTA_HOME": str(tmp_path / "shared-home")}
-    context = multiprocessing.get_context("spawn")
+    context = many_processes()
     barrier, results = context.Barrier(WORKERS), context.Queue()
     processes = [context.Process(target=_process_worker, args=(i, barrier, results, env))
                  for i in range(WORKERS)]
@@ -177,7 +176,7 @@ def test_a_stale_token_wanted_by_16_processes_is_refreshed_once(emulator: Emulat
     # Age it past half its life (but not expired), as the clock would.
     now = time.time()
     store.save(Token(token.id_token, token.refresh_token, now - 2000, now + 1600, token.user_id))
-    context = multiprocessing.get_context("spawn")
+    context = many_processes()
     barrier, results = context.Barrier(16), context.Queue()
     processes = [context.Process(target=_refresh_worker,
                                  args=(i, barrier, results, emulator.url, str(tmp_path)))
