@@ -8,11 +8,13 @@ under pytest.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,12 @@ EXAMPLES = ROOT / "examples"
 
 def run(args: list[str], emulator: Emulator, home: Path, cwd: Path | None = None,
         ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARTA_ENDPOINT": emulator.url,
-           "ARTA_HOME": str(home)}
+    # As conftest isolates a test (this also runs before its fixtures do):
+    # no proxy, no Firebase emulator of the caller's shell.
+    env = {name: value for name, value in os.environ.items()
+           if not name.lower().endswith("_proxy") and name != "FIREBASE_AUTH_EMULATOR_HOST"}
+    env.update(PYTHONPATH=str(ROOT), ARTA_ENDPOINT=emulator.url, ARTA_HOME=str(home),
+               NO_PROXY="127.0.0.1,localhost")
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=120, check=False)
 
@@ -153,22 +159,36 @@ def test_the_python_examples_type_check_strictly(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One ARTA_HOME for the examples: after the first few, the learned poll policy knows
-    the emulator's jobs are short, as a user's own machine learns its service."""
-    return tmp_path_factory.mktemp("home")
+def example_runs(tmp_path_factory: pytest.TempPathFactory,
+                 ) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    """Every example of the README and docs, run at once (each its own process and folder).
+
+    They share one emulator and one ``ARTA_HOME``, as a user's scripts share
+    their machine: the learned poll policy learns from all of them. Run
+    together, they take the time of the slowest, not of all in a row.
+    """
+    home = tmp_path_factory.mktemp("home")
+
+    def one(name: str, code: str) -> subprocess.CompletedProcess[str]:
+        folder = tmp_path_factory.mktemp(name)
+        script = folder / f"{name}.py"
+        script.write_text(code)
+        args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", script.name] \
+            if "\ndef test_" in code else [script.name]
+        return run(args, emulator, home, cwd=folder)
+
+    with Emulator(queue_seconds=0.05, progress_seconds=0.1) as emulator, \
+            concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = {name: pool.submit(one, name, code) for name, code in EXAMPLES_IN_DOCS}
+        yield {name: future.result() for name, future in futures.items()}
 
 
 @pytest.mark.parametrize(("name", "code"), EXAMPLES_IN_DOCS, ids=[n for n, _ in EXAMPLES_IN_DOCS])
-def test_each_python_example_runs_against_the_emulator(name: str, code: str, emulator: Emulator,
-                                                       tmp_path: Path, shared_home: Path) -> None:
-    script = tmp_path / f"{name}.py"
-    script.write_text(code)
-    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", script.name] \
-        if "\ndef test_" in code else [script.name]
-    done = run(args, emulator, shared_home, cwd=tmp_path)
+def test_each_python_example_runs_against_the_emulator(
+        name: str, code: str, example_runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    done = example_runs[name]
     assert done.returncode == 0, done.stdout + done.stderr
-    if args[0] == "-m":
+    if "\ndef test_" in code:
         assert re.search(r"\b\d+ passed\b", done.stdout) and "failed" not in done.stdout
 
 
