@@ -1,27 +1,12 @@
-"""A poll policy that learns when jobs finish, and polls then.
+"""A poll policy that learns when jobs finish, and polls then (docs/polling.rst has the whole story).
 
-How it decides, for one job: a regression fitted to every job seen before
-(every process on the host, through ``poll_stats.json``;
-:mod:`arta.polling.stats`, :mod:`arta.polling.model`) predicts its
-in-progress time from its steps, images, pixels and style. Its start is
-bounded by its own polls and, in a first-in-first-out queue, by every
-other job's (:mod:`arta.polling.queue`). The finish is then about normal
-(start plus duration, with a small wide share for the model being wrong),
-and the next poll goes where the expected lateness given "not done at the
-last poll", ``E[(t - finish)+ | finish > last]``, reaches
-``lateness_per_poll`` seconds (less for a long or unsure job): the worth
-of one request in seconds of waiting, solved in closed form by a few
-Newton steps. A queued job is polled at half the time to its expected
-start (from the rate at which this process's jobs start, else from the
-queue waits seen).
-
-The model is refitted when the statistics change (at most every
-``refit_interval`` seconds), not at each poll: a poll costs microseconds.
-It polls exactly like its ``fallback`` :class:`PollPolicy` until
-``min_observations`` jobs were seen, for a job resumed by record id (whose
-parameters it does not know), and while a job queues before any queue
-wait was seen. A job past every prediction is polled at the fallback's
-bounded interval and never abandoned.
+A job's finish is its start (bounded by its polls and, in a FIFO queue,
+its neighbours': :mod:`arta.polling.queue`) plus the duration that a model
+of the work predicts (:mod:`arta.polling.model`, fitted to every job on
+the host: :mod:`arta.polling.stats`). The next poll goes where the
+expected lateness given "not done yet" reaches the worth of one request;
+a queued job is polled just after it has likely started. Before enough is
+known, it polls as its ``fallback`` :class:`PollPolicy` does.
 """
 
 from __future__ import annotations
@@ -42,7 +27,7 @@ from arta.polling.queue import QueueView
 from arta.polling.stats import ClassKey, Interval, PollStats, shared_stats
 from arta.protocol import Status
 
-__all__ = ["STATS_FILE", "LearnedPollPolicy", "Timeline", "default_poll_policy", "describe_stats"]
+__all__ = ["STATS_FILE", "LearnedPollPolicy", "Timeline", "default_poll_policy"]
 
 #: The shared statistics file's name in ``ARTA_HOME``.
 STATS_FILE = "poll_stats.json"
@@ -308,7 +293,7 @@ class LearnedPollPolicy:
         else:  # it waits as long as the jobs before it did, given how long it has waited
             starts = [(w, sub + wait, 0.5) for wait, w in queue.waits if wait > lo - sub]
             if not starts:  # queued longer than any job seen
-                return self._overdue(generation, lo, sticky=False)
+                return self._overdue(generation, lo)
         mu, sigma = prediction
         kappa = math.sqrt(3) / 2 * math.exp(mu) * sigma
         at = min(time_for_lateness(last, starts, kappa),
@@ -318,16 +303,14 @@ class LearnedPollPolicy:
     def _bounded(self, delay: float) -> float:
         return min(self.max_delay, max(self.min_delay, delay))
 
-    def _overdue(self, generation: PolledJob, since: float, sticky: bool = True) -> float:
+    def _overdue(self, generation: PolledJob, since: float) -> float:
         """For a job past every prediction: the fallback's later polls, bounded by its max_delay.
 
-        A job that outlived its predicted end is polled so until the model
-        (refitted as other jobs end) expects it again; one that queued longer
-        than any other is planned again once it starts.
+        Polled so (the intervals growing from ``since``) until the model, refitted
+        as other jobs end, expects it again: after the service slowed down, say.
         """
         with self._lock:
-            if sticky:
-                self._overdue_jobs.setdefault(generation.record_id, since)
+            self._overdue_jobs.setdefault(generation.record_id, since)
             while len(self._overdue_jobs) > 10_000:
                 self._overdue_jobs.popitem(last=False)
         late_polls = sum(1 for at, _ in generation.seen if at > since)
@@ -365,34 +348,3 @@ def default_poll_policy(settings: Settings | None = None) -> PollPlanner:
         return PollPolicy()
     return LearnedPollPolicy(settings.home)
 
-
-def describe_stats(home: str | os.PathLike[str]) -> str:
-    """What ``arta stats`` prints: the file, the fitted cost of the work, the classes, the queue."""
-    stats = PollStats(Path(home).expanduser() / STATS_FILE)
-    state = stats.state()
-    lines = [f"file:   {stats.path}"]
-    model = DurationModel.fit(state)
-    if model is None:
-        lines.append("no finished job seen yet: polling as the fixed policy does")
-    else:
-        b_steps, b_images, b_pixels, curvature = model.slopes
-        lines += [
-            (f"in progress: time ~ steps^{b_steps:.2f} x images^{b_images:.2f} x "
-             f"megapixels^{b_pixels:.2f} x style (curvature {curvature:+.2f}); spread "
-             f"{100 * model.sigma:.0f}% (one standard deviation); recent speed "
-             f"x{math.exp(model.level):.2f}"),
-            "styles (time of 30 steps, one 1:1 image): " + ", ".join(
-                f"{style} {math.exp(model.predict((style, 30, 1, '1:1'))[0]):.1f}s"
-                for style in sorted(model.alpha)),
-            f"{'style':<20} {'steps':>5} {'n':>2} {'ratio':>5} {'jobs':>5} {'predicted':>10}",
-        ]
-        for key, cls in sorted(state.classes.items(), key=lambda kv: -kv[1].count)[:12]:
-            lines.append(f"{key[0][:20]:<20} {key[1]:>5} {key[2]:>2} {key[3]:>5} "
-                         f"{cls.count:>5} {math.exp(model.predict(key)[0]):>9.1f}s")
-        lines.append(f"({len(state.classes)} classes, {len(model.alpha)} styles seen)")
-    queue = QueueModel.fit(state)
-    if queue is not None:
-        median, low, high = (queue.quantile(q) or 0.0 for q in (0.5, 0.1, 0.9))
-        lines.append(f"queue:  median {median:.1f}s, 10-90% {low:.1f}-{high:.1f}s "
-                     f"({state.queue.count} jobs)")
-    return "\n".join(lines)

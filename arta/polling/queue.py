@@ -1,22 +1,13 @@
 """When a queued job starts, from what every job of this process shows of a first-in-first-out queue.
 
-In a FIFO queue, jobs start in the order they were submitted. So a job
-seen IN_QUEUE at time t says that no later job had started by t, and a job
-seen IN_PROGRESS at t that every earlier job had: each poll of any job
-narrows the start of every other, and a job deep in a long queue has its
-start known to within the gap between polls of its neighbours, not its
-own. The rate at which starts pass this process's jobs, in submit order,
-predicts when a queued job will start; the jobs submitted within
-``tolerance`` of it came in an order the client cannot know (answers to
-concurrent submits arrive shuffled by up to about 0.15 s), which widens
-that prediction.
-
-The service's order is an assumption: a sighting that breaks it (an
-earlier job seen queued after a later one was seen running, beyond
-``tolerance`` seconds of submit time) turns the inference off, and it is
-tried afresh for the jobs submitted ``reopen`` seconds after the last one
-seen then (the break may have been passing: a restart, a priority job).
-Every operation is O(log n) (bisection on the sightings that matter).
+Jobs start in submit order, so a job seen IN_QUEUE at t says no later job
+had started by t, and one seen IN_PROGRESS that every earlier one had:
+each poll narrows every other job's start. The rate at which starts pass
+this process's jobs predicts when a queued one starts; its place among the
+jobs submitted within ``tolerance`` of it is unknown (concurrent submits'
+answers come back shuffled by up to ~0.15 s). A sighting that breaks the
+order turns this off, until jobs come ``reopen`` seconds after the break.
+Every operation is O(log n).
 """
 
 from __future__ import annotations
