@@ -25,10 +25,14 @@ warm rows the rest. Goals (issue 19): warm <= 0.5x requests and median
 lateness, p95 <= 1x; cold <= 1x requests, <= 0.7x median; after the step,
 back under 0.6x on both within 50 jobs.
 
-Last, the client CPU of one ``next_delay`` call: the learned policy (warm,
-jobs queued and running) beside ``PollPolicy()``, in this process.
+Then what any policy could reach on each warm row (``--oracle`` prints only
+that, with no server): the loads planned as the emulator plans them, fixed
+2 s polls simulated on them, and bounds on the fewest polls of a policy that
+knows each job's start and the distribution of its end. Last, the client
+CPU of one ``next_delay`` call: the learned policy (warm, jobs queued and
+running) beside ``PollPolicy()``, in this process.
 
-    python benchmarks/polling.py [--jobs 150] [--capacity 24] [--loads burst,steady,...]
+    python benchmarks/polling.py [--jobs 150] [--capacity 24] [--loads burst,steady,...] [--oracle]
 """
 
 from __future__ import annotations

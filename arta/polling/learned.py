@@ -279,7 +279,7 @@ class LearnedPollPolicy:
 
     def _probe(self, generation: PolledJob, prediction: tuple[float, float], sub: float,
                lo: float, last: float, now: float, queue: QueueModel | None) -> float | None:
-        """The next poll of a queued job: just after it has likely started, before it can end.
+        """The next poll of a queued job: just after it has likely started.
 
         Found within about half the duration's spread of its start, a job's start
         window (about twice that) adds a quarter of the duration's variance to its
@@ -297,7 +297,8 @@ class LearnedPollPolicy:
         mu, sigma = prediction
         kappa = math.sqrt(3) / 2 * math.exp(mu) * sigma
         at = min(time_for_lateness(last, starts, kappa),
-                 lo + math.exp(mu - 2 * sigma))  # before it could be done, whenever it started
+                 # and, as for a running job, within max_lateness of its first chance to be done
+                 lo + math.exp(mu - 2 * sigma) + self.max_lateness)
         return self._bounded(at - now)
 
     def _bounded(self, delay: float) -> float:
