@@ -267,8 +267,9 @@ class LearnedPollPolicy:
         parts = [(1 - _WIDE_SHARE, m, s), (_WIDE_SHARE, m, _WIDE_FACTOR * s)]
         if sum(w * (1 - _cdf((last - m) / s)) for w, m, s in parts) < 1e-3:
             return self._overdue(generation, self._overdue_jobs.get(generation.record_id, last))
-        with self._lock:  # planned again once the model expects it (after a slow-down)
-            self._overdue_jobs.pop(generation.record_id, None)
+        if generation.record_id in self._overdue_jobs:  # the model expects it again (a slow-down)
+            with self._lock:
+                self._overdue_jobs.pop(generation.record_id, None)
         first_chance = m - 2.05 * s  # the core's 2% quantile
         # a long or unsure job (a spread over a second) is worth more polls, as a fixed
         # policy's grow with a job's length: not only ever later ones
