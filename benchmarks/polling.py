@@ -25,16 +25,22 @@ warm rows the rest. Goals (issue 19): warm <= 0.5x requests and median
 lateness, p95 <= 1x; cold <= 1x requests, <= 0.7x median; after the step,
 back under 0.6x on both within 50 jobs.
 
-Last, the client CPU of one ``next_delay`` call: the learned policy (warm,
-jobs queued and running) beside ``PollPolicy()``, in this process.
+Then what any policy could reach on each warm row (``--oracle`` prints only
+that, with no server): the loads planned as the emulator plans them, fixed
+2 s polls simulated on them, and bounds on the fewest polls of a policy that
+knows each job's start and the distribution of its end. Last, the client
+CPU of one ``next_delay`` call: the learned policy (warm, jobs queued and
+running) beside ``PollPolicy()``, in this process.
 
-    python benchmarks/polling.py [--jobs 150] [--capacity 24] [--loads burst,steady,...]
+    python benchmarks/polling.py [--jobs 150] [--capacity 24] [--loads burst,steady,...] [--oracle]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import math
 import multiprocessing
 import random
 import statistics
@@ -48,6 +54,7 @@ from typing import Any
 
 import arta
 from arta.emulator import Emulator, TimingModel
+from arta.emulator.schedule import Schedule
 from arta.generation import Generation, Status
 from arta.params import GenerationParams
 from arta.polling.learned import LearnedPollPolicy
@@ -192,6 +199,73 @@ def step_windows(fixed: list[tuple[int, float]], learned: list[tuple[int, float]
               f"median lateness {lr[1] / f[1]:.2f}x, p95 {lr[2] / f[2]:.2f}x")
 
 
+def simulated_jobs(load: str, jobs: int, capacity: int) -> list[tuple[float, float, float, float]]:
+    """Each warm job's ``(submit, start, end, width)`` as the emulator plans them, without a server.
+
+    ``width``: how wide the end's distribution is given the start (the timing
+    model's +-noise, or flat's 2-12 s), all an oracle cannot know in advance.
+    """
+    timing, rng, schedule = TimingModel(), random.Random(7), Schedule(None if load == "flat" else capacity)
+    total, change = COLD + jobs, COLD + jobs // 2
+    times = arrivals(load, total, capacity)
+    out: list[tuple[float, float, float, float]] = []
+    for index in range(total):
+        sub = times[index] if load != "burst" or index < COLD else max(e for _, _, e, _ in out[:COLD])
+        if load == "flat":
+            ready, width = sub + rng.uniform(0, 3), 10.0
+            seconds = rng.uniform(2, 12)
+        else:
+            p, scale = job_params(load, index), 2.0 if load == "step" and index >= change else 1.0
+            width = 2 * timing.noise * scale * timing.mean_seconds(p["style"], p["steps"], p["n"],
+                                                                   p["aspect_ratio"])
+            ready, seconds = sub, scale * timing.draw(p["style"], p["steps"], p["n"],
+                                                      p["aspect_ratio"], rng)
+        start, end = schedule.place("u", ready, seconds, sub)
+        out.append((sub, start, end, width))
+    return out[COLD:]
+
+
+def fewest_polls(widths: list[float], late: float, p95: float, step: float = 0.1) -> float:
+    """A lower bound on the polls per job of any policy whose median lateness is <= ``late``
+    and p95 <= ``p95``, for jobs whose end is uniform over ``width`` after a known start.
+
+    Lagrangian dual of "fewest polls" (weak duality: every (lam, mu) gives a bound): per job, a
+    dynamic programme over the gaps between polls; a poll is paid by the jobs not done before it.
+    """
+    counts = collections.Counter(max(1, round(w / step)) for w in widths)
+    ell, over = late / step, p95 / step
+    best = 0.0
+    for lam in (0, 2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 32):
+        for mu in (0, 1, 2, 4, 8, 16):
+            value = 0.0
+            for n, count in counts.items():
+                v = [0.0]
+                for r in range(1, n + 1):
+                    v.append(min(r - lam * min(g, ell) + mu * max(0.0, g - over) + v[r - g]
+                                 for g in range(1, r + 1)))
+                value += count * v[n] / n
+            best = max(best, value / len(widths) + lam / 2 - mu / 20)
+    return best
+
+
+def oracle(loads: list[str], jobs: int, capacity: int) -> None:
+    """What any policy could reach on each warm row, computed from the loads (no server)."""
+    print("\noracle (no server): fixed 2 s simulated on the same load, and a policy that knows each"
+          "\njob's start and the distribution of its end, needing median <= 0.5x and p95 <= 1x:")
+    for load in loads:
+        sims = simulated_jobs(load, jobs, capacity)
+        polls = [math.ceil((end - sub) / 2) for sub, _, end, _ in sims]
+        late = sorted(sub + 2 * k - end for (sub, _, end, _), k in zip(sims, polls))
+        fixed = statistics.mean(polls) + 1, statistics.median(late), late[round(0.95 * (len(late) - 1))]
+        widths = [w for _, _, _, w in sims]
+        # one schedule that meets both: ceil(w / 2L) even gaps after the earliest end
+        even = statistics.mean((math.ceil(w / fixed[1]) + 1) / 2 for w in widths)
+        low = fewest_polls(widths, fixed[1] / 2, fixed[2])
+        print(f"  {load:<7} fixed {fixed[0]:5.2f} req, median {fixed[1]:.2f}, p95 {fixed[2]:.2f}; "
+              f"oracle {low:.2f}-{even:.2f} req = {low / fixed[0]:.2f}-{even / fixed[0]:.2f}x "
+              f"({'an oracle reaches 0.5x' if even <= fixed[0] / 2 else 'out of reach of any policy' if low > fixed[0] / 2 else 'open'})")
+
+
 def cpu_per_poll(calls: int = 20_000) -> None:
     """Client CPU of one ``next_delay``: the learned policy, warm, beside ``PollPolicy()``."""
     rng = random.Random(3)
@@ -232,8 +306,11 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=24)
     parser.add_argument("--loads", default=",".join(LOADS))
     parser.add_argument("--save", metavar="PATH", help="also write every job's (polls, lateness)")
+    parser.add_argument("--oracle", action="store_true", help="only the oracle's bounds (no server)")
     args = parser.parse_args()
     loads = [load for load in args.loads.split(",") if load]
+    if args.oracle:
+        return oracle(loads, args.jobs, args.capacity)
     runs = [(load, p) for load in loads for p in POLICIES]
     out: Any = multiprocessing.Queue()
     started = time.monotonic()
@@ -260,6 +337,7 @@ def main() -> None:
         print(row(f"{load}, warm", fixed[COLD:], learned[COLD:], cold=False))
     if "step" in loads:
         step_windows(results["step"][POLICIES[0]], results["step"]["learned"], args.jobs)
+    oracle(loads, args.jobs, args.capacity)
     cpu_per_poll()
 
 

@@ -299,3 +299,62 @@ def test_the_start_bounds_from_other_jobs_stop_when_the_queue_is_not_first_in_fi
     view.see("a", 0.0, 3.0, None)  # yet "a" is seen queued at 3: the order does not hold
     assert view.start_bounds(0.0, 3.0, math.inf) == (3.0, math.inf)
     assert not view.fifo and view.start_bounds(5.0, 6.0, math.inf) == (6.0, math.inf)
+
+
+def test_the_learned_duration_is_where_the_end_fell_not_the_middle_of_its_last_gap(
+        tmp_path: Path) -> None:
+    # The polls crowd just after each predicted end, so a job ends late in the gap
+    # before the poll that sees it DONE: its middle would learn every job too short.
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    rng = random.Random(7)
+    for index in range(40):
+        play(policy, clock, 12.0 * rng.uniform(0.97, 1.03), record_id=f"j{index}")
+    durations, _ = policy.models()
+    assert durations is not None
+    assert math.exp(durations.predict(("Flux", 30, 1, "1:1"))[0]) == pytest.approx(12, rel=0.02)
+
+
+def test_a_queued_job_is_polled_before_it_could_be_done_however_long_others_queued(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(8):  # jobs of 10 s, after a minute or more in the queue
+        play(policy, clock, 10.0, queue=60.0 + index, record_id=f"q{index}")
+    job = Generation("new", params=params())
+    job.seen.append((clock.now, Status.IN_QUEUE))
+    # had this one started at once (a queue's length changes), it could end in 9 s: it is
+    # polled within max_lateness (3 s) of that, as a running job would be
+    assert policy.next_delay(job, 1) < 9.0 + policy.max_lateness
+
+
+def test_a_job_overdue_after_a_slow_down_is_planned_again_once_the_model_catches_up(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(10):
+        play(policy, clock, 10.0, record_id=f"fast{index}")
+    job = Generation("slow", params=params())
+    job.seen.append((clock.now, Status.IN_PROGRESS))
+    job.status = Status.IN_PROGRESS
+    started = clock.now
+    while clock.now < started + 17.0:  # far past every prediction of a 10 s job: overdue
+        clock.now += policy.next_delay(job, len(job.seen))
+        job.seen.append((clock.now, Status.IN_PROGRESS))
+    assert policy.next_delay(job, len(job.seen)) <= 3.0
+    for index in range(15):  # meanwhile other jobs of the same kind took 30 s
+        policy.stats.record(("Flux", 30, 1, "1:1"), (29.9, 30.1, clock.now), None)
+    clock.now += 1.0  # (the model is refitted at most once a second)
+    job.seen.append((clock.now, Status.IN_PROGRESS))
+    assert 3.0 < policy.next_delay(job, len(job.seen)) < 30 - (clock.now - started)
+
+
+def test_the_first_in_first_out_inference_is_tried_again_after_a_break_has_aged_out() -> None:
+    view = QueueView()
+    view.see("a", 0.0, 0.0, None)
+    view.see("b", 1.0, None, 2.0)
+    view.see("a", 0.0, 3.0, None)
+    assert view.start_bounds(0.0, 3.0, math.inf) == (3.0, math.inf) and not view.fifo
+    view.see("c", 1000.0, 1000.0, None)  # long after: the order may hold again
+    view.see("d", 1001.0, None, 1005.0)
+    assert view.fifo and view.start_bounds(1000.0, 1000.0, math.inf) == (1000.0, 1005.0)

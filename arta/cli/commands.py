@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -46,6 +47,9 @@ from arta.errors import (
 )
 from arta.generation import Generation, PollPolicy
 from arta.log import configure_logging
+from arta.polling.learned import STATS_FILE
+from arta.polling.model import DurationModel, QueueModel
+from arta.polling.stats import PollStats
 from arta.progress import StatusLine
 from arta.styles import STYLE_ALIASES, STYLES
 
@@ -265,9 +269,31 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from arta.polling.learned import describe_stats
-
-    print(describe_stats(Settings.resolve().home))
+    """What the learned poll policy knows: the fitted cost of the work, the classes, the queue."""
+    stats = PollStats(Settings.resolve().home / STATS_FILE)
+    state = stats.state()
+    print(f"file:   {stats.path}")
+    model = DurationModel.fit(state)
+    if model is None:
+        print("no finished job seen yet: polling as the fixed policy does")
+    else:
+        b_steps, b_images, b_pixels, curvature = model.slopes
+        print(f"in progress: time ~ steps^{b_steps:.2f} x images^{b_images:.2f} x megapixels^"
+              f"{b_pixels:.2f} x style (curvature {curvature:+.2f}); spread {100 * model.sigma:.0f}%"
+              f" (one standard deviation); recent speed x{math.exp(model.level):.2f}")
+        print("styles (time of 30 steps, one 1:1 image): " + ", ".join(
+            f"{style} {math.exp(model.predict((style, 30, 1, '1:1'))[0]):.1f}s"
+            for style in sorted(model.alpha)))
+        print(f"{'style':<20} {'steps':>5} {'n':>2} {'ratio':>5} {'jobs':>5} {'predicted':>10}")
+        for key, cls in sorted(state.classes.items(), key=lambda kv: -kv[1].count)[:12]:
+            print(f"{key[0][:20]:<20} {key[1]:>5} {key[2]:>2} {key[3]:>5} {cls.count:>5} "
+                  f"{math.exp(model.predict(key)[0]):>9.1f}s")
+        print(f"({len(state.classes)} classes, {len(model.alpha)} styles seen)")
+    queue = QueueModel.fit(state)
+    if queue is not None:
+        median, low, high = (queue.quantile(q) or 0.0 for q in (0.5, 0.1, 0.9))
+        print(f"queue:  median {median:.1f}s, 10-90% {low:.1f}-{high:.1f}s "
+              f"({state.queue.count} jobs)")
     return EXIT_OK
 
 

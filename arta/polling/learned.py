@@ -1,27 +1,12 @@
-"""A poll policy that learns when jobs finish, and polls then.
+"""A poll policy that learns when jobs finish, and polls then (docs/polling.rst has the whole story).
 
-How it decides, for one job: a regression fitted to every job seen before
-(every process on the host, through ``poll_stats.json``;
-:mod:`arta.polling.stats`, :mod:`arta.polling.model`) predicts its
-in-progress time from its steps, images, pixels and style. Its start is
-bounded by its own polls and, in a first-in-first-out queue, by every
-other job's (:mod:`arta.polling.queue`). The finish is then about normal
-(start plus duration, with a small wide share for the model being wrong),
-and the next poll goes where the expected lateness given "not done at the
-last poll", ``E[(t - finish)+ | finish > last]``, reaches
-``lateness_per_poll`` seconds (less for a long or unsure job): the worth
-of one request in seconds of waiting, solved in closed form by a few
-Newton steps. A queued job is polled at half the time to its expected
-start (from the rate at which this process's jobs start, else from the
-queue waits seen).
-
-The model is refitted when the statistics change (at most every
-``refit_interval`` seconds), not at each poll: a poll costs microseconds.
-It polls exactly like its ``fallback`` :class:`PollPolicy` until
-``min_observations`` jobs were seen, for a job resumed by record id (whose
-parameters it does not know), and while a job queues before any queue
-wait was seen. A job past every prediction is polled at the fallback's
-bounded interval and never abandoned.
+A job's finish is its start (bounded by its polls and, in a FIFO queue,
+its neighbours': :mod:`arta.polling.queue`) plus the duration that a model
+of the work predicts (:mod:`arta.polling.model`, fitted to every job on
+the host: :mod:`arta.polling.stats`). The next poll goes where the
+expected lateness given "not done yet" reaches the worth of one request;
+a queued job is polled just after it has likely started. Before enough is
+known, it polls as its ``fallback`` :class:`PollPolicy` does.
 """
 
 from __future__ import annotations
@@ -42,7 +27,7 @@ from arta.polling.queue import QueueView
 from arta.polling.stats import ClassKey, Interval, PollStats, shared_stats
 from arta.protocol import Status
 
-__all__ = ["STATS_FILE", "LearnedPollPolicy", "Timeline", "default_poll_policy", "describe_stats"]
+__all__ = ["STATS_FILE", "LearnedPollPolicy", "Timeline", "default_poll_policy"]
 
 #: The shared statistics file's name in ``ARTA_HOME``.
 STATS_FILE = "poll_stats.json"
@@ -118,6 +103,8 @@ def time_for_lateness(last: float, parts: list[tuple[float, float, float]], kapp
     """
     below = [(w, m, s, _cdf((last - m) / s), _pdf((last - m) / s)) for w, m, s in parts]
     beyond = sum(w * (1 - fa) for w, _, _, fa, _ in below)
+    if beyond < 1e-12:  # surely over by now, yet not seen so: the mixture was wrong
+        return last + kappa
     t = max(last, parts[0][1]) + kappa
     for _ in range(12):
         value = slope = 0.0
@@ -131,6 +118,22 @@ def time_for_lateness(last: float, parts: list[tuple[float, float, float]], kapp
             break
         t = max(last, t - value / slope)
     return t
+
+
+def _finish(prediction: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
+    """The finish's mean and spread: a start within ``[lo, hi]``, then ``prediction``'s duration."""
+    mu, sigma = prediction
+    mean = math.exp(mu + sigma * sigma / 2)
+    return (lo + hi) / 2 + mean, math.hypot((hi - lo) / math.sqrt(12), mean * sigma)
+
+
+def _truncated_mean(m: float, s: float, lo: float, hi: float) -> float:
+    """The mean of a normal ``(m, s)`` between ``lo`` and ``hi`` (the nearer end if none is there)."""
+    a, b = (lo - m) / s, (hi - m) / s
+    mass = _cdf(b) - _cdf(a)
+    if mass < 1e-9:
+        return lo if m < lo else hi
+    return min(hi, max(lo, m + s * (_pdf(a) - _pdf(b)) / mass))
 
 
 def _cdf(z: float) -> float:
@@ -150,19 +153,17 @@ class LearnedPollPolicy:
     finish's spread in seconds, when over one: a long or unsure job is
     worth more polls, as a fixed policy's grow with a job's length): lower
     polls more. ``half_life`` is in jobs: how fast old observations fade
-    from the model. Delays stay within
-    ``[min_delay, max_delay]``; no poll comes more than ``max_lateness``
-    seconds after the job's first 2% chance of being done; a queued job is
-    polled every ``probe_share`` of the time to its expected start, at least
-    ``min_probe`` apart. ``clock`` gives Unix time (tests replace it).
+    from the model. Delays stay within ``[min_delay, max_delay]``; no poll
+    comes more than ``max_lateness`` seconds after the job's first 2% chance
+    of being done. ``clock`` gives Unix time (tests replace it).
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
                  fallback: PollPolicy | None = None, stats: PollStats | None = None,
-                 lateness_per_poll: float = 0.25, half_life: float = 40.0,
+                 lateness_per_poll: float = 0.2, half_life: float = 40.0,
                  min_observations: int = 3, min_delay: float = 0.25, max_delay: float = 30.0,
-                 refit_interval: float = 1.0, probe_share: float = 0.5, min_probe: float = 3.0,
-                 max_lateness: float = 3.0, clock: Callable[[], float] = time.time) -> None:
+                 refit_interval: float = 1.0, max_lateness: float = 3.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.fallback = fallback or PollPolicy()
         if stats is None:
             folder = Path(home).expanduser() if home is not None else Settings.resolve().home
@@ -172,7 +173,6 @@ class LearnedPollPolicy:
         self.min_observations = min_observations
         self.min_delay, self.max_delay = min_delay, max_delay
         self.refit_interval = refit_interval
-        self.probe_share, self.min_probe = probe_share, min_probe
         self.max_lateness = max_lateness
         self.clock = clock
         self._reset()
@@ -218,7 +218,13 @@ class LearnedPollPolicy:
             sub, end_after, end_by = timeline.submitted, timeline.end_after, timeline.end_by
             assert sub is not None and end_after is not None and end_by is not None
             lo, hi = self.queue.start_bounds(sub, sub + queue[0], sub + queue[1])
-            duration = (max(0.0, end_after - hi), end_by - lo, end_by)
+            end_lo, end_hi, durations = end_after, end_by, self.models()[0]
+            if durations is not None and key is not None:
+                # Polls crowd just after a predicted end, so a job's end is late in its last
+                # gap, not at its middle: take where the prediction puts it in that gap.
+                m, s = _finish(durations.predict(key), lo, hi)
+                end_lo = end_hi = _truncated_mean(m, s, end_after, end_by)
+            duration = (max(0.0, end_lo - hi), end_hi - lo, end_by)
             queue = (lo - sub, hi - sub, hi)
         if (key is not None and duration is not None) or queue is not None:
             self.stats.record(key, duration, queue)
@@ -249,8 +255,6 @@ class LearnedPollPolicy:
         durations, queue = self.models()
         if durations is None:
             return None
-        if generation.record_id in self._overdue_jobs:
-            return self._overdue(generation, self._overdue_jobs[generation.record_id])
         now = max(self.clock(), last)
         started = timeline.start_by is not None
         self.queue.see(generation.record_id, sub, None if started else timeline.start_after,
@@ -258,21 +262,14 @@ class LearnedPollPolicy:
         lo, hi = self.queue.start_bounds(sub, timeline.start_after or sub,
                                          timeline.start_by or math.inf)
         if hi == math.inf:  # still queued, as far as anyone knows
-            expected = self.queue.expected_start(sub, now)
-            if expected is None:
-                if queue is None:
-                    return None  # in a queue we know nothing of: the fallback decides
-                wait = queue.quantile(0.5, longer_than=lo - sub)
-                if wait is None:  # queued longer than any job seen
-                    return self._overdue(generation, lo, sticky=False)
-                expected = sub + wait
-            return self._bounded(max(self.min_probe, self.probe_share * abs(expected - now)))
-        mu, sigma = durations.predict(key)
-        mean = math.exp(mu + sigma * sigma / 2)
-        m, s = (lo + hi) / 2 + mean, math.hypot((hi - lo) / math.sqrt(12), mean * sigma)
+            return self._probe(generation, durations.predict(key), sub, lo, last, now, queue)
+        m, s = _finish(durations.predict(key), lo, hi)
         parts = [(1 - _WIDE_SHARE, m, s), (_WIDE_SHARE, m, _WIDE_FACTOR * s)]
         if sum(w * (1 - _cdf((last - m) / s)) for w, m, s in parts) < 1e-3:
-            return self._overdue(generation, last)
+            return self._overdue(generation, self._overdue_jobs.get(generation.record_id, last))
+        if generation.record_id in self._overdue_jobs:  # the model expects it again (a slow-down)
+            with self._lock:
+                self._overdue_jobs.pop(generation.record_id, None)
         first_chance = m - 2.05 * s  # the core's 2% quantile
         # a long or unsure job (a spread over a second) is worth more polls, as a fixed
         # policy's grow with a job's length: not only ever later ones
@@ -281,19 +278,41 @@ class LearnedPollPolicy:
                  max(now, first_chance) + self.max_lateness)
         return self._bounded(at - now)
 
+    def _probe(self, generation: PolledJob, prediction: tuple[float, float], sub: float,
+               lo: float, last: float, now: float, queue: QueueModel | None) -> float | None:
+        """The next poll of a queued job: just after it has likely started.
+
+        Found within about half the duration's spread of its start, a job's start
+        window (about twice that) adds a quarter of the duration's variance to its
+        finish: knowing the start closer would buy little, and cost polls.
+        """
+        expected = self.queue.expected_start(sub, now)
+        if expected is not None:
+            starts = [(1.0, expected[0], max(0.1, expected[1]))]
+        elif queue is None:
+            return None  # in a queue we know nothing of: the fallback decides
+        else:  # it waits as long as the jobs before it did, given how long it has waited
+            starts = [(w, sub + wait, 0.5) for wait, w in queue.waits if wait > lo - sub]
+            if not starts:  # queued longer than any job seen
+                return self._overdue(generation, lo)
+        mu, sigma = prediction
+        kappa = math.sqrt(3) / 2 * math.exp(mu) * sigma
+        at = min(time_for_lateness(last, starts, kappa),
+                 # and, as for a running job, within max_lateness of its first chance to be done
+                 lo + math.exp(mu - 2 * sigma) + self.max_lateness)
+        return self._bounded(at - now)
+
     def _bounded(self, delay: float) -> float:
         return min(self.max_delay, max(self.min_delay, delay))
 
-    def _overdue(self, generation: PolledJob, since: float, sticky: bool = True) -> float:
+    def _overdue(self, generation: PolledJob, since: float) -> float:
         """For a job past every prediction: the fallback's later polls, bounded by its max_delay.
 
-        A job that outlived its predicted end stays so until it ends (the
-        prediction was wrong for it); one that queued longer than any other
-        is planned again once it starts.
+        Polled so (the intervals growing from ``since``) until the model, refitted
+        as other jobs end, expects it again: after the service slowed down, say.
         """
         with self._lock:
-            if sticky:
-                self._overdue_jobs.setdefault(generation.record_id, since)
+            self._overdue_jobs.setdefault(generation.record_id, since)
             while len(self._overdue_jobs) > 10_000:
                 self._overdue_jobs.popitem(last=False)
         late_polls = sum(1 for at, _ in generation.seen if at > since)
@@ -331,34 +350,3 @@ def default_poll_policy(settings: Settings | None = None) -> PollPlanner:
         return PollPolicy()
     return LearnedPollPolicy(settings.home)
 
-
-def describe_stats(home: str | os.PathLike[str]) -> str:
-    """What ``arta stats`` prints: the file, the fitted cost of the work, the classes, the queue."""
-    stats = PollStats(Path(home).expanduser() / STATS_FILE)
-    state = stats.state()
-    lines = [f"file:   {stats.path}"]
-    model = DurationModel.fit(state)
-    if model is None:
-        lines.append("no finished job seen yet: polling as the fixed policy does")
-    else:
-        b_steps, b_images, b_pixels, curvature = model.slopes
-        lines += [
-            (f"in progress: time ~ steps^{b_steps:.2f} x images^{b_images:.2f} x "
-             f"megapixels^{b_pixels:.2f} x style (curvature {curvature:+.2f}); spread "
-             f"{100 * model.sigma:.0f}% (one standard deviation); recent speed "
-             f"x{math.exp(model.level):.2f}"),
-            "styles (time of 30 steps, one 1:1 image): " + ", ".join(
-                f"{style} {math.exp(model.predict((style, 30, 1, '1:1'))[0]):.1f}s"
-                for style in sorted(model.alpha)),
-            f"{'style':<20} {'steps':>5} {'n':>2} {'ratio':>5} {'jobs':>5} {'predicted':>10}",
-        ]
-        for key, cls in sorted(state.classes.items(), key=lambda kv: -kv[1].count)[:12]:
-            lines.append(f"{key[0][:20]:<20} {key[1]:>5} {key[2]:>2} {key[3]:>5} "
-                         f"{cls.count:>5} {math.exp(model.predict(key)[0]):>9.1f}s")
-        lines.append(f"({len(state.classes)} classes, {len(model.alpha)} styles seen)")
-    queue = QueueModel.fit(state)
-    if queue is not None:
-        median, low, high = (queue.quantile(q) or 0.0 for q in (0.5, 0.1, 0.9))
-        lines.append(f"queue:  median {median:.1f}s, 10-90% {low:.1f}-{high:.1f}s "
-                     f"({state.queue.count} jobs)")
-    return "\n".join(lines)

@@ -1,30 +1,15 @@
 """How long a job will be in progress, and wait in the queue: models fitted to the statistics.
 
-A diffusion job's in-progress time follows from what it computes. The
-model is a regression of log seconds on the work, learned from every job
-at once (so it predicts a combination never seen)::
+A regression of log seconds on the work, fitted to every job at once, so
+that it predicts a combination never seen (docs/polling.rst says why)::
 
     log D = alpha[style] + b_steps * log(steps) + b_images * log(n)
             + b_pixels * log(megapixels) + c * (log work - log common work)^2
             + level + noise
 
-``alpha`` is a style's level (pooled toward the mean of the styles),
-``b`` how time grows with each kind of work (pooled toward 0.5: neither
-a fixed cost nor proportional), ``c`` a curvature (pooled toward 0): a
-fixed cost per job plus a cost per unit of work makes small jobs cost less
-than in proportion, large ones more. ``level`` follows the service's speed
-through time (each job's surprise moves it; half-life 4 jobs): a service
-that slows down moves every prediction within a few jobs, while the rest
-keeps a long memory (``half_life`` jobs) and is fitted net of the level.
-The spread is that of each job's surprise given the jobs before it.
-
-Each observation is an interval (polls bound a job's start and end); it
-counts by its midpoint, and its width is taken out of the fitted spread.
-The fit works on per-class sums, so it costs O(observations) once per
-change of the statistics, and a prediction costs a few multiplications.
-
-The queue wait (when nothing better is known) is the recency-weighted
-distribution of the observed waits.
+``level`` follows the service's speed through time (half-life 4 jobs); the
+rest keeps a long memory. Each observation (an interval) counts by its
+midpoint, its width taken out of the spread. Queue waits: the recent ones.
 """
 
 from __future__ import annotations

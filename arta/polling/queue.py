@@ -1,17 +1,13 @@
 """When a queued job starts, from what every job of this process shows of a first-in-first-out queue.
 
-In a FIFO queue, jobs start in the order they were submitted. So a job
-seen IN_QUEUE at time t says that no later job had started by t, and a job
-seen IN_PROGRESS at t that every earlier job had: each poll of any job
-narrows the start of every other, and a job deep in a long queue has its
-start known to within the gap between polls of its neighbours, not its
-own. The rate at which starts pass this process's jobs, in submit order,
-predicts when a queued job will start.
-
-The service's order is an assumption: the first sighting that breaks it
-(an earlier job seen queued after a later one was seen running, beyond
-``tolerance`` seconds of submit time) turns the inference off for good.
-Every operation is O(log n) (bisection on the sightings that matter).
+Jobs start in submit order, so a job seen IN_QUEUE at t says no later job
+had started by t, and one seen IN_PROGRESS that every earlier one had:
+each poll narrows every other job's start. The rate at which starts pass
+this process's jobs predicts when a queued one starts; its place among the
+jobs submitted within ``tolerance`` of it is unknown (concurrent submits'
+answers come back shuffled by up to ~0.15 s). A sighting that breaks the
+order turns this off, until jobs come ``reopen`` seconds after the break.
+Every operation is O(log n).
 """
 
 from __future__ import annotations
@@ -27,10 +23,17 @@ __all__ = ["QueueView"]
 class QueueView:
     """The start bounds this process's jobs give each other. Thread-safe."""
 
-    def __init__(self, tolerance: float = 0.25, keep: int = 4096, rate_window: float = 120.0) -> None:
+    def __init__(self, tolerance: float = 0.25, keep: int = 4096, rate_window: float = 120.0,
+                 reopen: float = 600.0) -> None:
         self.tolerance, self.keep, self.rate_window = tolerance, keep, rate_window
-        self.fifo = True  # until a sighting says otherwise
+        self.reopen = reopen
         self._lock = threading.Lock()
+        self._forget()
+        self._broken_at = -math.inf  # the latest submit time seen when the order broke
+
+    def _forget(self) -> None:
+        """Start afresh: first in, first out, and nothing seen."""
+        self.fifo = True  # until a sighting says otherwise
         # The sightings that bound something, by submit time: the latest time a job at
         # or before each was seen queued (increasing), the first a job at or after was
         # seen started (increasing).
@@ -46,6 +49,8 @@ class QueueView:
             started_by: float | None) -> None:
         """Take in a job's latest sightings: last seen queued, first seen started (or None)."""
         with self._lock:
+            if not self.fifo and submitted > self._broken_at + self.reopen:
+                self._forget()  # a job submitted well after the break: try the order again
             if not self.fifo:
                 return
             if record_id not in self._known:
@@ -97,14 +102,16 @@ class QueueView:
             narrow_lo = max(lo, self._queued_at[i]) if i >= 0 else lo
             narrow_hi = min(hi, self._started_at[j]) if j < len(self._started_at) else hi
             if narrow_lo > narrow_hi:  # not first in, first out after all
+                self._broken_at = max([submitted, *self._subs[-1:]])
+                self._forget()
                 self.fifo = False
-                self._queued_subs, self._queued_at, self._started_subs, self._started_at = \
-                    [], [], [], []
                 return lo, hi
             return narrow_lo, narrow_hi
 
-    def expected_start(self, submitted: float, now: float) -> float | None:
-        """When a queued job submitted at ``submitted`` should start; None if no rate is known."""
+    def expected_start(self, submitted: float, now: float) -> tuple[float, float] | None:
+        """When a queued job submitted at ``submitted`` should start, and how unsure that is
+        (one standard deviation, seconds); None if no rate is known or no job of this
+        process is ahead of it (then the service's own queue decides)."""
         with self._lock:
             passes = [(at, n) for at, n in self._passes if at >= now - self.rate_window]
             if not self.fifo or len(passes) < 3 or passes[-1][0] - passes[0][0] < 1.0:
@@ -112,6 +119,12 @@ class QueueView:
             rate = sum(n for _, n in passes[1:]) / (passes[-1][0] - passes[0][0])
             if rate <= 0:
                 return None
-            ahead = bisect.bisect_left(self._subs, submitted - self.tolerance) \
-                - bisect.bisect_right(self._subs, self._started_subs[-1])
-            return max(now, self._started_at[-1] + (max(0, ahead) + 1) / rate)
+            # ahead: the jobs surely submitted before it, and half of those too close to tell
+            sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
+            unsure = bisect.bisect_left(self._subs, submitted + self.tolerance) - sure - 1
+            ahead = sure + unsure / 2 - bisect.bisect_right(self._subs, self._started_subs[-1])
+            if ahead < 0.5:
+                return None
+            # starts come about as a Poisson stream; the order within the tolerance is a guess
+            spread = math.sqrt(ahead + 1 + unsure * unsure / 12) / rate
+            return max(now, self._started_at[-1] + (ahead + 1) / rate), spread

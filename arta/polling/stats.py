@@ -1,20 +1,11 @@
 """What every process on the host has learned about job durations: ``poll_stats.json``.
 
-The learned poll policy (:mod:`arta.polling.learned`) needs observed timelines:
-for each class of parameters (style, steps, n, aspect ratio), the recent
-in-progress durations, and for the service as a whole the recent queue
-waits. Each observation is an interval ``[lo, hi]`` in seconds (polls only
-bound when a job started and ended) with the Unix time it was made.
-
-The file lives in ``ARTA_HOME`` beside the token file and is shared in the
-same way: a writer takes ``poll_stats.json.lock`` (:mod:`filelock`), reads
-the file, merges its own new observations in, writes a temporary file,
-fsyncs it and :func:`os.replace`\\ s the old one, so a reader never sees a
-torn file and no writer loses another's observations. A process writes at
-most once per ``flush_interval`` (and at exit), not once per job. The file
-is bounded: at most ``max_classes`` classes (the least recently updated go)
-and ``keep`` observations each. A corrupt or foreign file is ignored, with
-a warning, and rebuilt by the next write: it holds no secret, only timings.
+Per class of parameters (style, steps, n, aspect ratio) the recent
+in-progress durations, and the service's recent queue waits; each an
+interval ``[lo, hi]`` of seconds with the Unix time it was seen. Shared as
+the token file is: merged under ``poll_stats.json.lock`` (:mod:`filelock`)
+and replaced atomically, at most once per ``flush_interval`` and at exit.
+Bounded, checked when read, and rebuilt (with a warning) if unusable.
 """
 
 from __future__ import annotations
@@ -200,15 +191,14 @@ class PollStats:
     def record(self, key: ClassKey | None, duration: Interval | None,
                queue: Interval | None) -> None:
         """Learn one finished job: its class's in-progress duration and its queue wait."""
+        one = StatsState()
+        if key is not None and duration is not None:
+            one.classes[key] = ClassStats(1, duration[2], [duration])
+        if queue is not None:
+            one.queue = ClassStats(1, queue[2], [queue])
         with self._lock:
-            for target in (self._state, self._pending):
-                one = StatsState()
-                if key is not None and duration is not None:
-                    one.classes[key] = ClassStats(1, duration[2], [duration])
-                if queue is not None:
-                    one.queue = ClassStats(1, queue[2], [queue])
-                target.merge(one, self.keep, self.keep_queue,
-                             self.max_classes if target is self._state else 10**9)
+            self._state.merge(one, self.keep, self.keep_queue, self.max_classes)
+            self._pending.merge(one, self.keep, self.keep_queue, 10**9)
             self._has_pending = True
             self.version += 1
             due = self._last_flush + self.flush_interval - time.monotonic()
@@ -221,14 +211,9 @@ class PollStats:
     def _flush_later(self, delay: float) -> None:
         """Flush on a timer thread in ``delay`` seconds (one timer at a time; call under _lock)."""
         if self._timer is None:
-            self._timer = threading.Timer(delay, self._timed_flush)
+            self._timer = threading.Timer(delay, self.flush)
             self._timer.daemon = True
             self._timer.start()
-
-    def _timed_flush(self) -> None:
-        with self._lock:
-            self._timer = None
-        self.flush()
 
     def reload_if_changed(self, every: float = 1.0) -> None:
         """Pick up other processes' writes (checked at most every ``every`` seconds)."""
@@ -236,12 +221,8 @@ class PollStats:
         if now - self._last_check < every:
             return
         self._last_check = now
-        if self._stamp() != self._file_stamp:
-            fresh = self._read()
-            with self._lock:
-                fresh.merge(self._pending, self.keep, self.keep_queue, self.max_classes)
-                self._state = fresh
-                self.version += 1
+        if self._stamp() != self._file_stamp:  # (adopted, it is not read again until changed)
+            self._adopt(self._read())
 
     # -- the file --------------------------------------------------------------
 
@@ -253,6 +234,7 @@ class PollStats:
         """
         with self._flush_lock:
             with self._lock:
+                self._timer = None  # a timer that fires after this finds nothing to write
                 if not self._has_pending:
                     return
                 pending, self._pending, self._has_pending = self._pending, StatsState(), False
@@ -321,11 +303,9 @@ class PollStats:
                         self.path, type(error).__name__ if isinstance(error, RecursionError)
                         else error)
             return StatsState()
-        state.merge(StatsState(), self.keep, self.keep_queue, self.max_classes)  # bound it
-        for stats in state.classes.values():
-            stats.recent = stats.recent[-self.keep:]
-        state.queue.recent = state.queue.recent[-self.keep_queue:]
-        return state
+        bounded = StatsState()  # merged in, it keeps as much as this process would
+        bounded.merge(state, self.keep, self.keep_queue, self.max_classes)
+        return bounded
 
     def _write(self, state: StatsState) -> None:
         write_json_atomically(self.path, state.to_json(), prefix=_TEMP_PREFIX,
