@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import threading
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import many_processes
 
 import arta
 from arta.cli import commands as cli
@@ -39,7 +39,7 @@ def _record_many(path: str, worker: int, count: int) -> None:
 def test_concurrent_writer_processes_lose_no_observation(tmp_path: Path) -> None:
     path = tmp_path / "poll_stats.json"
     workers, count = 8, 15
-    processes = [multiprocessing.get_context("spawn").Process(
+    processes = [many_processes().Process(
         target=_record_many, args=(str(path), worker, count)) for worker in range(workers)]
     for process in processes:
         process.start()
@@ -176,7 +176,7 @@ def test_a_lock_held_by_another_process_does_not_hold_up_the_end_of_a_wait(
         tmp_path: Path) -> None:
     # issue 18, item 12: the flush ran before the wait ended and waited for the lock
     path = tmp_path / "poll_stats.json"
-    context = multiprocessing.get_context("spawn")
+    context = many_processes()
     ready, release = context.Event(), context.Event()
     holder = context.Process(target=_hold_lock, args=(f"{path}.lock", ready, release))
     holder.start()
