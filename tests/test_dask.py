@@ -645,12 +645,17 @@ def _stealing(dask_scheduler: Any) -> bool:
     return "stealing" in dask_scheduler.extensions
 
 
-def test_a_local_cluster_keeps_no_dashboard_timers() -> None:
+def test_a_local_cluster_has_a_slot_per_job_and_no_dashboard_timers() -> None:
+    import psutil
+
     from arta.dask import connect
 
-    with connect("local:1") as client:
+    with connect("local:1", slots=64) as client:
+        slots = list(client.nthreads().values())
+        threads = [psutil.Process(pid).num_threads() for pid in _worker_pids(client).values()]
         workers = list(client.run(_housekeeping).values())
         stealing = client.run_on_scheduler(_stealing)
+    assert slots == [64] and threads[0] <= 24  # a slot is a thread only once a task runs on it
     assert workers == [{"tick ms": 1000, "profiler": False, "memory monitor ms": 1000}]
     assert not stealing
 

@@ -173,12 +173,14 @@ LOCAL_CONFIG: dict[str, object] = {
 
 
 @contextlib.contextmanager
-def connect(scheduler: str) -> Iterator[distributed.Client]:
+def connect(scheduler: str, slots: int = 2) -> Iterator[distributed.Client]:
     """A Dask client of ``scheduler``: an address (``tcp://host:8786``), or ``local:N``.
 
     ``local:N`` starts a :class:`distributed.LocalCluster` of N worker
-    processes (two threads each: a waiting job holds no thread) on
-    127.0.0.1 for the duration, with no dashboard or other HTTP server.
+    processes on 127.0.0.1 for the duration, with no dashboard or other
+    HTTP server. Each worker runs up to ``slots`` tasks at once: a batch
+    gives one per job in flight, so that a waiting job's task keeps its
+    slot (a coroutine: a slot costs no thread until a task runs on one).
     """
     import dask
     import distributed
@@ -189,7 +191,7 @@ def connect(scheduler: str) -> Iterator[distributed.Client]:
             yield client
         return
     with _quiet("distributed"), dask.config.set(LOCAL_CONFIG), distributed.LocalCluster(
-            n_workers=workers, processes=True, threads_per_worker=2, host="127.0.0.1",
+            n_workers=workers, processes=True, threads_per_worker=slots, host="127.0.0.1",
             dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
         # Scheduler and workers listen for HTTP even with no dashboard: stop them.
