@@ -147,6 +147,26 @@ def test_200_jobs_one_signup_no_duplicates(emu: Emulator, cluster: Any, tmp_path
     assert {o.event for o in again} == {"skipped"} and _delta(emu, before)["submits"] == 200
 
 
+def _values_sent(dask_worker: Any) -> int:
+    return dask_worker.transfer_outgoing_count_total  # type: ignore[no-any-return]
+
+
+def test_jobs_the_workers_write_reach_the_driver_without_a_fetch(
+        emu: Emulator, dask: Any, cluster: Any, tmp_path: Path) -> None:
+    # Each worker announces the jobs whose images it wrote: the driver has
+    # their values without asking a worker for them.
+    sent = sum(dask.run(_values_sent).values())
+    jobs = _jobs(20, "announced")
+    manifest = Manifest(tmp_path / "arta-manifest.jsonl")
+    outcomes = run_batch_on_dask(jobs, manifest, tmp_path / "driver",
+                                 scheduler=cluster.scheduler_address,
+                                 client_options=_options(emu),
+                                 output_on_workers=tmp_path / "out").outcomes
+    assert [o.event for o in outcomes] == ["done"] * 20
+    _check_images(tmp_path / "out", manifest, jobs)
+    assert sum(dask.run(_values_sent).values()) == sent
+
+
 def test_a_worker_killed_mid_run(emu: Emulator, dask: Any, cluster: Any,
                                  tmp_path: Path) -> None:
     before = emu.stats()
@@ -613,6 +633,31 @@ def test_a_local_cluster_serves_no_http() -> None:
         answers = {port: _answer(port) for port in ports}
     assert len(answers) >= 2  # the scheduler's, the worker's (and its nanny's)
     assert not [a for a in answers.values() if a.startswith(b"HTTP/")], answers
+
+
+def _housekeeping(dask_worker: Any) -> dict[str, Any]:
+    timers = dask_worker.periodic_callbacks
+    return {"tick ms": timers["tick"].callback_time, "profiler": "profile" in timers,
+            "memory monitor ms": timers["memory_monitor"].callback_time}
+
+
+def _stealing(dask_scheduler: Any) -> bool:
+    return "stealing" in dask_scheduler.extensions
+
+
+def test_a_local_cluster_has_a_slot_per_job_and_no_dashboard_timers() -> None:
+    import psutil
+
+    from arta.dask import connect
+
+    with connect("local:1", slots=64) as client:
+        slots = list(client.nthreads().values())
+        threads = [psutil.Process(pid).num_threads() for pid in _worker_pids(client).values()]
+        workers = list(client.run(_housekeeping).values())
+        stealing = client.run_on_scheduler(_stealing)
+    assert slots == [64] and threads[0] <= 24  # a slot is a thread only once a task runs on it
+    assert workers == [{"tick ms": 1000, "profiler": False, "memory monitor ms": 1000}]
+    assert not stealing
 
 
 def test_the_cluster_token_is_seeded_from_the_driver_and_renewals_come_back(dask: Any) -> None:

@@ -13,7 +13,8 @@ Dask; each function does so when called.
   submits on the engine and the cluster waits and fetches (docs/dask.rst).
 """
 
-from arta.dask.batch import ClusterLost, connect, run_batch_on_dask
+from arta.dask.batch import ClusterLost, run_batch_on_dask
+from arta.dask.cluster import connect
 from arta.dask.jobs import generate, in_flight, job_key, map, task_client
 from arta.dask.token_store import DaskTokenStore
 
