@@ -42,8 +42,8 @@ STOP_CHECK_INTERVAL = 0.05
 #: :data:`MAX_SLACK` seconds. Due times are rounded up to a grid of that
 #: size, so timers set around the same time fire together: one wake of the
 #: scheduler, and their calls run back to back on an I/O thread already
-#: awake, not each on a thread woken for it alone (a third less CPU per
-#: poll, measured with benchmarks/peer.py).
+#: awake, not each on a thread woken for it alone (about a quarter less CPU
+#: per job on the service-like load of benchmarks/peer.py, docs/benchmarks.rst).
 SLACK_SHARE = 0.05
 MAX_SLACK = 0.1
 
