@@ -22,7 +22,7 @@ import time
 import weakref
 from typing import Any, Callable, Protocol, TypeVar
 
-from arta.errors import ArtaError, ClientClosedError
+from arta.errors import ClientClosedError
 
 __all__ = ["PollLoop", "Wait"]
 
@@ -118,15 +118,20 @@ class PollLoop:
 
     def run_io(self, function: Callable[[], None]) -> None:
         """Run ``function`` on an I/O thread (a failure is logged: it has nobody to go to)."""
-        with contextlib.suppress(ArtaError):  # closed: nothing runs any more
-            self.call_io(_logged, function)
+        if self._closed:  # nothing runs any more
+            return
+        # No future: nobody would read it, and a poll is the commonest call.
+        with contextlib.suppress(ClientClosedError):  # the pool closed meanwhile
+            self._pool.put(None, _logged, (function,))
 
     def call_io(self, function: Callable[..., T], *args: object,
                 ) -> concurrent.futures.Future[T]:
         """Run ``function(*args)`` on an I/O thread; its future gives the outcome."""
         if self._closed:
             raise ClientClosedError("the client is closed")
-        return self._pool.submit(function, *args)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._pool.put(future, function, args)
+        return future
 
     def closes_with(self, dependent: _Closable) -> None:
         """Close ``dependent`` (a run of many jobs) when this loop closes, or now if it has."""
@@ -234,7 +239,7 @@ class _IOPool:
         self.size = size
         self._prefix = prefix
         self._call_at = call_at
-        self._work: collections.deque[tuple[float, concurrent.futures.Future[Any],
+        self._work: collections.deque[tuple[float, concurrent.futures.Future[Any] | None,
                                             Callable[..., Any], tuple[object, ...]]] = \
             collections.deque()
         self._ready = threading.Condition()
@@ -244,8 +249,9 @@ class _IOPool:
         self._closed = False
         self._call_time = 0.0  # the calls' mean duration (exponentially weighted)
 
-    def submit(self, function: Callable[..., T], *args: object) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    def put(self, future: concurrent.futures.Future[Any] | None, function: Callable[..., Any],
+            args: tuple[object, ...]) -> None:
+        """Queue ``function(*args)``; its outcome goes to ``future`` (None: nobody waits)."""
         with self._ready:
             if self._closed:
                 raise ClientClosedError("the client is closed")
@@ -257,7 +263,6 @@ class _IOPool:
             elif self._threads < self.size and not self._check_due:
                 self._check_due = True
                 self._call_at(time.monotonic() + GROW_AFTER, self._grow_if_waiting)
-        return future
 
     def _grow_if_waiting(self) -> None:
         with self._ready:
@@ -287,13 +292,14 @@ class _IOPool:
                     self._threads -= 1
                     return
                 _, future, function, args = self._work.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
             started = time.monotonic()
-            try:
-                future.set_result(function(*args))
-            except BaseException as error:  # noqa: BLE001 - the future carries it
-                future.set_exception(error)
+            if future is None:
+                function(*args)
+            elif future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args))
+                except BaseException as error:  # noqa: BLE001 - the future carries it
+                    future.set_exception(error)
             # A data race on a float is harmless here: it is only a hint.
             self._call_time += 0.1 * (time.monotonic() - started - self._call_time)
 
@@ -304,4 +310,5 @@ class _IOPool:
             work, self._work = list(self._work), collections.deque()
             self._ready.notify_all()
         for _, future, _, _ in work:
-            future.cancel()
+            if future is not None:
+                future.cancel()
