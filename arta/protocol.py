@@ -107,6 +107,9 @@ class Status(str, enum.Enum):
         return self.value
 
 
+#: The statuses the service sends, as sent.
+_WIRE_STATUSES = frozenset(status.value for status in Status)
+
 #: How far along each status is: a job only ever moves to a higher rank.
 RANK = {Status.SUBMITTED: 0, Status.IN_QUEUE: 1, Status.IN_PROGRESS: 2,
          Status.DONE: 3, Status.FAILED: 3}
@@ -352,10 +355,12 @@ def _job(body: Any, what: str, record_id: str | None) -> JobState:
     if printable(new_id) != new_id or not new_id.strip() or len(new_id) > _MAX_TEXT:
         raise ProtocolError(f"{what}: the answer's record_id is not a plain line of text",
                             record_id=record_id)
-    seed = body.get("seed")
+    seed, status = body.get("seed"), body.get("status")
     return JobState(
         record_id=new_id,
-        status=_text(body.get("status") or ""),
+        # A status the wire protocol names is plain text: no need to clean it (every poll).
+        status=status if isinstance(status, str) and status in _WIRE_STATUSES
+        else _text(status or ""),
         images=_images(body.get("response")),
         error_code=None if body.get("error_code") is None else _text(body["error_code"]),
         error_details=None if body.get("error_details") is None else _text(body["error_details"]),
