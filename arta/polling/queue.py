@@ -119,11 +119,14 @@ class QueueView:
             rate = sum(n for _, n in passes[1:]) / (passes[-1][0] - passes[0][0])
             if rate <= 0:
                 return None
-            # ahead: the jobs surely submitted before it, and half of those too close to tell
+            # ahead: the jobs surely submitted before it, and half of those too close to tell,
+            # less those the head of the queue passed (then it is among the rest)
+            passed = bisect.bisect_right(self._subs, self._started_subs[-1])
             sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
-            unsure = bisect.bisect_left(self._subs, submitted + self.tolerance) - sure - 1
-            ahead = sure + unsure / 2 - bisect.bisect_right(self._subs, self._started_subs[-1])
-            if ahead < 0.5:
+            edge = bisect.bisect_left(self._subs, submitted + self.tolerance) - 1
+            unsure = edge - max(sure, passed)
+            ahead = max(0, sure - passed) + unsure / 2
+            if ahead < 0.5 and passed <= sure:
                 return None
             # starts come about as a Poisson stream; the order within the tolerance is a guess
             spread = math.sqrt(ahead + 1 + unsure * unsure / 12) / rate
