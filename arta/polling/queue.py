@@ -124,7 +124,7 @@ class QueueView:
             passed = bisect.bisect_right(self._subs, self._started_subs[-1])
             sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
             edge = bisect.bisect_left(self._subs, submitted + self.tolerance) - 1
-            unsure = edge - max(sure, passed)
+            unsure = max(0, edge - max(sure, passed))
             ahead = max(0, sure - passed) + unsure / 2
             if ahead < 0.5 and passed <= sure:
                 return None
