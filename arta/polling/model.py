@@ -75,7 +75,7 @@ class DurationModel:
             return None
         weights = recency_weights(len(raw), half_life)
         ys = [math.log(max(_SHORTEST, (lo + hi) / 2)) for _, _, lo, hi in raw]
-        model, offsets = cls({}, 0.0, _PRIOR_SLOPES), [0.0] * len(raw)
+        model, offsets, jump = cls({}, 0.0, _PRIOR_SLOPES), [0.0] * len(raw), 3 * _PRIOR_SIGMA
         for _ in range(2):  # the regression on the jobs' times net of the level when they ran
             sums: _Sums = defaultdict(lambda: [0.0, 0.0])
             for (_, key, _, _), y, offset, w in zip(raw, ys, offsets, weights):
@@ -84,12 +84,18 @@ class DurationModel:
             model._fit_slopes(sums)
             model._fit_levels(sums)
             # the level through time: each job predicted from the jobs before it
-            level, offsets, surprises = 0.0, [], []
+            level, offsets, surprises, run = 0.0, [], [], []
             for (_, key, _, _), y in zip(raw, ys):
                 offsets.append(level)
                 surprises.append(y - model._mean(key) - level)
-                level += _LEVEL_GAIN * surprises[-1]
+                # a few far surprises in a row of one sign: the speed changed, the level jumps
+                far = abs(surprises[-1]) > jump
+                run = run + [surprises[-1]] if far and (not run or run[0] * surprises[-1] > 0) \
+                    else [surprises[-1]] * far
+                level += sum(run) / 3 if len(run) == 3 else _LEVEL_GAIN * surprises[-1]
+                run = [] if len(run) == 3 else run
             model.level = level
+            jump = 3 * 1.4826 * _weighted_median([abs(e) for e in surprises], weights)
         # the spread of those surprises (robust: the few just after a change of speed are
         # large), less what the intervals' own widths account for
         total = sum(weights)
