@@ -214,6 +214,8 @@ class LearnedPollPolicy:
             self._overdue_jobs.pop(generation.record_id, None)
         timeline = Timeline.of(generation)
         key, duration, queue = class_key(generation), timeline.duration(), timeline.queue()
+        if timeline.end_by is not None:
+            self.queue.ended(timeline.end_by)
         if duration is not None and queue is not None:  # narrowed by the other jobs' polls
             sub, end_after, end_by = timeline.submitted, timeline.end_after, timeline.end_by
             assert sub is not None and end_after is not None and end_by is not None

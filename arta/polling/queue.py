@@ -43,7 +43,7 @@ class QueueView:
         self._started_at: list[float] = []
         self._subs: list[float] = []  # submit times of the jobs seen, sorted
         self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._passes: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+        self._ends: collections.deque[float] = collections.deque(maxlen=64)  # this process's jobs'
 
     def see(self, record_id: str, submitted: float, queued_at: float | None,
             started_by: float | None) -> None:
@@ -81,16 +81,17 @@ class QueueView:
         i = bisect.bisect_left(subs, sub)
         if i < len(subs) and times[i] <= at:  # a later job was seen started sooner: it says more
             return
-        frontier = subs[-1] if subs else -math.inf
         k = bisect.bisect_left(times, at, 0, i)
         del subs[k:i], times[k:i]
         subs.insert(k, sub)
         times.insert(k, at)
-        if sub > frontier:  # the start of the queue moved past these jobs of ours
-            passed = bisect.bisect_right(self._subs, sub) - bisect.bisect_right(self._subs, frontier)
-            self._passes.append((at, passed))
         if len(subs) > self.keep:
             del subs[0], times[0]
+
+    def ended(self, at: float) -> None:
+        """Take in that a job of this process ended at ``at``: the rate at which slots free up."""
+        with self._lock:
+            self._ends.append(at)
 
     def start_bounds(self, submitted: float, lo: float, hi: float) -> tuple[float, float]:
         """A job's start bounds ``(lo, hi)`` from its own polls, narrowed by the other jobs'."""
@@ -113,19 +114,20 @@ class QueueView:
         (one standard deviation, seconds); None if no rate is known or no job of this
         process is ahead of it (then the service's own queue decides)."""
         with self._lock:
-            passes = [(at, n) for at, n in self._passes if at >= now - self.rate_window]
-            if not self.fifo or len(passes) < 3 or passes[-1][0] - passes[0][0] < 1.0:
+            ends = [at for at in self._ends if at >= now - self.rate_window]
+            if not self.fifo or len(ends) < 3 or max(ends) - min(ends) < 1.0 \
+                    or not self._started_subs:
                 return None
-            rate = sum(n for _, n in passes[1:]) / (passes[-1][0] - passes[0][0])
-            if rate <= 0:
-                return None
+            # our jobs start as fast as they end (a slot freed is taken from the queue)
+            rate = (len(ends) - 1) / (max(ends) - min(ends))
             # ahead: the jobs surely submitted before it, and half of those too close to tell,
             # less those the head of the queue passed (then it is among the rest)
             passed = bisect.bisect_right(self._subs, self._started_subs[-1])
             sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
             edge = bisect.bisect_left(self._subs, submitted + self.tolerance) - 1
             unsure = max(0, edge - max(sure, passed))
-            ahead = max(0, sure - passed) + unsure / 2
+            rank = bisect.bisect_left(self._subs, submitted)
+            ahead = rank - passed if passed <= rank else unsure / 2
             if ahead < 0.5 and passed <= sure:
                 return None
             # starts come about as a Poisson stream; the order within the tolerance is a guess
