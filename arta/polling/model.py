@@ -84,16 +84,19 @@ class DurationModel:
             model._fit_slopes(sums)
             model._fit_levels(sums)
             # the level through time: each job predicted from the jobs before it
-            level, offsets, surprises, run = 0.0, [], [], []
+            level, offsets, surprises, since = 0.0, [], [], -math.inf
             for (_, key, _, _), y in zip(raw, ys):
                 offsets.append(level)
                 surprises.append(y - model._mean(key) - level)
-                # a few far surprises in a row of one sign: the speed changed, the level jumps
-                far = abs(surprises[-1]) > jump
-                run = run + [surprises[-1]] if far and (not run or run[0] * surprises[-1] > 0) \
-                    else [surprises[-1]] * far
-                level += sum(run) / 3 if len(run) == 3 else _LEVEL_GAIN * surprises[-1]
-                run = [] if len(run) == 3 else run
+                # three far surprises of one sign among the last five (and none of the other):
+                # the speed changed; the level moves to it at once, then is the mean of the
+                # jobs since the change until it has as many as its half-life's worth
+                recent = surprises[max(0, since, len(surprises) - 5):]
+                far = sorted(e for e in recent if abs(e) > jump)
+                if len(far) >= 3 and far[0] * far[-1] > 0:
+                    level, since = level + far[len(far) // 2], len(surprises)
+                else:
+                    level += max(_LEVEL_GAIN, 1 / (len(surprises) - since + 1)) * surprises[-1]
             model.level = level
             jump = 3 * 1.4826 * _weighted_median([abs(e) for e in surprises], weights)
         # the spread of those surprises (robust: the few just after a change of speed are
