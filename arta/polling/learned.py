@@ -186,6 +186,10 @@ class LearnedPollPolicy:
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: Jobs that outlived every prediction (record id -> when): polled at a bounded interval.
         self._overdue_jobs: collections.OrderedDict[str, float] = collections.OrderedDict()
+        #: Running jobs far later than predicted (record id -> surprise, submit time), and the
+        #: shift of log seconds they prove, for the jobs submitted from when.
+        self._late: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+        self._shift = (0.0, math.inf)
 
     @property
     def timeout(self) -> float | None:
@@ -212,6 +216,7 @@ class LearnedPollPolicy:
             if len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
             self._overdue_jobs.pop(generation.record_id, None)
+        self._see_late(generation.record_id, 0.0, 0.0, 0.0)
         timeline = Timeline.of(generation)
         key, duration, queue = class_key(generation), timeline.duration(), timeline.queue()
         if timeline.end_by is not None:
@@ -263,9 +268,14 @@ class LearnedPollPolicy:
                        timeline.start_by)
         lo, hi = self.queue.start_bounds(sub, timeline.start_after or sub,
                                          timeline.start_by or math.inf)
+        mu, sigma = durations.predict(key)
+        if hi < math.inf:  # a job running far past its prediction says the service slowed down
+            self._see_late(generation.record_id, sub, math.log(max(1e-3, last - hi)) - mu, sigma)
+        shift, since = self._shift
+        prediction = (mu + shift, sigma) if sub >= since else (mu, sigma)
         if hi == math.inf:  # still queued, as far as anyone knows
-            return self._probe(generation, durations.predict(key), sub, lo, last, now, queue)
-        m, s = _finish(durations.predict(key), lo, hi)
+            return self._probe(generation, prediction, sub, lo, last, now, queue)
+        m, s = _finish(prediction, lo, hi)
         parts = [(1 - _WIDE_SHARE, m, s), (_WIDE_SHARE, m, _WIDE_FACTOR * s)]
         if sum(w * (1 - _cdf((last - m) / s)) for w, m, s in parts) < 1e-3:
             return self._overdue(generation, self._overdue_jobs.get(generation.record_id, last))
@@ -304,6 +314,25 @@ class LearnedPollPolicy:
                  lo + math.exp(mu - 2 * sigma) + self.max_lateness)
         return self._bounded(at - now)
 
+    def _see_late(self, record_id: str, sub: float, surprise: float, sigma: float) -> None:
+        """Keep the running jobs late by over three spreads; three of them move every later job.
+
+        The third largest of their surprises (each a lower bound: they have not ended) is a
+        shift the service's speed surely made, for the jobs submitted since the first of them.
+        """
+        late, far = self._late, surprise > 3 * sigma
+        if not far and record_id not in late:
+            return
+        with self._lock:
+            if far:
+                late[record_id] = (surprise, sub)
+                while len(late) > 64:
+                    late.popitem(last=False)
+            else:
+                late.pop(record_id, None)
+            top = sorted(late.values(), reverse=True)[:3]
+            self._shift = (top[-1][0], min(s for _, s in top)) if len(top) == 3 else (0.0, math.inf)
+
     def _bounded(self, delay: float) -> float:
         return min(self.max_delay, max(self.min_delay, delay))
 
@@ -327,7 +356,8 @@ class LearnedPollPolicy:
     # -- plain data ------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("_lock", "_fitted", "_fitted_at", "queue", "_finished", "_overdue_jobs")
+        keep = ("_lock", "_fitted", "_fitted_at", "queue", "_finished", "_overdue_jobs", "_late",
+                "_shift")
         state = {name: value for name, value in self.__dict__.items() if name not in keep}
         state["stats"] = self.stats.path
         return state
