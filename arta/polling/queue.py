@@ -42,7 +42,8 @@ class QueueView:
         self._started_subs: list[float] = []
         self._started_at: list[float] = []
         self._subs: list[float] = []  # submit times of the jobs seen, sorted
-        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._known: collections.OrderedDict[str, bool] = collections.OrderedDict()  # started?
+        self._started = 0  # how many of them were seen started
         self._ends: collections.deque[float] = collections.deque(maxlen=64)  # this process's jobs'
 
     def see(self, record_id: str, submitted: float, queued_at: float | None,
@@ -54,11 +55,14 @@ class QueueView:
             if not self.fifo:
                 return
             if record_id not in self._known:
-                self._known[record_id] = None
+                self._known[record_id] = False
                 bisect.insort(self._subs, submitted)
                 if len(self._known) > self.keep:
-                    self._known.popitem(last=False)
+                    self._started -= self._known.popitem(last=False)[1]
                     del self._subs[:len(self._subs) - self.keep]
+            if started_by is not None and not self._known[record_id]:
+                self._known[record_id] = True
+                self._started += 1
             if queued_at is not None:
                 self._see_queued(submitted, queued_at)
             if started_by is not None:
@@ -120,16 +124,14 @@ class QueueView:
                 return None
             # our jobs start as fast as they end (a slot freed is taken from the queue)
             rate = (len(ends) - 1) / (max(ends) - min(ends))
-            # ahead: the jobs surely submitted before it, and half of those too close to tell,
-            # less those the head of the queue passed (then it is among the rest)
-            passed = bisect.bisect_right(self._subs, self._started_subs[-1])
+            # ahead: the jobs submitted before it, less those seen started; its place among
+            # those submitted within the tolerance is a guess
             sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
-            edge = bisect.bisect_left(self._subs, submitted + self.tolerance) - 1
-            unsure = max(0, edge - max(sure, passed))
-            rank = bisect.bisect_left(self._subs, submitted)
-            ahead = rank - passed if passed <= rank else unsure / 2
-            if ahead < 0.5 and passed <= sure:
+            unsure = bisect.bisect_left(self._subs, submitted + self.tolerance) - sure - 1
+            ahead = bisect.bisect_left(self._subs, submitted) - self._started
+            if ahead < 0.5 and self._started <= sure:
                 return None
+            ahead = max(0, ahead)
             # starts come about as a Poisson stream; the order within the tolerance is a guess
             spread = math.sqrt(ahead + 1 + unsure * unsure / 12) / rate
             return max(now, self._started_at[-1] + (ahead + 1) / rate), spread
