@@ -184,8 +184,6 @@ class LearnedPollPolicy:
         self._fitted_at = -math.inf
         self.queue = QueueView()
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
-        #: Jobs that outlived every prediction (record id -> when): polled at a bounded interval.
-        self._overdue_jobs: collections.OrderedDict[str, float] = collections.OrderedDict()
         #: Running jobs far later than predicted (record id -> surprise, submit time), and the
         #: shift of log seconds they prove, for the jobs submitted from when.
         self._late: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
@@ -215,7 +213,6 @@ class LearnedPollPolicy:
             self._finished[generation.record_id] = None
             if len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
-            self._overdue_jobs.pop(generation.record_id, None)
         self._see_late(generation.record_id, 0.0, 0.0, 0.0)
         timeline = Timeline.of(generation)
         key, duration, queue = class_key(generation), timeline.duration(), timeline.queue()
@@ -278,10 +275,7 @@ class LearnedPollPolicy:
         m, s = _finish(prediction, lo, hi)
         parts = [(1 - _WIDE_SHARE, m, s), (_WIDE_SHARE, m, _WIDE_FACTOR * s)]
         if sum(w * (1 - _cdf((last - m) / s)) for w, m, s in parts) < 1e-3:
-            return self._overdue(generation, self._overdue_jobs.get(generation.record_id, last))
-        if generation.record_id in self._overdue_jobs:  # the model expects it again (a slow-down)
-            with self._lock:
-                self._overdue_jobs.pop(generation.record_id, None)
+            return self._overdue(generation, m)
         first_chance = m - 2.05 * s  # the core's 2% quantile
         # a long or unsure job (a spread over a second) is worth more polls, as a fixed
         # policy's grow with a job's length: not only ever later ones
@@ -339,13 +333,10 @@ class LearnedPollPolicy:
     def _overdue(self, generation: PolledJob, since: float) -> float:
         """For a job past every prediction: the fallback's later polls, bounded by its max_delay.
 
-        Polled so (the intervals growing from ``since``) until the model, refitted
-        as other jobs end, expects it again: after the service slowed down, say.
+        Polled so (the intervals growing with its polls since it was expected, ``since``)
+        until the model, refitted as other jobs end, expects it again: after the service
+        slowed down, say.
         """
-        with self._lock:
-            self._overdue_jobs.setdefault(generation.record_id, since)
-            while len(self._overdue_jobs) > 10_000:
-                self._overdue_jobs.popitem(last=False)
         late_polls = sum(1 for at, _ in generation.seen if at > since)
         return max(self.min_delay, self.fallback.next_delay(generation, late_polls + 2))
 
@@ -356,8 +347,7 @@ class LearnedPollPolicy:
     # -- plain data ------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("_lock", "_fitted", "_fitted_at", "queue", "_finished", "_overdue_jobs", "_late",
-                "_shift")
+        keep = ("_lock", "_fitted", "_fitted_at", "queue", "_finished", "_late", "_shift")
         state = {name: value for name, value in self.__dict__.items() if name not in keep}
         state["stats"] = self.stats.path
         return state

@@ -64,7 +64,6 @@ class DurationModel:
     slopes: tuple[float, ...]
     level: float = 0.0
     sigma: float = _PRIOR_SIGMA
-    weight: float = 0.0  # effective number of observations
 
     @classmethod
     def fit(cls, state: StatsState, half_life: float = 40.0) -> DurationModel | None:
@@ -107,7 +106,7 @@ class DurationModel:
                      for w, (_, _, lo, hi) in zip(weights, raw)) / total
         variance = (total * max(0.0, spread * spread - widths)
                     + _SIGMA_WEIGHT * _PRIOR_SIGMA ** 2) / (total + _SIGMA_WEIGHT)
-        model.sigma, model.weight = max(_MIN_SIGMA, math.sqrt(variance)), total
+        model.sigma = max(_MIN_SIGMA, math.sqrt(variance))
         return model
 
     def _mean(self, key: ClassKey) -> float:
