@@ -12,6 +12,7 @@ known, it polls as its ``fallback`` :class:`PollPolicy` does.
 from __future__ import annotations
 
 import collections
+import heapq
 import math
 import os
 import threading
@@ -213,7 +214,7 @@ class LearnedPollPolicy:
             self._finished[generation.record_id] = None
             if len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
-        self._see_late(generation.record_id, 0.0, 0.0, 0.0)
+        self._see_late(generation.record_id, 0.0, 0.0)
         timeline = Timeline.of(generation)
         key, duration, queue = class_key(generation), timeline.duration(), timeline.queue()
         if timeline.end_by is not None:
@@ -267,7 +268,8 @@ class LearnedPollPolicy:
                                          timeline.start_by or math.inf)
         mu, sigma = durations.predict(key)
         if hi < math.inf:  # a job running far past its prediction says the service slowed down
-            self._see_late(generation.record_id, sub, math.log(max(1e-3, last - hi)) - mu, sigma)
+            surprise = math.log(max(1e-3, last - hi)) - mu
+            self._see_late(generation.record_id, sub, surprise if surprise > 3 * sigma else 0.0)
         shift, since = self._shift
         prediction = (mu + shift, sigma) if sub >= since else (mu, sigma)
         if hi == math.inf:  # still queued, as far as anyone knows
@@ -308,23 +310,18 @@ class LearnedPollPolicy:
                  lo + math.exp(mu - 2 * sigma) + self.max_lateness)
         return self._bounded(at - now)
 
-    def _see_late(self, record_id: str, sub: float, surprise: float, sigma: float) -> None:
-        """Keep the running jobs late by over three spreads; three of them move every later job.
-
-        The third largest of their surprises (each a lower bound: they have not ended) is a
-        shift the service's speed surely made, for the jobs submitted since the first of them.
-        """
-        late, far = self._late, surprise > 3 * sigma
-        if not far and record_id not in late:
-            return
+    def _see_late(self, record_id: str, sub: float, surprise: float) -> None:
+        """Keep the running jobs far later than predicted (``surprise`` > 0, a lower bound:
+        they have not ended). The third largest surprise is a slow-down three jobs prove, for
+        the jobs submitted since the first of them."""
         with self._lock:
-            if far:
-                late[record_id] = (surprise, sub)
-                while len(late) > 64:
-                    late.popitem(last=False)
-            else:
-                late.pop(record_id, None)
-            top = sorted(late.values(), reverse=True)[:3]
+            if surprise > 0:
+                self._late[record_id] = (surprise, sub)
+                if len(self._late) > 64:
+                    self._late.popitem(last=False)
+            elif self._late.pop(record_id, None) is None:
+                return
+            top = heapq.nlargest(3, self._late.values())
             self._shift = (top[-1][0], min(s for _, s in top)) if len(top) == 3 else (0.0, math.inf)
 
     def _bounded(self, delay: float) -> float:

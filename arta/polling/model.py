@@ -83,14 +83,14 @@ class DurationModel:
             model._fit_slopes(sums)
             model._fit_levels(sums)
             # the level through time: each job predicted from the jobs before it
-            level, offsets, surprises, since = 0.0, [], [], -math.inf
+            level, offsets, surprises, since = 0.0, [], [], -len(raw)  # (no change seen)
             for (_, key, _, _), y in zip(raw, ys):
                 offsets.append(level)
                 surprises.append(y - model._mean(key) - level)
                 # three far surprises of one sign among the last five (and none of the other):
                 # the speed changed; the level moves to it at once, then is the mean of the
                 # jobs since the change until it has as many as its half-life's worth
-                recent = surprises[max(0, since, len(surprises) - 5):]
+                recent = surprises[max(since, len(surprises) - 5):]
                 far = sorted(e for e in recent if abs(e) > jump)
                 if len(far) >= 3 and far[0] * far[-1] > 0:
                     level, since = level + far[len(far) // 2], len(surprises)
