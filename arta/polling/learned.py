@@ -1,12 +1,9 @@
 """A poll policy that learns when jobs finish, and polls then (docs/polling.rst has the whole story).
 
-A job's finish is its start (bounded by its polls and, in a FIFO queue,
-its neighbours': :mod:`arta.polling.queue`) plus the duration that a model
-of the work predicts (:mod:`arta.polling.model`, fitted to every job on
-the host: :mod:`arta.polling.stats`). The next poll goes where the
-expected lateness given "not done yet" reaches the worth of one request;
-a queued job is polled just after it has likely started. Before enough is
-known, it polls as its ``fallback`` :class:`PollPolicy` does.
+A job's finish is its start (:mod:`arta.polling.queue`) plus the duration a
+model of the work predicts (:mod:`arta.polling.model`, :mod:`arta.polling.stats`);
+the next poll goes where the expected lateness given "not done yet" reaches
+the worth of one request. Before enough is known, its ``fallback`` decides.
 """
 
 from __future__ import annotations
@@ -74,12 +71,11 @@ class Timeline:
 
     def duration(self) -> Interval | None:
         """The in-progress time ``(lo, hi, when)`` of a finished job, if bounded."""
-        if None in (self.start_after, self.start_by, self.end_after, self.end_by):
+        start_after, start_by, end_after, end_by = (self.start_after, self.start_by,
+                                                    self.end_after, self.end_by)
+        if start_after is None or start_by is None or end_after is None or end_by is None:
             return None
-        assert self.start_after is not None and self.start_by is not None
-        assert self.end_after is not None and self.end_by is not None
-        return (max(0.0, self.end_after - self.start_by),
-                self.end_by - self.start_after, self.end_by)
+        return max(0.0, end_after - start_by), end_by - start_after, end_by
 
     def queue(self) -> Interval | None:
         """The queue wait ``(lo, hi, when)`` of a started job this process submitted."""
@@ -185,8 +181,7 @@ class LearnedPollPolicy:
         self._fitted_at = -math.inf
         self.queue = QueueView()
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
-        #: Running jobs far later than predicted (record id -> surprise, submit time), and the
-        #: shift of log seconds they prove, for the jobs submitted from when.
+        #: Running jobs far late (id -> surprise, submit time); the shift they prove, from when.
         self._late: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
         self._shift = (0.0, math.inf)
 
@@ -217,11 +212,10 @@ class LearnedPollPolicy:
         self._see_late(generation.record_id, 0.0, 0.0)
         timeline = Timeline.of(generation)
         key, duration, queue = class_key(generation), timeline.duration(), timeline.queue()
-        if timeline.end_by is not None:
-            self.queue.ended(timeline.end_by)
         if duration is not None and queue is not None:  # narrowed by the other jobs' polls
             sub, end_after, end_by = timeline.submitted, timeline.end_after, timeline.end_by
             assert sub is not None and end_after is not None and end_by is not None
+            self.queue.ended(end_by)
             lo, hi = self.queue.start_bounds(sub, sub + queue[0], sub + queue[1])
             end_lo, end_hi, durations = end_after, end_by, self.models()[0]
             if durations is not None and key is not None:
@@ -288,12 +282,8 @@ class LearnedPollPolicy:
 
     def _probe(self, generation: PolledJob, prediction: tuple[float, float], sub: float,
                lo: float, last: float, now: float, queue: QueueModel | None) -> float | None:
-        """The next poll of a queued job: just after it has likely started.
-
-        Found within about half the duration's spread of its start, a job's start
-        window (about twice that) adds a quarter of the duration's variance to its
-        finish: knowing the start closer would buy little, and cost polls.
-        """
+        """The next poll of a queued job: just after it has likely started (found within half
+        the duration's spread of its start: closer would buy little, and cost polls)."""
         expected = self.queue.expected_start(sub, now)
         if expected is not None:
             starts = [(1.0, expected[0], max(0.1, expected[1]))]
@@ -311,9 +301,8 @@ class LearnedPollPolicy:
         return self._bounded(at - now)
 
     def _see_late(self, record_id: str, sub: float, surprise: float) -> None:
-        """Keep the running jobs far later than predicted (``surprise`` > 0, a lower bound:
-        they have not ended). The third largest surprise is a slow-down three jobs prove, for
-        the jobs submitted since the first of them."""
+        """Keep the running jobs far late (``surprise`` > 0: a lower bound, they run on); the third
+        largest is a slow-down three jobs prove, for the jobs submitted since the first of them."""
         with self._lock:
             if surprise > 0:
                 self._late[record_id] = (surprise, sub)
@@ -328,12 +317,8 @@ class LearnedPollPolicy:
         return min(self.max_delay, max(self.min_delay, delay))
 
     def _overdue(self, generation: PolledJob, since: float) -> float:
-        """For a job past every prediction: the fallback's later polls, bounded by its max_delay.
-
-        Polled so (the intervals growing with its polls since it was expected, ``since``)
-        until the model, refitted as other jobs end, expects it again: after the service
-        slowed down, say.
-        """
+        """For a job past every prediction: the fallback's polls (growing since it was expected,
+        ``since``), bounded by its max_delay, until the refitted model expects it again."""
         late_polls = sum(1 for at, _ in generation.seen if at > since)
         return max(self.min_delay, self.fallback.next_delay(generation, late_polls + 2))
 

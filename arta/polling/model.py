@@ -1,15 +1,8 @@
 """How long a job will be in progress, and wait in the queue: models fitted to the statistics.
 
-A regression of log seconds on the work, fitted to every job at once, so
-that it predicts a combination never seen (docs/polling.rst says why)::
-
-    log D = alpha[style] + b_steps * log(steps) + b_images * log(n)
-            + b_pixels * log(megapixels) + c * (log work - log common work)^2
-            + level + noise
-
-``level`` follows the service's speed through time (half-life 4 jobs); the
-rest keeps a long memory. Each observation (an interval) counts by its
-midpoint, its width taken out of the spread. Queue waits: the recent ones.
+A regression of log seconds on the work (style, steps, images, megapixels),
+fitted to every job at once, plus a ``level`` that follows the service's
+speed through time (docs/polling.rst has the formula and why).
 """
 
 from __future__ import annotations
@@ -87,9 +80,8 @@ class DurationModel:
             for (_, key, _, _), y in zip(raw, ys):
                 offsets.append(level)
                 surprises.append(y - model._mean(key) - level)
-                # three far surprises of one sign among the last five (and none of the other):
-                # the speed changed; the level moves to it at once, then is the mean of the
-                # jobs since the change until it has as many as its half-life's worth
+                # three far surprises of one sign among the last five: the speed changed; the
+                # level moves at once, then is the mean of the jobs since, for a half-life
                 recent = surprises[max(since, len(surprises) - 5):]
                 far = sorted(e for e in recent if abs(e) > jump)
                 if len(far) >= 3 and far[0] * far[-1] > 0:

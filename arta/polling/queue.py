@@ -1,13 +1,9 @@
 """When a queued job starts, from what every job of this process shows of a first-in-first-out queue.
 
-Jobs start in submit order, so a job seen IN_QUEUE at t says no later job
-had started by t, and one seen IN_PROGRESS that every earlier one had:
-each poll narrows every other job's start. The rate at which starts pass
-this process's jobs predicts when a queued one starts; its place among the
-jobs submitted within ``tolerance`` of it is unknown (concurrent submits'
-answers come back shuffled by up to ~0.15 s). A sighting that breaks the
+Jobs start in submit order, so each poll bounds every other job's start,
+and a queued job starts once the jobs submitted before it have, as fast as
+this process's jobs end (docs/polling.rst). A sighting that breaks the
 order turns this off, until jobs come ``reopen`` seconds after the break.
-Every operation is O(log n).
 """
 
 from __future__ import annotations
@@ -25,8 +21,7 @@ class QueueView:
 
     def __init__(self, tolerance: float = 0.25, keep: int = 4096, rate_window: float = 120.0,
                  reopen: float = 600.0) -> None:
-        self.tolerance, self.keep, self.rate_window = tolerance, keep, rate_window
-        self.reopen = reopen
+        self.tolerance, self.keep, self.rate_window, self.reopen = tolerance, keep, rate_window, reopen
         self._lock = threading.Lock()
         self._forget()
         self._broken_at = -math.inf  # the latest submit time seen when the order broke
@@ -43,7 +38,7 @@ class QueueView:
         self._started_at: list[float] = []
         self._subs: list[float] = []  # submit times of the jobs seen, sorted
         self._known: collections.OrderedDict[str, bool] = collections.OrderedDict()  # started?
-        self._started = 0  # how many of them were seen started
+        self._started, self._last_start = 0, -math.inf  # how many were seen started; the latest
         self._ends: collections.deque[float] = collections.deque(maxlen=64)  # this process's jobs'
 
     def see(self, record_id: str, submitted: float, queued_at: float | None,
@@ -63,6 +58,7 @@ class QueueView:
             if started_by is not None and not self._known[record_id]:
                 self._known[record_id] = True
                 self._started += 1
+                self._last_start = max(self._last_start, started_by)
             if queued_at is not None:
                 self._see_queued(submitted, queued_at)
             if started_by is not None:
@@ -114,18 +110,15 @@ class QueueView:
             return narrow_lo, narrow_hi
 
     def expected_start(self, submitted: float, now: float) -> tuple[float, float] | None:
-        """When a queued job submitted at ``submitted`` should start, and how unsure that is
-        (one standard deviation, seconds); None if no rate is known or no job of this
-        process is ahead of it (then the service's own queue decides)."""
+        """When a queued job submitted at ``submitted`` should start, and how unsure (seconds);
+        None if no rate is known or no job of ours is ahead of it (the service's queue decides)."""
         with self._lock:
             ends = [at for at in self._ends if at >= now - self.rate_window]
-            if not self.fifo or len(ends) < 3 or max(ends) - min(ends) < 1.0 \
-                    or not self._started_subs:
+            if not self.fifo or len(ends) < 3 or max(ends) - min(ends) < 1.0 or not self._started:
                 return None
             # our jobs start as fast as they end (a slot freed is taken from the queue)
             rate = (len(ends) - 1) / (max(ends) - min(ends))
-            # ahead: the jobs submitted before it, less those seen started; its place among
-            # those submitted within the tolerance is a guess
+            # ahead: the jobs submitted before it, less those seen started
             sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
             unsure = bisect.bisect_left(self._subs, submitted + self.tolerance) - sure - 1
             ahead = bisect.bisect_left(self._subs, submitted) - self._started
@@ -134,4 +127,4 @@ class QueueView:
             ahead = max(0, ahead)
             # starts come about as a Poisson stream; the order within the tolerance is a guess
             spread = math.sqrt(ahead + 1 + unsure * unsure / 12) / rate
-            return max(now, self._started_at[-1] + (ahead + 1) / rate), spread
+            return max(now, self._last_start + (ahead + 1) / rate), spread
