@@ -435,3 +435,30 @@ def test_jobs_running_far_past_their_prediction_move_the_plan_of_the_jobs_after_
     after.seen.append((clock.now, Status.IN_PROGRESS))
     # a 10 s job that has run 9 s: polled within a second or two, unless the service slowed
     assert policy.next_delay(after, 2) > 4.0
+
+
+def test_stuck_jobs_do_not_move_the_plan_once_a_job_after_them_ends_as_predicted(
+        tmp_path: Path) -> None:
+    # Three jobs that never end look like a slow-down, until a job submitted after them
+    # ends on time: then they were three stuck jobs, and the jobs after them are planned
+    # as the model says.
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(10):
+        play(policy, clock, 10.0, record_id=f"fast{index}")
+    t0 = clock.now
+    stuck = [Generation(f"stuck{index}", params=params()) for index in range(3)]
+    for index, job in enumerate(stuck):
+        job.seen.append((t0 + index, Status.IN_PROGRESS))
+    clock.now = t0 + 17.0
+    for job in stuck:
+        job.seen.append((clock.now, Status.IN_PROGRESS))
+        policy.next_delay(job, 2)
+    play(policy, clock, 10.0, record_id="on time")  # submitted after them, 10 s as ever
+    for job in stuck:
+        job.seen.append((clock.now, Status.IN_PROGRESS))
+        policy.next_delay(job, 3)
+    after = Generation("after", params=params())
+    after.seen.append((clock.now - 9.0, Status.IN_PROGRESS))
+    after.seen.append((clock.now, Status.IN_PROGRESS))
+    assert policy.next_delay(after, 2) < 3.0  # a 10 s job 9 s in: soon done

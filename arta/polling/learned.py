@@ -81,8 +81,7 @@ class Timeline:
         """The queue wait ``(lo, hi, when)`` of a started job this process submitted."""
         if self.submitted is None or self.start_after is None or self.start_by is None:
             return None
-        return (self.start_after - self.submitted, self.start_by - self.submitted,
-                self.start_by)
+        return self.start_after - self.submitted, self.start_by - self.submitted, self.start_by
 
 
 def class_key(generation: PolledJob) -> ClassKey | None:
@@ -183,7 +182,7 @@ class LearnedPollPolicy:
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: Running jobs far late (id -> surprise, submit time); the shift they prove, from when.
         self._late: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
-        self._shift = (0.0, math.inf)
+        self._shift, self._refuted = (0.0, math.inf), -math.inf
 
     @property
     def timeout(self) -> float | None:
@@ -195,9 +194,7 @@ class LearnedPollPolicy:
     def next_delay(self, generation: PolledJob, attempt: int) -> float:
         """Seconds until the next poll: the learned plan, else the fallback's."""
         delay = self.plan(generation, attempt)
-        if delay is None:
-            return self.fallback.next_delay(generation, attempt)
-        return delay
+        return self.fallback.next_delay(generation, attempt) if delay is None else delay
 
     def finished(self, generation: PolledJob) -> None:
         """Learn from a job seen DONE (once per record id)."""
@@ -221,8 +218,11 @@ class LearnedPollPolicy:
             if durations is not None and key is not None:
                 # Polls crowd just after a predicted end, so a job's end is late in its last
                 # gap, not at its middle: take where the prediction puts it in that gap.
-                m, s = _finish(durations.predict(key), lo, hi)
+                mu, sigma = durations.predict(key)
+                m, s = _finish((mu, sigma), lo, hi)
                 end_lo = end_hi = _truncated_mean(m, s, end_after, end_by)
+                if sub >= self._shift[1] and math.log(max(1e-3, end_lo - hi)) - mu < 3 * sigma:
+                    self._refuted = max(self._refuted, sub)  # the late ones were not a slow-down
             duration = (max(0.0, end_lo - hi), end_hi - lo, end_by)
             queue = (lo - sub, hi - sub, hi)
         if (key is not None and duration is not None) or queue is not None:
@@ -310,7 +310,7 @@ class LearnedPollPolicy:
                     self._late.popitem(last=False)
             elif self._late.pop(record_id, None) is None:
                 return
-            top = heapq.nlargest(3, self._late.values())
+            top = heapq.nlargest(3, (v for v in self._late.values() if v[1] > self._refuted))
             self._shift = (top[-1][0], min(s for _, s in top)) if len(top) == 3 else (0.0, math.inf)
 
     def _bounded(self, delay: float) -> float:
@@ -329,7 +329,8 @@ class LearnedPollPolicy:
     # -- plain data ------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("_lock", "_fitted", "_fitted_at", "queue", "_finished", "_late", "_shift")
+        keep = ("_lock", "_fitted", "_fitted_at", "queue", "_finished", "_late", "_shift",
+                "_refuted")
         state = {name: value for name, value in self.__dict__.items() if name not in keep}
         state["stats"] = self.stats.path
         return state

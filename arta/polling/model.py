@@ -67,7 +67,7 @@ class DurationModel:
             return None
         weights = recency_weights(len(raw), half_life)
         ys = [math.log(max(_SHORTEST, (lo + hi) / 2)) for _, _, lo, hi in raw]
-        model, offsets, jump = cls({}, 0.0, _PRIOR_SLOPES), [0.0] * len(raw), 3 * _PRIOR_SIGMA
+        model, offsets, spread = cls({}, 0.0, _PRIOR_SLOPES), [0.0] * len(raw), _PRIOR_SIGMA
         for _ in range(2):  # the regression on the jobs' times net of the level when they ran
             sums: _Sums = defaultdict(lambda: [0.0, 0.0])
             for (_, key, _, _), y, offset, w in zip(raw, ys, offsets, weights):
@@ -82,18 +82,17 @@ class DurationModel:
                 surprises.append(y - model._mean(key) - level)
                 # three far surprises of one sign among the last five: the speed changed; the
                 # level moves at once, then is the mean of the jobs since, for a half-life
-                recent = surprises[max(since, len(surprises) - 5):]
-                far = sorted(e for e in recent if abs(e) > jump)
+                recent = surprises[max(0, since, len(surprises) - 5):]
+                far = sorted(e for e in recent if abs(e) > 3 * spread)
                 if len(far) >= 3 and far[0] * far[-1] > 0:
                     level, since = level + far[len(far) // 2], len(surprises)
                 else:
                     level += max(_LEVEL_GAIN, 1 / (len(surprises) - since + 1)) * surprises[-1]
             model.level = level
-            jump = 3 * 1.4826 * _weighted_median([abs(e) for e in surprises], weights)
-        # the spread of those surprises (robust: the few just after a change of speed are
-        # large), less what the intervals' own widths account for
+            # the spread of those surprises (robust: the few just after a change of speed
+            # are large); less what the intervals' own widths account for, below
+            spread = 1.4826 * _weighted_median([abs(e) for e in surprises], weights)
         total = sum(weights)
-        spread = 1.4826 * _weighted_median([abs(e) for e in surprises], weights)
         widths = sum(w * math.log(hi / max(lo, hi / 4)) ** 2 / 12
                      for w, (_, _, lo, hi) in zip(weights, raw)) / total
         variance = (total * max(0.0, spread * spread - widths)
