@@ -12,6 +12,7 @@ import collections
 import heapq
 import math
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ STATS_FILE = "poll_stats.json"
 _NOT_STARTED = (Status.SUBMITTED, Status.IN_QUEUE)
 #: The share of a prediction given to "the model is wrong for this job", and how much wider.
 _WIDE_SHARE, _WIDE_FACTOR = 0.06, 3.0
+#: A job is overdue once the chance it is still running falls under 1e-3: that far into the tail.
+_OVERDUE_Z = statistics.NormalDist().inv_cdf(1 - 1e-3 / _WIDE_SHARE)
 _SQRT2, _SQRT2PI = math.sqrt(2.0), math.sqrt(2.0 * math.pi)
 
 
@@ -271,7 +274,7 @@ class LearnedPollPolicy:
         m, s = _finish(prediction, lo, hi)
         parts = [(1 - _WIDE_SHARE, m, s), (_WIDE_SHARE, m, _WIDE_FACTOR * s)]
         if sum(w * (1 - _cdf((last - m) / s)) for w, m, s in parts) < 1e-3:
-            return self._overdue(generation, m)
+            return self._overdue(generation, m + _OVERDUE_Z * _WIDE_FACTOR * s)
         first_chance = m - 2.05 * s  # the core's 2% quantile
         # a long or unsure job (a spread over a second) is worth more polls, as a fixed
         # policy's grow with a job's length: not only ever later ones

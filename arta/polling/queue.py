@@ -118,11 +118,14 @@ class QueueView:
                 return None
             # our jobs start as fast as they end (a slot freed is taken from the queue)
             rate = (len(ends) - 1) / (max(ends) - min(ends))
-            # ahead: the jobs submitted before it, less those seen started
+            # ahead: the jobs submitted before it, less those started
             sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
             unsure = bisect.bisect_left(self._subs, submitted + self.tolerance) - sure - 1
-            ahead = bisect.bisect_left(self._subs, submitted) - self._started
-            if ahead < 0.5 and self._started <= sure:
+            # (seen started, or submitted well before a job seen started)
+            started = max(self._started, bisect.bisect_left(
+                self._subs, self._started_subs[-1] - self.tolerance) if self._started_subs else 0)
+            ahead = bisect.bisect_left(self._subs, submitted) - started
+            if ahead < 0.5 and started <= sure:
                 return None
             ahead = max(0, ahead)
             # starts come about as a Poisson stream; the order within the tolerance is a guess
