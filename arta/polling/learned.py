@@ -148,13 +148,11 @@ class LearnedPollPolicy:
 
     ``home`` is where ``poll_stats.json`` is shared (default ``ARTA_HOME``),
     or pass ``stats``. ``lateness_per_poll`` is how many seconds of noticing
-    late one status request is worth (divided by the square root of the
-    finish's spread in seconds, when over one: a long or unsure job is
-    worth more polls, as a fixed policy's grow with a job's length): lower
-    polls more. ``half_life`` is in jobs: how fast old observations fade
-    from the model. Delays stay within ``[min_delay, max_delay]``; no poll
-    comes more than ``max_lateness`` seconds after the job's first 2% chance
-    of being done. ``clock`` gives Unix time (tests replace it).
+    late one status request is worth (less for an unsure job: see
+    :meth:`plan`): lower polls more. ``half_life`` is in jobs: how fast old
+    observations fade from the model. Delays stay within ``[min_delay,
+    max_delay]``; no poll comes more than ``max_lateness`` seconds after the
+    job's first 2% chance of being done. ``clock`` gives Unix time.
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
@@ -209,7 +207,7 @@ class LearnedPollPolicy:
             self._finished[generation.record_id] = None
             if len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
-        self._see_late(generation.record_id, 0.0, 0.0)
+        self._see_late(generation.record_id, 0.0, 0.0, 0.0)
         timeline = Timeline.of(generation)
         key, duration, queue = class_key(generation), timeline.duration(), timeline.queue()
         if duration is not None and queue is not None:  # narrowed by the other jobs' polls
@@ -239,8 +237,7 @@ class LearnedPollPolicy:
         version, now = self.stats.version, self.clock()
         with self._lock:
             if self._fitted[0] != version and now - self._fitted_at >= self.refit_interval:
-                enough = sum(len(c.recent) for c in state.classes.values()) \
-                    >= self.min_observations
+                enough = sum(len(c.recent) for c in state.classes.values()) >= self.min_observations
                 self._fitted = (version,
                                 DurationModel.fit(state, self.half_life) if enough else None,
                                 QueueModel.fit(state))
@@ -265,16 +262,15 @@ class LearnedPollPolicy:
                                          timeline.start_by or math.inf)
         mu, sigma = durations.predict(key)
         if hi < math.inf:  # a job running far past its prediction says the service slowed down
-            surprise = math.log(max(1e-3, last - hi)) - mu
-            self._see_late(generation.record_id, sub, surprise if surprise > 3 * sigma else 0.0)
-        shift, since = self._shift
-        prediction = (mu + shift, sigma) if sub >= since else (mu, sigma)
+            self._see_late(generation.record_id, sub, math.log(max(1e-3, last - hi)) - mu, sigma)
+        prediction = (mu + self._shift[0], sigma) if sub >= self._shift[1] else (mu, sigma)
         if hi == math.inf:  # still queued, as far as anyone knows
             return self._probe(generation, prediction, sub, lo, last, now, queue)
         m, s = _finish(prediction, lo, hi)
         parts = [(1 - _WIDE_SHARE, m, s), (_WIDE_SHARE, m, _WIDE_FACTOR * s)]
-        if sum(w * (1 - _cdf((last - m) / s)) for w, m, s in parts) < 1e-3:
-            return self._overdue(generation, m + _OVERDUE_Z * _WIDE_FACTOR * s)
+        overdue_at = m + _OVERDUE_Z * _WIDE_FACTOR * s
+        if last > overdue_at:
+            return self._overdue(generation, overdue_at)
         first_chance = m - 2.05 * s  # the core's 2% quantile
         # a long or unsure job (a spread over a second) is worth more polls, as a fixed
         # policy's grow with a job's length: not only ever later ones
@@ -303,11 +299,11 @@ class LearnedPollPolicy:
                  lo + math.exp(mu - 2 * sigma) + self.max_lateness)
         return self._bounded(at - now)
 
-    def _see_late(self, record_id: str, sub: float, surprise: float) -> None:
-        """Keep the running jobs far late (``surprise`` > 0: a lower bound, they run on); the third
+    def _see_late(self, record_id: str, sub: float, surprise: float, sigma: float) -> None:
+        """Keep the running jobs late by over three spreads (a lower bound: they run on); the third
         largest is a slow-down three jobs prove, for the jobs submitted since the first of them."""
         with self._lock:
-            if surprise > 0:
+            if surprise > 3 * sigma:
                 self._late[record_id] = (surprise, sub)
                 if len(self._late) > 64:
                     self._late.popitem(last=False)

@@ -118,12 +118,12 @@ class QueueView:
                 return None
             # our jobs start as fast as they end (a slot freed is taken from the queue)
             rate = (len(ends) - 1) / (max(ends) - min(ends))
-            # ahead: the jobs submitted before it, less those started
+            # ahead: the jobs submitted before it, less those started (seen so, or submitted
+            # well before a job seen so)
             sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
             unsure = bisect.bisect_left(self._subs, submitted + self.tolerance) - sure - 1
-            # (seen started, or submitted well before a job seen started)
-            started = max(self._started, bisect.bisect_left(
-                self._subs, self._started_subs[-1] - self.tolerance) if self._started_subs else 0)
+            started = max(self._started,
+                          bisect.bisect_left(self._subs, self._started_subs[-1] - self.tolerance))
             ahead = bisect.bisect_left(self._subs, submitted) - started
             if ahead < 0.5 and started <= sure:
                 return None

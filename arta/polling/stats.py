@@ -55,8 +55,7 @@ class ClassStats:
 
     def add(self, intervals: list[Interval], count: int, keep: int) -> None:
         """Take in new observations, keeping the ``keep`` most recent."""
-        merged = sorted(self.recent + intervals, key=lambda item: item[2])
-        self.recent = merged[-keep:]
+        self.recent = sorted(self.recent + intervals, key=lambda item: item[2])[-keep:]
         self.count += count
         if self.recent:
             self.updated = max(self.updated, self.recent[-1][2])
@@ -164,8 +163,7 @@ class PollStats:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.keep, self.keep_queue, self.max_classes = keep, keep_queue, max_classes
-        self.flush_interval = flush_interval
-        self.lock_timeout = lock_timeout
+        self.flush_interval, self.lock_timeout = flush_interval, lock_timeout
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._state = StatsState()
