@@ -362,17 +362,18 @@ def test_the_first_in_first_out_inference_is_tried_again_after_a_break_has_aged_
 
 def play_burst(policy: LearnedPollPolicy, clock: Clock, jobs: int, slots: int,
                seconds: float) -> list[tuple[int, float]]:
-    """Submit ``jobs`` at once (within 0.2 s) into a first-in-first-out queue of ``slots``
-    jobs of ``seconds`` each, and poll each as the loop would: each job's (polls, lateness)."""
+    """Submit ``jobs`` at once into a first-in-first-out queue of ``slots`` jobs of ``seconds``
+    each, and poll each as the loop would: each job's (polls, lateness). The submits reach the
+    service over 0.4 s, and their answers come back up to 0.135 s late (as measured)."""
     t0, ends = clock.now, [clock.now] * slots
     timeline, generations = [], []
-    for index in range(jobs):  # the answers come back a little shuffled
+    for index in range(jobs):
         start = min(ends)
         ends[ends.index(start)] = start + seconds * (1 + 0.05 * math.sin(index))
         timeline.append((start, start + seconds * (1 + 0.05 * math.sin(index))))
         job = Generation(f"b{index}", params=params())
         job.status = Status.IN_QUEUE if start > t0 else Status.IN_PROGRESS
-        job.seen.append((t0 + 0.2 * ((index * 7) % jobs) / jobs, job.status))
+        job.seen.append((t0 + 0.4 * index / jobs + 0.015 * ((index * 37) % 10), job.status))
         generations.append(job)
     due = sorted((policy.next_delay(g, 1) + g.seen[0][0], i) for i, g in enumerate(generations))
     out: list[tuple[int, float]] = [(0, 0.0)] * jobs
@@ -395,13 +396,14 @@ def test_the_jobs_deep_in_a_burst_are_polled_a_few_times_not_all_along_their_wai
         tmp_path: Path) -> None:
     # 96 jobs at once into 8 slots of 10 s: the last wait 110 s; a fixed 2 s poll asks 60 times.
     # Their places in the queue are known only roughly (the submits' answers come back
-    # shuffled), but a job the head of the queue has reached is about to start.
+    # shuffled), but a job the head of the queue has reached is about to start: not polled
+    # every 1.5 s from there as if it had queued longer than any job seen.
     clock = Clock()
     policy = learned(tmp_path, clock)
     play_burst(policy, clock, 24, 8, 10.0)  # the warm-up: the rate at which jobs end
     clock.now += 5.0
     polls, lateness = zip(*play_burst(policy, clock, 96, 8, 10.0))
-    assert sum(polls) / len(polls) < 14 and sorted(lateness)[48] < 1.0
+    assert sum(polls) / len(polls) < 13 and sorted(lateness)[48] < 1.0
 
 
 def test_a_change_of_the_services_speed_is_learned_from_three_jobs_not_a_dozen() -> None:

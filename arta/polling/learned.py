@@ -213,7 +213,6 @@ class LearnedPollPolicy:
         if duration is not None and queue is not None:  # narrowed by the other jobs' polls
             sub, end_after, end_by = timeline.submitted, timeline.end_after, timeline.end_by
             assert sub is not None and end_after is not None and end_by is not None
-            self.queue.ended(end_by)
             lo, hi = self.queue.start_bounds(sub, sub + queue[0], sub + queue[1])
             end_lo, end_hi, durations = end_after, end_by, self.models()[0]
             if durations is not None and key is not None:

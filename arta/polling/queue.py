@@ -1,9 +1,13 @@
 """When a queued job starts, from what every job of this process shows of a first-in-first-out queue.
 
-Jobs start in submit order, so each poll bounds every other job's start,
-and a queued job starts once the jobs submitted before it have, as fast as
-this process's jobs end (docs/polling.rst). A sighting that breaks the
+Jobs start in submit order, so a job seen IN_QUEUE at t says no later job
+had started by t, and one seen IN_PROGRESS that every earlier one had:
+each poll narrows every other job's start. The rate at which starts pass
+this process's jobs predicts when a queued one starts; its place among the
+jobs submitted within ``tolerance`` of it is unknown (concurrent submits'
+answers come back shuffled by up to ~0.15 s). A sighting that breaks the
 order turns this off, until jobs come ``reopen`` seconds after the break.
+Every operation is O(log n).
 """
 
 from __future__ import annotations
@@ -37,9 +41,8 @@ class QueueView:
         self._started_subs: list[float] = []
         self._started_at: list[float] = []
         self._subs: list[float] = []  # submit times of the jobs seen, sorted
-        self._known: collections.OrderedDict[str, bool] = collections.OrderedDict()  # started?
-        self._started, self._last_start = 0, -math.inf  # how many were seen started; the latest
-        self._ends: collections.deque[float] = collections.deque(maxlen=64)  # this process's jobs'
+        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._passes: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
 
     def see(self, record_id: str, submitted: float, queued_at: float | None,
             started_by: float | None) -> None:
@@ -50,15 +53,11 @@ class QueueView:
             if not self.fifo:
                 return
             if record_id not in self._known:
-                self._known[record_id] = False
+                self._known[record_id] = None
                 bisect.insort(self._subs, submitted)
                 if len(self._known) > self.keep:
-                    self._started -= self._known.popitem(last=False)[1]
+                    self._known.popitem(last=False)
                     del self._subs[:len(self._subs) - self.keep]
-            if started_by is not None and not self._known[record_id]:
-                self._known[record_id] = True
-                self._started += 1
-                self._last_start = max(self._last_start, started_by)
             if queued_at is not None:
                 self._see_queued(submitted, queued_at)
             if started_by is not None:
@@ -81,17 +80,16 @@ class QueueView:
         i = bisect.bisect_left(subs, sub)
         if i < len(subs) and times[i] <= at:  # a later job was seen started sooner: it says more
             return
+        frontier = subs[-1] if subs else -math.inf
         k = bisect.bisect_left(times, at, 0, i)
         del subs[k:i], times[k:i]
         subs.insert(k, sub)
         times.insert(k, at)
+        if sub > frontier:  # the start of the queue moved past these jobs of ours
+            passed = bisect.bisect_right(self._subs, sub) - bisect.bisect_right(self._subs, frontier)
+            self._passes.append((at, passed))
         if len(subs) > self.keep:
             del subs[0], times[0]
-
-    def ended(self, at: float) -> None:
-        """Take in that a job of this process ended at ``at``: the rate at which slots free up."""
-        with self._lock:
-            self._ends.append(at)
 
     def start_bounds(self, submitted: float, lo: float, hi: float) -> tuple[float, float]:
         """A job's start bounds ``(lo, hi)`` from its own polls, narrowed by the other jobs'."""
@@ -110,24 +108,25 @@ class QueueView:
             return narrow_lo, narrow_hi
 
     def expected_start(self, submitted: float, now: float) -> tuple[float, float] | None:
-        """When a queued job submitted at ``submitted`` should start, and how unsure (seconds);
-        None if no rate is known or no job of ours is ahead of it (the service's queue decides)."""
+        """When a queued job submitted at ``submitted`` should start, and how unsure that is
+        (one standard deviation, seconds); None if no rate is known or no job of this
+        process is ahead of it (then the service's own queue decides)."""
         with self._lock:
-            ends = [at for at in self._ends if at >= now - self.rate_window]
-            if not self.fifo or len(ends) < 3 or max(ends) - min(ends) < 1.0 or not self._started:
+            passes = [(at, n) for at, n in self._passes if at >= now - self.rate_window]
+            if not self.fifo or len(passes) < 3 or passes[-1][0] - passes[0][0] < 1.0:
                 return None
-            # our jobs start as fast as they end (a slot freed is taken from the queue)
-            rate = (len(ends) - 1) / (max(ends) - min(ends))
-            # ahead: the jobs submitted before it, less those started (seen so, or submitted
-            # well before a job seen so)
+            rate = sum(n for _, n in passes[1:]) / (passes[-1][0] - passes[0][0])
+            if rate <= 0:
+                return None
+            # ahead: the jobs surely submitted before it, and half of those too close to tell,
+            # less those the head of the queue passed (then it is among the rest)
+            passed = bisect.bisect_right(self._subs, self._started_subs[-1])
             sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
-            unsure = bisect.bisect_left(self._subs, submitted + self.tolerance) - sure - 1
-            started = max(self._started,
-                          bisect.bisect_left(self._subs, self._started_subs[-1] - self.tolerance))
-            ahead = bisect.bisect_left(self._subs, submitted) - started
-            if ahead < 0.5 and started <= sure:
+            edge = bisect.bisect_left(self._subs, submitted + self.tolerance) - 1
+            unsure = max(0, edge - max(sure, passed))
+            ahead = max(0, sure - passed) + unsure / 2
+            if ahead < 0.5 and passed <= sure:
                 return None
-            ahead = max(0, ahead)
             # starts come about as a Poisson stream; the order within the tolerance is a guess
             spread = math.sqrt(ahead + 1 + unsure * unsure / 12) / rate
-            return max(now, self._last_start + (ahead + 1) / rate), spread
+            return max(now, self._started_at[-1] + (ahead + 1) / rate), spread
