@@ -67,6 +67,7 @@ class DurationModel:
             return None
         weights = recency_weights(len(raw), half_life)
         ys = [math.log(max(_SHORTEST, (lo + hi) / 2)) for _, _, lo, hi in raw]
+        halves = [math.log(hi / max(lo, hi / 4)) / 2 for _, _, lo, hi in raw]  # (log) half-widths
         model, offsets, spread = cls({}, 0.0, _PRIOR_SLOPES), [0.0] * len(raw), _PRIOR_SIGMA
         for _ in range(2):  # the regression on the jobs' times net of the level when they ran
             sums: _Sums = defaultdict(lambda: [0.0, 0.0])
@@ -80,10 +81,12 @@ class DurationModel:
             for (_, key, _, _), y in zip(raw, ys):
                 offsets.append(level)
                 surprises.append(y - model._mean(key) - level)
-                # three far surprises of one sign among the last five: the speed changed; the
-                # level moves at once, then is the mean of the jobs since, for a half-life
-                recent = surprises[max(0, since, len(surprises) - 5):]
-                far = sorted(e for e in recent if abs(e) > 3 * spread)
+                # three far surprises of one sign among the last five (far beyond their own
+                # interval): the speed changed; the level moves at once, then is the mean of
+                # the jobs since, for a half-life
+                first = max(0, since, len(surprises) - 5)
+                far = sorted(e for e, half in zip(surprises[first:], halves[first:])
+                             if abs(e) - half > 3 * spread)
                 if len(far) >= 3 and far[0] * far[-1] > 0:
                     level, since = level + far[len(far) // 2], len(surprises)
                 else:
@@ -93,8 +96,7 @@ class DurationModel:
             # are large); less what the intervals' own widths account for, below
             spread = 1.4826 * _weighted_median([abs(e) for e in surprises], weights)
         total = sum(weights)
-        widths = sum(w * math.log(hi / max(lo, hi / 4)) ** 2 / 12
-                     for w, (_, _, lo, hi) in zip(weights, raw)) / total
+        widths = sum(w * half * half / 3 for w, half in zip(weights, halves)) / total
         variance = (total * max(0.0, spread * spread - widths)
                     + _SIGMA_WEIGHT * _PRIOR_SIGMA ** 2) / (total + _SIGMA_WEIGHT)
         model.sigma = max(_MIN_SIGMA, math.sqrt(variance))
