@@ -207,7 +207,7 @@ class LearnedPollPolicy:
             self._finished[generation.record_id] = None
             if len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
-        self._see_late(generation.record_id, 0.0, 0.0, 0.0)
+        self._see_late(generation.record_id, 0.0, 0.0, 0.0)  # it ended: late no more
         timeline = Timeline.of(generation)
         key, duration, queue = class_key(generation), timeline.duration(), timeline.queue()
         if duration is not None and queue is not None:  # narrowed by the other jobs' polls
