@@ -21,7 +21,7 @@ from arta.params import GenerationParams
 from arta.polling.learned import LearnedPollPolicy, Timeline, default_poll_policy
 from arta.polling.model import DurationModel, QueueModel
 from arta.polling.queue import QueueView
-from arta.polling.stats import FORMAT, ClassStats, PollStats
+from arta.polling.stats import FORMAT, ClassStats, PollStats, StatsState
 
 NO_JITTER = arta.PollPolicy(jitter=0)
 
@@ -358,3 +358,109 @@ def test_the_first_in_first_out_inference_is_tried_again_after_a_break_has_aged_
     view.see("c", 1000.0, 1000.0, None)  # long after: the order may hold again
     view.see("d", 1001.0, None, 1005.0)
     assert view.fifo and view.start_bounds(1000.0, 1000.0, math.inf) == (1000.0, 1005.0)
+
+
+def play_burst(policy: LearnedPollPolicy, clock: Clock, jobs: int, slots: int,
+               seconds: float) -> list[tuple[int, float]]:
+    """Submit ``jobs`` at once into a first-in-first-out queue of ``slots`` jobs of ``seconds``
+    each, and poll each as the loop would: each job's (polls, lateness). The submits reach the
+    service over 0.4 s, and their answers come back up to 0.135 s late (as measured)."""
+    t0, ends = clock.now, [clock.now] * slots
+    timeline, generations = [], []
+    for index in range(jobs):
+        start = min(ends)
+        ends[ends.index(start)] = start + seconds * (1 + 0.05 * math.sin(index))
+        timeline.append((start, start + seconds * (1 + 0.05 * math.sin(index))))
+        job = Generation(f"b{index}", params=params())
+        job.status = Status.IN_QUEUE if start > t0 else Status.IN_PROGRESS
+        job.seen.append((t0 + 0.4 * index / jobs + 0.015 * ((index * 37) % 10), job.status))
+        generations.append(job)
+    due = sorted((policy.next_delay(g, 1) + g.seen[0][0], i) for i, g in enumerate(generations))
+    out: list[tuple[int, float]] = [(0, 0.0)] * jobs
+    while due:
+        clock.now, index = due.pop(0)
+        job, (start, end) = generations[index], timeline[index]
+        job.status = (Status.IN_QUEUE if clock.now < start else
+                      Status.IN_PROGRESS if clock.now < end else Status.DONE)
+        job.seen.append((clock.now, job.status))
+        if job.status is Status.DONE:
+            policy.finished(job)
+            out[index] = (len(job.seen) - 1, clock.now - end)
+        else:
+            due.append((clock.now + policy.next_delay(job, len(job.seen)), index))
+            due.sort()
+    return out
+
+
+def test_the_jobs_deep_in_a_burst_are_polled_a_few_times_not_all_along_their_wait(
+        tmp_path: Path) -> None:
+    # 96 jobs at once into 8 slots of 10 s: the last wait 110 s; a fixed 2 s poll asks 60 times.
+    # Their places in the queue are known only roughly (the submits' answers come back
+    # shuffled), but a job the head of the queue has reached is about to start: not polled
+    # every 1.5 s from there as if it had queued longer than any job seen.
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    play_burst(policy, clock, 24, 8, 10.0)  # the warm-up: the rate at which jobs end
+    clock.now += 5.0
+    polls, lateness = zip(*play_burst(policy, clock, 96, 8, 10.0))
+    assert sum(polls) / len(polls) < 13 and sorted(lateness)[48] < 1.0
+
+
+def test_a_change_of_the_services_speed_is_learned_from_three_jobs_not_a_dozen() -> None:
+    state = StatsState()
+    key = ("Flux", 30, 1, "1:1")
+    state.classes[key] = ClassStats(0, 0.0, [(9.9, 10.1, float(at)) for at in range(30)])
+    state.classes[key].recent += [(19.9, 20.1, 100.0 + at) for at in range(3)]  # twice as slow
+    model = DurationModel.fit(state)
+    assert model is not None
+    assert math.exp(model.predict(key)[0]) == pytest.approx(20.0, rel=0.1)
+
+
+def test_jobs_running_far_past_their_prediction_move_the_plan_of_the_jobs_after_them(
+        tmp_path: Path) -> None:
+    # Three jobs late by half their time say the service slowed down before any of them
+    # ends: a job submitted after them is not polled at the old prediction's end.
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(10):
+        play(policy, clock, 10.0, record_id=f"fast{index}")
+    t0 = clock.now
+    late = [Generation(f"late{index}", params=params()) for index in range(3)]
+    for index, job in enumerate(late):
+        job.seen.append((t0 + index, Status.IN_PROGRESS))
+    after = Generation("after", params=params())
+    after.seen.append((t0 + 8.0, Status.IN_PROGRESS))
+    clock.now = t0 + 17.0
+    for job in late:
+        job.seen.append((clock.now, Status.IN_PROGRESS))
+        policy.next_delay(job, 2)
+    after.seen.append((clock.now, Status.IN_PROGRESS))
+    # a 10 s job that has run 9 s: polled within a second or two, unless the service slowed
+    assert policy.next_delay(after, 2) > 4.0
+
+
+def test_stuck_jobs_do_not_move_the_plan_once_a_job_after_them_ends_as_predicted(
+        tmp_path: Path) -> None:
+    # Three jobs that never end look like a slow-down, until a job submitted after them
+    # ends on time: then they were three stuck jobs, and the jobs after them are planned
+    # as the model says.
+    clock = Clock()
+    policy = learned(tmp_path, clock)
+    for index in range(10):
+        play(policy, clock, 10.0, record_id=f"fast{index}")
+    t0 = clock.now
+    stuck = [Generation(f"stuck{index}", params=params()) for index in range(3)]
+    for index, job in enumerate(stuck):
+        job.seen.append((t0 + index, Status.IN_PROGRESS))
+    clock.now = t0 + 17.0
+    for job in stuck:
+        job.seen.append((clock.now, Status.IN_PROGRESS))
+        policy.next_delay(job, 2)
+    play(policy, clock, 10.0, record_id="on time")  # submitted after them, 10 s as ever
+    for job in stuck:
+        job.seen.append((clock.now, Status.IN_PROGRESS))
+        policy.next_delay(job, 3)
+    after = Generation("after", params=params())
+    after.seen.append((clock.now - 9.0, Status.IN_PROGRESS))
+    after.seen.append((clock.now, Status.IN_PROGRESS))
+    assert policy.next_delay(after, 2) < 3.0  # a 10 s job 9 s in: soon done

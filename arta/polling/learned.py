@@ -1,19 +1,18 @@
 """A poll policy that learns when jobs finish, and polls then (docs/polling.rst has the whole story).
 
-A job's finish is its start (bounded by its polls and, in a FIFO queue,
-its neighbours': :mod:`arta.polling.queue`) plus the duration that a model
-of the work predicts (:mod:`arta.polling.model`, fitted to every job on
-the host: :mod:`arta.polling.stats`). The next poll goes where the
-expected lateness given "not done yet" reaches the worth of one request;
-a queued job is polled just after it has likely started. Before enough is
-known, it polls as its ``fallback`` :class:`PollPolicy` does.
+A job's finish is its start (:mod:`arta.polling.queue`) plus the duration a
+model of the work predicts (:mod:`arta.polling.model`, :mod:`arta.polling.stats`);
+the next poll goes where the expected lateness given "not done yet" reaches
+the worth of one request. Before enough is known, its ``fallback`` decides.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
 import math
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ STATS_FILE = "poll_stats.json"
 _NOT_STARTED = (Status.SUBMITTED, Status.IN_QUEUE)
 #: The share of a prediction given to "the model is wrong for this job", and how much wider.
 _WIDE_SHARE, _WIDE_FACTOR = 0.06, 3.0
+#: A job is overdue once the chance it is still running falls under 1e-3: that far into the tail.
+_OVERDUE_Z = statistics.NormalDist().inv_cdf(1 - 1e-3 / _WIDE_SHARE)
 _SQRT2, _SQRT2PI = math.sqrt(2.0), math.sqrt(2.0 * math.pi)
 
 
@@ -73,19 +74,17 @@ class Timeline:
 
     def duration(self) -> Interval | None:
         """The in-progress time ``(lo, hi, when)`` of a finished job, if bounded."""
-        if None in (self.start_after, self.start_by, self.end_after, self.end_by):
+        start_after, start_by, end_after, end_by = (self.start_after, self.start_by,
+                                                    self.end_after, self.end_by)
+        if start_after is None or start_by is None or end_after is None or end_by is None:
             return None
-        assert self.start_after is not None and self.start_by is not None
-        assert self.end_after is not None and self.end_by is not None
-        return (max(0.0, self.end_after - self.start_by),
-                self.end_by - self.start_after, self.end_by)
+        return max(0.0, end_after - start_by), end_by - start_after, end_by
 
     def queue(self) -> Interval | None:
         """The queue wait ``(lo, hi, when)`` of a started job this process submitted."""
         if self.submitted is None or self.start_after is None or self.start_by is None:
             return None
-        return (self.start_after - self.submitted, self.start_by - self.submitted,
-                self.start_by)
+        return self.start_after - self.submitted, self.start_by - self.submitted, self.start_by
 
 
 def class_key(generation: PolledJob) -> ClassKey | None:
@@ -149,13 +148,11 @@ class LearnedPollPolicy:
 
     ``home`` is where ``poll_stats.json`` is shared (default ``ARTA_HOME``),
     or pass ``stats``. ``lateness_per_poll`` is how many seconds of noticing
-    late one status request is worth (divided by the square root of the
-    finish's spread in seconds, when over one: a long or unsure job is
-    worth more polls, as a fixed policy's grow with a job's length): lower
-    polls more. ``half_life`` is in jobs: how fast old observations fade
-    from the model. Delays stay within ``[min_delay, max_delay]``; no poll
-    comes more than ``max_lateness`` seconds after the job's first 2% chance
-    of being done. ``clock`` gives Unix time (tests replace it).
+    late one status request is worth (less for an unsure job: see
+    :meth:`plan`): lower polls more. ``half_life`` is in jobs: how fast old
+    observations fade from the model. Delays stay within ``[min_delay,
+    max_delay]``; no poll comes more than ``max_lateness`` seconds after the
+    job's first 2% chance of being done. ``clock`` gives Unix time.
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *,
@@ -184,8 +181,9 @@ class LearnedPollPolicy:
         self._fitted_at = -math.inf
         self.queue = QueueView()
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
-        #: Jobs that outlived every prediction (record id -> when): polled at a bounded interval.
-        self._overdue_jobs: collections.OrderedDict[str, float] = collections.OrderedDict()
+        #: Running jobs far late (id -> surprise, submit time); the shift they prove, from when.
+        self._late: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+        self._shift, self._refuted = (0.0, math.inf), -math.inf
 
     @property
     def timeout(self) -> float | None:
@@ -197,9 +195,7 @@ class LearnedPollPolicy:
     def next_delay(self, generation: PolledJob, attempt: int) -> float:
         """Seconds until the next poll: the learned plan, else the fallback's."""
         delay = self.plan(generation, attempt)
-        if delay is None:
-            return self.fallback.next_delay(generation, attempt)
-        return delay
+        return self.fallback.next_delay(generation, attempt) if delay is None else delay
 
     def finished(self, generation: PolledJob) -> None:
         """Learn from a job seen DONE (once per record id)."""
@@ -211,7 +207,7 @@ class LearnedPollPolicy:
             self._finished[generation.record_id] = None
             if len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
-            self._overdue_jobs.pop(generation.record_id, None)
+        self._see_late(generation.record_id, 0.0, 0.0, 0.0)  # it ended: late no more
         timeline = Timeline.of(generation)
         key, duration, queue = class_key(generation), timeline.duration(), timeline.queue()
         if duration is not None and queue is not None:  # narrowed by the other jobs' polls
@@ -222,8 +218,11 @@ class LearnedPollPolicy:
             if durations is not None and key is not None:
                 # Polls crowd just after a predicted end, so a job's end is late in its last
                 # gap, not at its middle: take where the prediction puts it in that gap.
-                m, s = _finish(durations.predict(key), lo, hi)
+                mu, sigma = durations.predict(key)
+                m, s = _finish((mu, sigma), lo, hi)
                 end_lo = end_hi = _truncated_mean(m, s, end_after, end_by)
+                if sub >= self._shift[1] and math.log(max(1e-3, end_lo - hi)) - mu < 3 * sigma:
+                    self._refuted = max(self._refuted, sub)  # the late ones were not a slow-down
             duration = (max(0.0, end_lo - hi), end_hi - lo, end_by)
             queue = (lo - sub, hi - sub, hi)
         if (key is not None and duration is not None) or queue is not None:
@@ -237,8 +236,7 @@ class LearnedPollPolicy:
         version, now = self.stats.version, self.clock()
         with self._lock:
             if self._fitted[0] != version and now - self._fitted_at >= self.refit_interval:
-                enough = sum(len(c.recent) for c in state.classes.values()) \
-                    >= self.min_observations
+                enough = sum(len(c.recent) for c in state.classes.values()) >= self.min_observations
                 self._fitted = (version,
                                 DurationModel.fit(state, self.half_life) if enough else None,
                                 QueueModel.fit(state))
@@ -261,15 +259,17 @@ class LearnedPollPolicy:
                        timeline.start_by)
         lo, hi = self.queue.start_bounds(sub, timeline.start_after or sub,
                                          timeline.start_by or math.inf)
+        mu, sigma = durations.predict(key)
+        if hi < math.inf:  # a job running far past its prediction says the service slowed down
+            self._see_late(generation.record_id, sub, math.log(max(1e-3, last - hi)) - mu, sigma)
+        prediction = (mu + self._shift[0], sigma) if sub >= self._shift[1] else (mu, sigma)
         if hi == math.inf:  # still queued, as far as anyone knows
-            return self._probe(generation, durations.predict(key), sub, lo, last, now, queue)
-        m, s = _finish(durations.predict(key), lo, hi)
+            return self._probe(generation, prediction, sub, lo, last, now, queue)
+        m, s = _finish(prediction, lo, hi)
         parts = [(1 - _WIDE_SHARE, m, s), (_WIDE_SHARE, m, _WIDE_FACTOR * s)]
-        if sum(w * (1 - _cdf((last - m) / s)) for w, m, s in parts) < 1e-3:
-            return self._overdue(generation, self._overdue_jobs.get(generation.record_id, last))
-        if generation.record_id in self._overdue_jobs:  # the model expects it again (a slow-down)
-            with self._lock:
-                self._overdue_jobs.pop(generation.record_id, None)
+        overdue_at = m + _OVERDUE_Z * _WIDE_FACTOR * s
+        if last > overdue_at:
+            return self._overdue(generation, overdue_at)
         first_chance = m - 2.05 * s  # the core's 2% quantile
         # a long or unsure job (a spread over a second) is worth more polls, as a fixed
         # policy's grow with a job's length: not only ever later ones
@@ -280,12 +280,8 @@ class LearnedPollPolicy:
 
     def _probe(self, generation: PolledJob, prediction: tuple[float, float], sub: float,
                lo: float, last: float, now: float, queue: QueueModel | None) -> float | None:
-        """The next poll of a queued job: just after it has likely started.
-
-        Found within about half the duration's spread of its start, a job's start
-        window (about twice that) adds a quarter of the duration's variance to its
-        finish: knowing the start closer would buy little, and cost polls.
-        """
+        """The next poll of a queued job: just after it has likely started (found within half
+        the duration's spread of its start: closer would buy little, and cost polls)."""
         expected = self.queue.expected_start(sub, now)
         if expected is not None:
             starts = [(1.0, expected[0], max(0.1, expected[1]))]
@@ -302,19 +298,25 @@ class LearnedPollPolicy:
                  lo + math.exp(mu - 2 * sigma) + self.max_lateness)
         return self._bounded(at - now)
 
+    def _see_late(self, record_id: str, sub: float, surprise: float, sigma: float) -> None:
+        """Keep the running jobs late by over three spreads (a lower bound: they run on); the third
+        largest is a slow-down three jobs prove, for the jobs submitted since the first of them."""
+        with self._lock:
+            if surprise > 3 * sigma:
+                self._late[record_id] = (surprise, sub)
+                if len(self._late) > 64:
+                    self._late.popitem(last=False)
+            elif self._late.pop(record_id, None) is None:
+                return
+            top = heapq.nlargest(3, (v for v in self._late.values() if v[1] > self._refuted))
+            self._shift = (top[-1][0], min(s for _, s in top)) if len(top) == 3 else (0.0, math.inf)
+
     def _bounded(self, delay: float) -> float:
         return min(self.max_delay, max(self.min_delay, delay))
 
     def _overdue(self, generation: PolledJob, since: float) -> float:
-        """For a job past every prediction: the fallback's later polls, bounded by its max_delay.
-
-        Polled so (the intervals growing from ``since``) until the model, refitted
-        as other jobs end, expects it again: after the service slowed down, say.
-        """
-        with self._lock:
-            self._overdue_jobs.setdefault(generation.record_id, since)
-            while len(self._overdue_jobs) > 10_000:
-                self._overdue_jobs.popitem(last=False)
+        """For a job past every prediction: the fallback's polls (growing since it was expected,
+        ``since``), bounded by its max_delay, until the refitted model expects it again."""
         late_polls = sum(1 for at, _ in generation.seen if at > since)
         return max(self.min_delay, self.fallback.next_delay(generation, late_polls + 2))
 
@@ -325,7 +327,8 @@ class LearnedPollPolicy:
     # -- plain data ------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("_lock", "_fitted", "_fitted_at", "queue", "_finished", "_overdue_jobs")
+        keep = ("_lock", "_fitted", "_fitted_at", "queue", "_finished", "_late", "_shift",
+                "_refuted")
         state = {name: value for name, value in self.__dict__.items() if name not in keep}
         state["stats"] = self.stats.path
         return state

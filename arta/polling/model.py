@@ -1,15 +1,8 @@
 """How long a job will be in progress, and wait in the queue: models fitted to the statistics.
 
-A regression of log seconds on the work, fitted to every job at once, so
-that it predicts a combination never seen (docs/polling.rst says why)::
-
-    log D = alpha[style] + b_steps * log(steps) + b_images * log(n)
-            + b_pixels * log(megapixels) + c * (log work - log common work)^2
-            + level + noise
-
-``level`` follows the service's speed through time (half-life 4 jobs); the
-rest keeps a long memory. Each observation (an interval) counts by its
-midpoint, its width taken out of the spread. Queue waits: the recent ones.
+A regression of log seconds on the work (style, steps, images, megapixels),
+fitted to every job at once, plus a ``level`` that follows the service's
+speed through time (docs/polling.rst has the formula and why).
 """
 
 from __future__ import annotations
@@ -64,7 +57,6 @@ class DurationModel:
     slopes: tuple[float, ...]
     level: float = 0.0
     sigma: float = _PRIOR_SIGMA
-    weight: float = 0.0  # effective number of observations
 
     @classmethod
     def fit(cls, state: StatsState, half_life: float = 40.0) -> DurationModel | None:
@@ -75,7 +67,8 @@ class DurationModel:
             return None
         weights = recency_weights(len(raw), half_life)
         ys = [math.log(max(_SHORTEST, (lo + hi) / 2)) for _, _, lo, hi in raw]
-        model, offsets = cls({}, 0.0, _PRIOR_SLOPES), [0.0] * len(raw)
+        halves = [math.log(hi / max(lo, hi / 4)) / 2 for _, _, lo, hi in raw]  # (log) half-widths
+        model, offsets, spread = cls({}, 0.0, _PRIOR_SLOPES), [0.0] * len(raw), _PRIOR_SIGMA
         for _ in range(2):  # the regression on the jobs' times net of the level when they ran
             sums: _Sums = defaultdict(lambda: [0.0, 0.0])
             for (_, key, _, _), y, offset, w in zip(raw, ys, offsets, weights):
@@ -84,21 +77,29 @@ class DurationModel:
             model._fit_slopes(sums)
             model._fit_levels(sums)
             # the level through time: each job predicted from the jobs before it
-            level, offsets, surprises = 0.0, [], []
+            level, offsets, surprises, since = 0.0, [], [], -len(raw)  # (no change seen)
             for (_, key, _, _), y in zip(raw, ys):
                 offsets.append(level)
                 surprises.append(y - model._mean(key) - level)
-                level += _LEVEL_GAIN * surprises[-1]
+                # three far surprises of one sign among the last five (far beyond their own
+                # interval): the speed changed; the level moves at once, then is the mean of
+                # the jobs since, for a half-life
+                first = max(0, since, len(surprises) - 5)
+                far = sorted(e for e, half in zip(surprises[first:], halves[first:])
+                             if abs(e) - half > 3 * spread)
+                if len(far) >= 3 and far[0] * far[-1] > 0:
+                    level, since = level + far[len(far) // 2], len(surprises)
+                else:
+                    level += max(_LEVEL_GAIN, 1 / (len(surprises) - since + 1)) * surprises[-1]
             model.level = level
-        # the spread of those surprises (robust: the few just after a change of speed are
-        # large), less what the intervals' own widths account for
+            # the spread of those surprises (robust: the few just after a change of speed
+            # are large); less what the intervals' own widths account for, below
+            spread = 1.4826 * _weighted_median([abs(e) for e in surprises], weights)
         total = sum(weights)
-        spread = 1.4826 * _weighted_median([abs(e) for e in surprises], weights)
-        widths = sum(w * math.log(hi / max(lo, hi / 4)) ** 2 / 12
-                     for w, (_, _, lo, hi) in zip(weights, raw)) / total
+        widths = sum(w * half * half / 3 for w, half in zip(weights, halves)) / total
         variance = (total * max(0.0, spread * spread - widths)
                     + _SIGMA_WEIGHT * _PRIOR_SIGMA ** 2) / (total + _SIGMA_WEIGHT)
-        model.sigma, model.weight = max(_MIN_SIGMA, math.sqrt(variance)), total
+        model.sigma = max(_MIN_SIGMA, math.sqrt(variance))
         return model
 
     def _mean(self, key: ClassKey) -> float:

@@ -25,8 +25,7 @@ class QueueView:
 
     def __init__(self, tolerance: float = 0.25, keep: int = 4096, rate_window: float = 120.0,
                  reopen: float = 600.0) -> None:
-        self.tolerance, self.keep, self.rate_window = tolerance, keep, rate_window
-        self.reopen = reopen
+        self.tolerance, self.keep, self.rate_window, self.reopen = tolerance, keep, rate_window, reopen
         self._lock = threading.Lock()
         self._forget()
         self._broken_at = -math.inf  # the latest submit time seen when the order broke
@@ -119,11 +118,14 @@ class QueueView:
             rate = sum(n for _, n in passes[1:]) / (passes[-1][0] - passes[0][0])
             if rate <= 0:
                 return None
-            # ahead: the jobs surely submitted before it, and half of those too close to tell
+            # ahead: the jobs surely submitted before it, and half of those too close to tell,
+            # less those the head of the queue passed (then it is among the rest)
+            passed = bisect.bisect_right(self._subs, self._started_subs[-1])
             sure = bisect.bisect_left(self._subs, submitted - self.tolerance)
-            unsure = bisect.bisect_left(self._subs, submitted + self.tolerance) - sure - 1
-            ahead = sure + unsure / 2 - bisect.bisect_right(self._subs, self._started_subs[-1])
-            if ahead < 0.5:
+            edge = bisect.bisect_left(self._subs, submitted + self.tolerance) - 1
+            unsure = max(0, edge - max(sure, passed))
+            ahead = max(0, sure - passed) + unsure / 2
+            if ahead < 0.5 and passed <= sure:
                 return None
             # starts come about as a Poisson stream; the order within the tolerance is a guess
             spread = math.sqrt(ahead + 1 + unsure * unsure / 12) / rate

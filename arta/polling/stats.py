@@ -1,11 +1,9 @@
 """What every process on the host has learned about job durations: ``poll_stats.json``.
 
-Per class of parameters (style, steps, n, aspect ratio) the recent
-in-progress durations, and the service's recent queue waits; each an
-interval ``[lo, hi]`` of seconds with the Unix time it was seen. Shared as
-the token file is: merged under ``poll_stats.json.lock`` (:mod:`filelock`)
-and replaced atomically, at most once per ``flush_interval`` and at exit.
-Bounded, checked when read, and rebuilt (with a warning) if unusable.
+Per class of parameters the recent in-progress durations, and the recent
+queue waits, each an interval of seconds and when it was seen. Shared as the
+token file is (filelock, atomic replace); bounded, checked when read, and
+rebuilt (with a warning) if unusable.
 """
 
 from __future__ import annotations
@@ -57,8 +55,7 @@ class ClassStats:
 
     def add(self, intervals: list[Interval], count: int, keep: int) -> None:
         """Take in new observations, keeping the ``keep`` most recent."""
-        merged = sorted(self.recent + intervals, key=lambda item: item[2])
-        self.recent = merged[-keep:]
+        self.recent = sorted(self.recent + intervals, key=lambda item: item[2])[-keep:]
         self.count += count
         if self.recent:
             self.updated = max(self.updated, self.recent[-1][2])
@@ -166,13 +163,11 @@ class PollStats:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.keep, self.keep_queue, self.max_classes = keep, keep_queue, max_classes
-        self.flush_interval = flush_interval
-        self.lock_timeout = lock_timeout
+        self.flush_interval, self.lock_timeout = flush_interval, lock_timeout
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._state = StatsState()
         self._pending = StatsState()
-        self._has_pending = False
         self._last_flush = -math.inf
         self._timer: threading.Timer | None = None
         self._file_stamp: tuple[int, int] | None = None
@@ -199,7 +194,6 @@ class PollStats:
         with self._lock:
             self._state.merge(one, self.keep, self.keep_queue, self.max_classes)
             self._pending.merge(one, self.keep, self.keep_queue, 10**9)
-            self._has_pending = True
             self.version += 1
             due = self._last_flush + self.flush_interval - time.monotonic()
             if due > 0:
@@ -235,9 +229,9 @@ class PollStats:
         with self._flush_lock:
             with self._lock:
                 self._timer = None  # a timer that fires after this finds nothing to write
-                if not self._has_pending:
+                if not (self._pending.classes or self._pending.queue.recent):
                     return
-                pending, self._pending, self._has_pending = self._pending, StatsState(), False
+                pending, self._pending = self._pending, StatsState()
                 self._last_flush = time.monotonic()
             try:
                 with self._file_lock(self.lock_timeout if wait else 0.0):
@@ -252,7 +246,7 @@ class PollStats:
                                 "memory", self.path, error)
                 with self._lock:  # keep them for the next try
                     pending.merge(self._pending, self.keep, self.keep_queue, 10**9)
-                    self._pending, self._has_pending = pending, True
+                    self._pending = pending
                     if busy:
                         self._flush_later(max(self.flush_interval, 0.1))
                 return
