@@ -51,7 +51,7 @@ import asyncio, random
 import distributed
 from arta.dask.handoff import ENDED_TOPIC
 
-async def idle_job(record_id, options, status):
+async def idle_job(record_id, options, seen):
     await asyncio.sleep(random.Random(record_id).uniform(0.6, 1.2))
     value = {"seed": 1, "blurred": False, "files": [f"{options['output_on_workers']}/{record_id}.png"]}
     distributed.get_worker().log_event(ENDED_TOPIC, {"record_id": record_id, **value})
@@ -59,7 +59,7 @@ async def idle_job(record_id, options, status):
 """
 
 _CASE = """
-import contextlib, json, os, re, resource, sys, threading
+import contextlib, json, os, re, resource, sys, threading, time
 import psutil
 import arta
 import arta.dask.batch
@@ -122,7 +122,7 @@ def floor(count, out, in_flight, options):
         endings = []
         for number in range(count):
             window.acquire()
-            endings.append(jobs.launch(f"floor-{number:05d}", "IN_QUEUE"))
+            endings.append(jobs.launch(f"floor-{number:05d}", [(time.time(), "IN_QUEUE")]))
             endings[-1].add_done_callback(lambda _: window.release())
         assert all("files" in ending.result() for ending in endings)
 
@@ -205,6 +205,11 @@ def print_run(jobs: int, in_flight: int, results: list[tuple[str, dict[str, Any]
         print(f"| {label:<50} | {row['wall']:6.1f} | {row['wall'] / base['wall']:4.2f} "
               f"| {row['cpu']:5.1f} | {row['cpu'] / base['cpu']:4.2f} | {split:>22} "
               f"| {phases(row):>31} | {threads['driver']:>15} | {others:>15} |")
+    for label, row in results:
+        for process, threads in zip(("driver", "worker", "worker"), row["marks"].get("threads", [])):
+            busy = sorted(threads.items(), key=lambda item: -item[1])
+            print(f"{label[:30]}, {process}, CPU s by thread at the cluster's close: " + ", ".join(
+                f"{name} {seconds:.2f}" for name, seconds in busy if seconds >= 0.05))
     print(f"\nthe budget for Dask (0.5 x the first case's CPU): {0.5 * base['cpu']:.1f} s")
     print("sign-ups, submits, polls per case:",
           [(r["signups"], r["submits"], r["polls"]) for _, r in results], "\n", flush=True)

@@ -62,7 +62,8 @@ class _Driver:
 
     def hand_off(self, job: Job, generation: Generation) -> concurrent.futures.Future[Any]:
         """Launch job ``generation`` on the cluster; the future ends with its task's value."""
-        return self.handoffs.launch(generation.record_id, generation.status.value)
+        return self.handoffs.launch(generation.record_id, [
+            (at, status.value) for at, status in generation.seen])
 
     def record(self, outcome: Outcome) -> JobReport:
         """Write one ended job's images and its last manifest record."""

@@ -47,8 +47,11 @@ ENDED_TOPIC = "arta.dask.batch.ended"
 #: ~0.8 s in flight (docs/dask.rst), for a job's start later by at most this.
 LAUNCH_WAIT = 0.02
 
-#: A task: ``(record_id, options, status)`` to the job's value, or its error as a value.
-TaskFunction = Callable[[str, dict[str, Any], str], Awaitable[Any]]
+#: The service's answers about a job so far, as ``Generation.seen`` with the status's value.
+Seen = list[tuple[float, str]]
+
+#: A task: ``(record_id, options, seen)`` to the job's value, or its error as a value.
+TaskFunction = Callable[[str, dict[str, Any], Seen], Awaitable[Any]]
 
 
 class ClusterLost(ArtaError):
@@ -56,7 +59,7 @@ class ClusterLost(ArtaError):
 
 
 async def fetch_job(record_id: str, options: dict[str, Any],
-                    status: str = Status.SUBMITTED.value) -> dict[str, Any] | ArtaError:
+                    seen: Seen | None = None) -> dict[str, Any] | ArtaError:
     """The cluster's task: wait for job ``record_id`` on this worker's engine, fetch its images.
 
     A coroutine, so that Dask runs it on the worker's event loop: a waiting
@@ -66,8 +69,10 @@ async def fetch_job(record_id: str, options: dict[str, Any],
     waits; a ``local:N`` worker has a slot per job in flight, and keeping
     it spares Dask a message and a transition per job. Returns the images'
     names and bytes (with ``output_on_workers``, the paths written), or the
-    error that ended the job, as a value. ``status`` is the job's as last
-    known (the submit's answer): a job known to be queued is not polled at once.
+    error that ended the job, as a value. ``seen`` is what the driver heard
+    of the job (the submit's answer): a job known to be queued is not polled
+    at once, and a learned poll policy times its polls from the submit, as
+    in one process.
     A job whose images the worker wrote is also announced on
     :data:`ENDED_TOPIC`: the driver has its value without fetching it.
     """
@@ -76,7 +81,10 @@ async def fetch_job(record_id: str, options: dict[str, Any],
     client = task_client(options["client_options"], token=options["token"])
     watch = None
     try:
-        generation = Generation(record_id, session=client, status=Status(status))
+        answers = [(at, Status(status)) for at, status in seen or ()]
+        generation = Generation(record_id, session=client,
+                                status=answers[-1][1] if answers else Status.SUBMITTED)
+        generation.seen = answers
         watch = generation.watch(options["timeout"])
         if options["secede"]:
             _secede(f"arta-{record_id}")
@@ -135,7 +143,7 @@ class HandOffs:
         self.lost: str | None = None  # why the scheduler is gone, once it is
         self._endings: dict[str, concurrent.futures.Future[Any]] = {}  # by record id, on the cluster
         # Jobs to launch, for the launcher thread (None: the run is over).
-        self._launches: queue.SimpleQueue[tuple[str, str, concurrent.futures.Future[Any]] | None] \
+        self._launches: queue.SimpleQueue[tuple[str, Seen, concurrent.futures.Future[Any]] | None] \
             = queue.SimpleQueue()
         self._launcher = threading.Thread(target=self._launch, name="arta-dask-launcher",
                                           daemon=True)
@@ -151,10 +159,10 @@ class HandOffs:
         if self.dask.status == "running":
             self.dask.unsubscribe_topic(ENDED_TOPIC)
 
-    def launch(self, record_id: str, status: str) -> concurrent.futures.Future[Any]:
-        """Queue job ``record_id`` (last seen in ``status``); the future ends with its task's value."""
+    def launch(self, record_id: str, seen: Seen) -> concurrent.futures.Future[Any]:
+        """Queue job ``record_id`` (with the answers ``seen``); the future ends with its task's value."""
         ending: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._launches.put((record_id, status, ending))
+        self._launches.put((record_id, seen, ending))
         return ending
 
     def _launch(self) -> None:
@@ -176,7 +184,7 @@ class HandOffs:
                 if self.lost is not None:
                     raise ClusterLost(self.lost)
                 tasks = self.dask.map(self.task, record_ids, [self.options] * len(queued),
-                                      [status for _, status, _ in queued], pure=False,
+                                      [seen for _, seen, _ in queued], pure=False,
                                       key=[f"arta-{record_id}" for record_id in record_ids])
             except Exception as error:  # noqa: BLE001 - each job keeps its id
                 for record_id, _, ending in queued:
