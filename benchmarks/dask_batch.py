@@ -2,22 +2,32 @@
 
 The emulator runs in its own process (jobs queued 0-0.1 s, then in progress
 0.5-1.0 s; reset before each case so that every case gets the same job
-durations). Each case runs as a child process of this script, so that its
-CPU, its workers' and (for Dask) its scheduler's are all counted
-(``RUSAGE_CHILDREN`` once it has exited), and split between the driver's
-process (with the scheduler, for ``local:N``) and the processes it started
-(the workers); the case samples the thread count of its own process and of
-each process it started. Cases, with the same number of jobs in flight:
+durations). Each case runs as a child process of this script and counts its
+own CPU and that of every process it started (``RUSAGE_CHILDREN`` for those
+ended, ``psutil`` for those alive at its end: the fork server of
+``local:N``, with the workers it started), split between the driver's
+process (with the scheduler and the nannies, for ``local:N``) and the
+others; a Dask case also splits it in time (before the cluster starts,
+starting it, the run, stopping it) and, at the cluster's close, by thread
+in each process. The case samples the thread count of each process.
+Cases, with the same number of jobs in flight:
 
 - ``run_batch(concurrency=C)``: one process, its jobs waiting in the poll loop;
 - ``run_batch_on_dask(scheduler="local:2", concurrency=C)``: a LocalCluster
   of 2 worker processes started by the driver (its start-up counts); the
-  driver submits on the same engine, each worker waits on its own.
+  driver submits on the same engine, each worker waits on its own;
+- Dask's floor: the same ``local:2`` and the same hand-offs
+  (:class:`arta.dask.handoff.HandOffs`), C at a time, of tasks that do no
+  arta work: each awaits a job's length (0.6-1.2 s), announces the job and
+  returns a value of ``fetch_job``'s shape. What it costs, less the
+  process's start (imports, the job file), is what Dask alone costs for this
+  load, against the budget the goal leaves it (0.5 x the first case's CPU).
 
 Ratios are against the first case, measured in the same run; ``--runs N``
-repeats the pair N times (a table each).
+repeats the cases N times (a table each).
 
     python benchmarks/dask_batch.py [--jobs 1000] [--in-flight 64] [--runs 1]
+                                    [--cases process,dask,floor]
 """
 
 from __future__ import annotations
@@ -48,10 +58,10 @@ _EMULATOR = (
 # it travels by reference as fetch_job does (a function of __main__ is pickled whole).
 _FLOOR_TASK = """
 import asyncio, random
-import distributed
 from arta.dask.handoff import ENDED_TOPIC
 
 async def idle_job(record_id, options, seen):
+    import distributed  # as fetch_job does: the driver's "before" excludes it in every case
     await asyncio.sleep(random.Random(record_id).uniform(0.6, 1.2))
     value = {"seed": 1, "blurred": False, "files": [f"{options['output_on_workers']}/{record_id}.png"]}
     distributed.get_worker().log_event(ENDED_TOPIC, {"record_id": record_id, **value})
@@ -174,7 +184,7 @@ def run_case(engine: str, url: str, prompts: Path, in_flight: int) -> dict[str, 
     split, marks = threads.pop("cpu"), threads.pop("marks")
     cpu = sum(split.values())
     stats = requests.get(f"{url}/emulator/stats", timeout=10).json()
-    return {"wall": wall, "cpu": cpu, "split": split, "marks": marks, "threads": threads, "signups": stats["signups"],
+    return {"engine": engine, "wall": wall, "cpu": cpu, "split": split, "marks": marks, "threads": threads, "signups": stats["signups"],
             "submits": stats["submits"], "polls": stats["polls"]}
 
 
@@ -211,6 +221,9 @@ def print_run(jobs: int, in_flight: int, results: list[tuple[str, dict[str, Any]
             print(f"{label[:30]}, {process}, CPU s by thread at the cluster's close: " + ", ".join(
                 f"{name} {seconds:.2f}" for name, seconds in busy if seconds >= 0.05))
     print(f"\nthe budget for Dask (0.5 x the first case's CPU): {0.5 * base['cpu']:.1f} s")
+    for _, row in results:
+        if row["engine"] == "floor":  # all but the process's start, its imports, the job file
+            print(f"Dask's floor: {row['cpu'] - sum(row['marks']['starting'].values()):.1f} s")
     print("sign-ups, submits, polls per case:",
           [(r["signups"], r["submits"], r["polls"]) for _, r in results], "\n", flush=True)
 
