@@ -57,7 +57,7 @@ class _Driver:
 
     def __init__(self, dask: distributed.Client, client: Client, manifest: Manifest,
                  output: Path, options: dict[str, Any]) -> None:
-        self.dask, self.client, self.manifest, self.output = dask, client, manifest, output
+        self.client, self.manifest, self.output = client, manifest, output
         self.handoffs = HandOffs(dask, options)
 
     def hand_off(self, job: Job, generation: Generation) -> concurrent.futures.Future[Any]:
