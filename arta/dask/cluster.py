@@ -35,8 +35,9 @@ from arta.errors import ArtaError, InvalidInputError, TokenStoreError
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["FORKSERVER_PRELOAD", "LOCAL_CONFIG", "LOCAL_MESSAGE_BATCH", "NAMESPACE", "WORKER_CONFIG", "connect", "dask_client", "held",
-           "local_workers", "metadata_get", "metadata_set", "scheduler_address", "semaphore"]
+__all__ = ["FORKSERVER_PRELOAD", "LOCAL_CONFIG", "LOCAL_MESSAGE_BATCH", "NAMESPACE", "WORKER_CONFIG",
+           "connect", "dask_client", "held", "local_workers", "metadata_get", "metadata_set",
+           "scheduler_address", "semaphore"]
 
 log = logging.getLogger(__name__)
 
