@@ -216,7 +216,8 @@ def print_run(jobs: int, in_flight: int, results: list[tuple[str, dict[str, Any]
               f"| {row['cpu']:5.1f} | {row['cpu'] / base['cpu']:4.2f} | {split:>22} "
               f"| {phases(row):>31} | {threads['driver']:>15} | {others:>15} |")
     for label, row in results:
-        for process, threads in zip(("driver", "worker", "worker"), row["marks"].get("threads", [])):
+        for number, threads in enumerate(row["marks"].get("threads", [])):
+            process = "worker" if number else "driver"
             busy = sorted(threads.items(), key=lambda item: -item[1])
             print(f"{label[:30]}, {process}, CPU s by thread at the cluster's close: " + ", ".join(
                 f"{name} {seconds:.2f}" for name, seconds in busy if seconds >= 0.05))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import sys
 import threading
@@ -172,8 +173,10 @@ LOCAL_CONFIG: dict[str, object] = {
     "distributed.scheduler.active-memory-manager.start": False,  # no replicas to drop
     "distributed.client.scheduler-info-interval": "10s",  # for a widget
     # Workers forked from one process that imported Dask and arta once, not each
-    # started afresh to import them again (0.6-0.8 s of CPU a worker).
-    "distributed.worker.multiprocessing-method": "forkserver",
+    # started afresh to import them again (0.6-0.8 s of CPU a worker). Windows has
+    # no fork server: there they start afresh.
+    "distributed.worker.multiprocessing-method":
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn",
 }
 
 #: What the fork server of a ``local:N`` cluster imports once for all its workers:
@@ -211,7 +214,9 @@ def connect(scheduler: str, slots: int = 2) -> Iterator[distributed.Client]:
     with _quiet("distributed"), dask.config.set(LOCAL_CONFIG):
         # Dask names its own preloads on first use; ours replace them (a fork
         # server already running keeps what it has).
-        get_mp_context().set_forkserver_preload(FORKSERVER_PRELOAD)
+        context = get_mp_context()
+        if context.get_start_method() == "forkserver":
+            context.set_forkserver_preload(FORKSERVER_PRELOAD)
         # The environment the workers get is the fork server's, from when it
         # started: give them this process's as it is now.
         with distributed.LocalCluster(
