@@ -686,7 +686,7 @@ def _started(dask_worker: Any) -> dict[str, Any]:
     import psutil
 
     return {"parent": " ".join(psutil.Process().parent().cmdline()),
-            "mark": os.environ.get("ARTA_TEST_MARK"),
+            "mark": os.environ.get("SET_AFTER_THE_FORK_SERVER"),
             "batch": dask_worker.batched_stream.interval}
 
 
@@ -702,7 +702,7 @@ def test_a_local_cluster_forks_its_workers_and_batches_its_messages(
 
     with connect("local:1"):
         pass  # the fork server starts here, with the environment of now
-    monkeypatch.setenv("ARTA_TEST_MARK", "set later")
+    monkeypatch.setenv("SET_AFTER_THE_FORK_SERVER", "set later")
     with connect("local:1") as client:
         worker, = client.run(_started).values()
         scheduler = client.run_on_scheduler(_scheduler_batches)
