@@ -186,8 +186,8 @@ FORKSERVER_PRELOAD = ["distributed", "arta.dask.handoff"]
 #: Seconds each server of a ``local:N`` cluster gathers messages before it sends
 #: them. Dask's own (2 to 10 ms, fixed in its code: dask/distributed#5036) send
 #: almost every message of a batch's tasks alone, each costing a write, a read and
-#: an event-loop wake-up in two processes. Batched, a job's end reaches the
-#: driver up to a few of these later (docs/dask.rst).
+#: an event-loop wake-up in two processes. Batched, a job's hand-off and its end
+#: each reach the other side up to two of these later (docs/dask.rst).
 LOCAL_MESSAGE_BATCH = 0.05
 
 
