@@ -6,6 +6,7 @@ module as a whole proves one sign-up for every worker, driver and test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -679,3 +680,68 @@ def test_the_cluster_token_is_seeded_from_the_driver_and_renewals_come_back(dask
     # A token in the scheduler fresher than the host's is what a new driver takes.
     DaskTokenStore("seeded", client=dask, host_store=host)
     assert host.load() == renewed
+
+
+def _started(dask_worker: Any) -> dict[str, Any]:
+    import psutil
+
+    return {"parent": " ".join(psutil.Process().parent().cmdline()),
+            "mark": os.environ.get("SET_AFTER_THE_FORK_SERVER"),
+            "batch": dask_worker.batched_stream.interval}
+
+
+def _scheduler_batches(dask_scheduler: Any) -> list[float]:
+    streams = [*dask_scheduler.stream_comms.values(), *dask_scheduler.client_comms.values()]
+    return sorted({stream.interval for stream in streams})
+
+
+def test_a_local_cluster_forks_its_workers_and_batches_its_messages(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from arta.dask import connect
+    from arta.dask.cluster import LOCAL_MESSAGE_BATCH
+
+    with connect("local:1"):
+        pass  # the fork server starts here, with the environment of now
+    monkeypatch.setenv("SET_AFTER_THE_FORK_SERVER", "set later")
+    with connect("local:1") as client:
+        worker, = client.run(_started).values()
+        scheduler = client.run_on_scheduler(_scheduler_batches)
+        driver = client.scheduler_comm.interval
+    # Forked from the fork server (Dask and arta imported once), not started afresh...
+    assert "forkserver" in worker["parent"]
+    # ...and yet with this process's environment as it is when the cluster starts.
+    assert worker["mark"] == "set later"
+    assert worker["batch"] == driver == LOCAL_MESSAGE_BATCH
+    assert scheduler == [LOCAL_MESSAGE_BATCH]
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstPollWitness:
+    """A poll policy that writes down what the worker knew of a job at its first poll."""
+
+    folder: str
+    timeout: float = 60.0
+
+    def next_delay(self, generation: Any, attempt: int) -> float:
+        if attempt == 1:
+            Path(self.folder, generation.record_id).write_text(
+                json.dumps([status.value for _, status in generation.seen]))
+        return 0.05
+
+    def finished(self, generation: Any) -> None:
+        pass
+
+
+def test_a_worker_polls_a_job_knowing_the_submits_answer(emu: Emulator, cluster: Any,
+                                                          tmp_path: Path) -> None:
+    # A learned poll policy times its polls from the submit: the worker needs it too.
+    witness = FirstPollWitness(str(tmp_path / "seen"))
+    (tmp_path / "seen").mkdir()
+    outcomes = run_batch_on_dask(_jobs(4, "seen"), Manifest(tmp_path / "m.jsonl"),
+                                 tmp_path / "out", scheduler=cluster.scheduler_address,
+                                 client_options={"endpoint": emu.url, "poll_policy": witness},
+                                 ).outcomes
+    assert [o.event for o in outcomes] == ["done"] * 4
+    seen = {path.name: json.loads(path.read_text()) for path in (tmp_path / "seen").iterdir()}
+    assert sorted(seen) == sorted(str(o.record_id) for o in outcomes)
+    assert all(answers == ["IN_QUEUE"] for answers in seen.values()), seen

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -34,8 +36,9 @@ from arta.errors import ArtaError, InvalidInputError, TokenStoreError
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["LOCAL_CONFIG", "NAMESPACE", "WORKER_CONFIG", "connect", "dask_client", "held",
-           "local_workers", "metadata_get", "metadata_set", "scheduler_address", "semaphore"]
+__all__ = ["FORKSERVER_PRELOAD", "LOCAL_CONFIG", "LOCAL_MESSAGE_BATCH", "NAMESPACE", "WORKER_CONFIG",
+           "connect", "dask_client", "held", "local_workers", "metadata_get", "metadata_set",
+           "scheduler_address", "semaphore"]
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +172,23 @@ LOCAL_CONFIG: dict[str, object] = {
     "distributed.scheduler.work-stealing": False,  # a task waits on its worker's own engine
     "distributed.scheduler.active-memory-manager.start": False,  # no replicas to drop
     "distributed.client.scheduler-info-interval": "10s",  # for a widget
+    # Workers forked from one process that imported Dask and arta once, not each
+    # started afresh to import them again (0.6-0.8 s of CPU a worker). Windows has
+    # no fork server: there they start afresh.
+    "distributed.worker.multiprocessing-method":
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn",
 }
+
+#: What the fork server of a ``local:N`` cluster imports once for all its workers:
+#: Dask, and the module of the batch's task (with the arta client under it).
+FORKSERVER_PRELOAD = ["distributed", "arta.dask.handoff"]
+
+#: Seconds each server of a ``local:N`` cluster gathers messages before it sends
+#: them. Dask's own (2 to 10 ms, fixed in its code: dask/distributed#5036) send
+#: almost every message of a batch's tasks alone, each costing a write, a read and
+#: an event-loop wake-up in two processes. Batched, a job's hand-off and its end
+#: each reach the other side up to two of these later (docs/dask.rst).
+LOCAL_MESSAGE_BATCH = 0.05
 
 
 @contextlib.contextmanager
@@ -178,26 +197,59 @@ def connect(scheduler: str, slots: int = 2) -> Iterator[distributed.Client]:
 
     ``local:N`` starts a :class:`distributed.LocalCluster` of N worker
     processes on 127.0.0.1 for the duration, with no dashboard or other
-    HTTP server. Each worker runs up to ``slots`` tasks at once: a batch
-    gives one per job in flight, so that a waiting job's task keeps its
-    slot (a coroutine: a slot costs no thread until a task runs on one).
+    HTTP server, its messages sent in batches (:data:`LOCAL_MESSAGE_BATCH`).
+    Each worker runs up to ``slots`` tasks at once: a batch gives one per
+    job in flight, so that a waiting job's task keeps its slot (a
+    coroutine: a slot costs no thread until a task runs on one).
     """
     import dask
     import distributed
+    from distributed.utils import get_mp_context
 
     workers = local_workers(scheduler)
     if workers is None:
         with distributed.Client(scheduler, set_as_default=False) as client:
             yield client
         return
-    with _quiet("distributed"), dask.config.set(LOCAL_CONFIG), distributed.LocalCluster(
-            n_workers=workers, processes=True, threads_per_worker=slots, host="127.0.0.1",
-            dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
-            distributed.Client(cluster, set_as_default=False) as client:
-        # Scheduler and workers listen for HTTP even with no dashboard: stop them.
-        client.run_on_scheduler(_stop_scheduler_http)
-        client.run(_stop_worker_http)
-        yield client
+    with _quiet("distributed"), dask.config.set(LOCAL_CONFIG):
+        # Dask names its own preloads on first use; ours replace them (a fork
+        # server already running keeps what it has).
+        context = get_mp_context()
+        if context.get_start_method() == "forkserver":
+            context.set_forkserver_preload(FORKSERVER_PRELOAD)
+        # The environment the workers get is the fork server's, from when it
+        # started: give them this process's as it is now.
+        with distributed.LocalCluster(
+                n_workers=workers, processes=True, threads_per_worker=slots, host="127.0.0.1",
+                dashboard_address=None, silence_logs=logging.WARNING,
+                env=dict(os.environ)) as cluster, \
+                distributed.Client(cluster, set_as_default=False) as client:
+            # Scheduler and workers listen for HTTP even with no dashboard: stop them.
+            client.run_on_scheduler(_stop_scheduler_http)
+            client.run(_stop_worker_http)
+            _batch_messages(client, LOCAL_MESSAGE_BATCH)
+            yield client
+
+
+def _batch_messages(client: distributed.Client, interval: float) -> None:
+    """Have the driver, the scheduler and the workers send their messages every ``interval`` s.
+
+    Each keeps a ``BatchedSend`` per peer whose interval Dask offers no
+    setting for; a worker its nanny restarts goes back to Dask's own.
+    """
+    if client.scheduler_comm is not None:
+        client.scheduler_comm.interval = interval
+    client.run_on_scheduler(_batch_scheduler_messages, interval)
+    client.run(_batch_worker_messages, interval)
+
+
+def _batch_scheduler_messages(interval: float, dask_scheduler: Any = None) -> None:
+    for stream in [*dask_scheduler.stream_comms.values(), *dask_scheduler.client_comms.values()]:
+        stream.interval = interval
+
+
+def _batch_worker_messages(interval: float, dask_worker: Any = None) -> None:
+    dask_worker.batched_stream.interval = interval
 
 
 def _stop_scheduler_http(dask_scheduler: Any) -> None:
