@@ -416,25 +416,30 @@ def test_a_change_of_the_services_speed_is_learned_from_three_jobs_not_a_dozen()
     assert math.exp(model.predict(key)[0]) == pytest.approx(20.0, rel=0.1)
 
 
+def three_jobs_running_late(tmp_path: Path, clock: Clock,
+                            ) -> tuple[LearnedPollPolicy, list[Generation]]:
+    """A policy that learned 10 s jobs, and three jobs since that have run 15-17 s (polled)."""
+    policy = learned(tmp_path, clock)
+    for index in range(10):
+        play(policy, clock, 10.0, record_id=f"fast{index}")
+    late = [Generation(f"late{index}", params=params()) for index in range(3)]
+    for index, job in enumerate(late):
+        job.seen.append((clock.now + index, Status.IN_PROGRESS))
+    clock.now += 17.0
+    for job in late:
+        job.seen.append((clock.now, Status.IN_PROGRESS))
+        policy.next_delay(job, 2)
+    return policy, late
+
+
 def test_jobs_running_far_past_their_prediction_move_the_plan_of_the_jobs_after_them(
         tmp_path: Path) -> None:
     # Three jobs late by half their time say the service slowed down before any of them
     # ends: a job submitted after them is not polled at the old prediction's end.
     clock = Clock()
-    policy = learned(tmp_path, clock)
-    for index in range(10):
-        play(policy, clock, 10.0, record_id=f"fast{index}")
-    t0 = clock.now
-    late = [Generation(f"late{index}", params=params()) for index in range(3)]
-    for index, job in enumerate(late):
-        job.seen.append((t0 + index, Status.IN_PROGRESS))
+    policy, _ = three_jobs_running_late(tmp_path, clock)
     after = Generation("after", params=params())
-    after.seen.append((t0 + 8.0, Status.IN_PROGRESS))
-    clock.now = t0 + 17.0
-    for job in late:
-        job.seen.append((clock.now, Status.IN_PROGRESS))
-        policy.next_delay(job, 2)
-    after.seen.append((clock.now, Status.IN_PROGRESS))
+    after.seen += [(clock.now - 9.0, Status.IN_PROGRESS), (clock.now, Status.IN_PROGRESS)]
     # a 10 s job that has run 9 s: polled within a second or two, unless the service slowed
     assert policy.next_delay(after, 2) > 4.0
 
@@ -445,17 +450,7 @@ def test_stuck_jobs_do_not_move_the_plan_once_a_job_after_them_ends_as_predicted
     # ends on time: then they were three stuck jobs, and the jobs after them are planned
     # as the model says.
     clock = Clock()
-    policy = learned(tmp_path, clock)
-    for index in range(10):
-        play(policy, clock, 10.0, record_id=f"fast{index}")
-    t0 = clock.now
-    stuck = [Generation(f"stuck{index}", params=params()) for index in range(3)]
-    for index, job in enumerate(stuck):
-        job.seen.append((t0 + index, Status.IN_PROGRESS))
-    clock.now = t0 + 17.0
-    for job in stuck:
-        job.seen.append((clock.now, Status.IN_PROGRESS))
-        policy.next_delay(job, 2)
+    policy, stuck = three_jobs_running_late(tmp_path, clock)
     play(policy, clock, 10.0, record_id="on time")  # submitted after them, 10 s as ever
     for job in stuck:
         job.seen.append((clock.now, Status.IN_PROGRESS))
