@@ -294,7 +294,10 @@ class _IOPool:
                 _, future, function, args = self._work.popleft()
             started = time.monotonic()
             if future is None:
-                function(*args)
+                # A call nobody waits for is wrapped in _logged; what it lets through
+                # (a SystemExit, say) must not end the thread, as a future would keep it.
+                with contextlib.suppress(BaseException):
+                    function(*args)
             elif future.set_running_or_notify_cancel():
                 try:
                     future.set_result(function(*args))
