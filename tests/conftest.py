@@ -58,14 +58,29 @@ def _guarded_connect(self: socket.socket, address: Any) -> None:
     _real_connect(self, address)
 
 
+#: The caller's shell settings no test sees: where to send requests, and proxies.
+SHELL_SETTINGS = ("ARTA_ENDPOINT", "FIREBASE_AUTH_EMULATOR_HOST", "HTTP_PROXY", "HTTPS_PROXY",
+                  "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
+#: Loopback never goes through a proxy in a test.
+NO_PROXY = "127.0.0.1,localhost"
+
+
+def isolated_env(**settings: str) -> dict[str, str]:
+    """This process's environment as a test sees it, plus ``settings``: for a child process.
+
+    For code that runs before a test's own isolation does (a module's fixture).
+    """
+    env = {name: value for name, value in os.environ.items() if name not in SHELL_SETTINGS}
+    return {**env, "NO_PROXY": NO_PROXY, **settings}
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
-    for name in ("ARTA_ENDPOINT", "FIREBASE_AUTH_EMULATOR_HOST", "HTTP_PROXY",
-                 "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for name in SHELL_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ARTA_HOME", str(tmp_path / "arta-home"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", NO_PROXY)
     # Every client a test makes without naming a transport gets the one
     # ARTA_TEST_TRANSPORT names: the whole suite then runs on that transport.
     default = _DEFAULT_TRANSPORTS.get(os.environ.get("ARTA_TEST_TRANSPORT", "").strip().lower())

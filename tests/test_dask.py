@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST_POLL, png_size
+from conftest import FAST_POLL, SHELL_SETTINGS, png_size
 
 import arta
 from arta.batch import BatchJob, Manifest
@@ -56,8 +56,7 @@ class SeparateHomes(distributed.WorkerPlugin):  # type: ignore[misc]
 
     def setup(self, worker: Any) -> None:
         os.environ["ARTA_HOME"] = os.path.join(self.base, f"worker-{worker.name}")
-        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY",
-                     "all_proxy", "ARTA_ENDPOINT"):
+        for name in SHELL_SETTINGS:
             os.environ.pop(name, None)
 
 

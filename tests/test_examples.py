@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import isolated_env
 
 from arta.emulator import Emulator
 
@@ -27,12 +28,8 @@ EXAMPLES = ROOT / "examples"
 
 def run(args: list[str], emulator: Emulator, home: Path, cwd: Path | None = None,
         ) -> subprocess.CompletedProcess[str]:
-    # As conftest isolates a test (this also runs before its fixtures do):
-    # no proxy, no Firebase emulator of the caller's shell.
-    env = {name: value for name, value in os.environ.items()
-           if not name.lower().endswith("_proxy") and name != "FIREBASE_AUTH_EMULATOR_HOST"}
-    env.update(PYTHONPATH=str(ROOT), ARTA_ENDPOINT=emulator.url, ARTA_HOME=str(home),
-               NO_PROXY="127.0.0.1,localhost")
+    # Isolated by hand: this also runs before a test's own isolation does.
+    env = isolated_env(PYTHONPATH=str(ROOT), ARTA_ENDPOINT=emulator.url, ARTA_HOME=str(home))
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=120, check=False)
 
